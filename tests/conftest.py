@@ -1,0 +1,9 @@
+"""Test setup: 8 fake CPU devices so sharding runs without accelerators."""
+
+import os
+
+# Must happen before jax is imported anywhere in the test process.
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')

@@ -1,0 +1,175 @@
+"""Tests for vgg_jax.models: Table 1 structure, Table 2 sizes, LRN, dense evaluation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vgg_jax import models
+
+# PAPER.md Table 2, exact counts at 224x224x3 with 1000 classes.
+EXACT_PARAMS = {
+    'A': 132_863_336, 'A-LRN': 132_863_336, 'B': 133_047_848,
+    'C': 133_638_952, 'D': 138_357_544, 'E': 143_667_240,
+}
+WEIGHT_LAYERS = {'A': 11, 'A-LRN': 11, 'B': 13, 'C': 16, 'D': 16, 'E': 19}
+TINY = dict(width=1 / 16, fc_width=32, image_size=32, num_classes=10)
+
+
+@pytest.mark.parametrize('variant', models.CONFIGS)
+def test_param_count_matches_table2(variant):
+  shapes = models.param_shapes(models.VGG(variant=variant))
+  assert models.count_params(shapes) == EXACT_PARAMS[variant]
+
+
+@pytest.mark.parametrize('variant', models.CONFIGS)
+def test_weight_layers_and_names(variant):
+  shapes = models.param_shapes(models.VGG(variant=variant))
+  assert len(shapes) == WEIGHT_LAYERS[variant]
+  assert tuple(sorted(shapes)) == tuple(sorted(models.layer_names(variant)))
+  assert len(models.layer_names(variant)) == WEIGHT_LAYERS[variant]
+
+
+def test_config_c_has_1x1_convs_and_d_has_3x3():
+  c = models.param_shapes(models.VGG(variant='C'))
+  d = models.param_shapes(models.VGG(variant='D'))
+  for name in ('conv3_3', 'conv4_3', 'conv5_3'):
+    assert c[name]['kernel'].shape[:2] == (1, 1)
+    assert d[name]['kernel'].shape[:2] == (3, 3)
+  assert d['fc6']['kernel'].shape == (7 * 7 * 512, 4096)
+  assert d['conv5_3']['kernel'].shape == (3, 3, 512, 512)
+
+
+def test_forward_macs_match_paper():
+  for variant, (_, gmacs) in models.PAPER_TABLE2.items():
+    assert round(models.forward_macs(variant) / 1e9, 2) == gmacs
+
+
+def lrn_reference(a, k=2.0, n=5, alpha=1e-4, beta=0.75):
+  """AlexNet LRN written out channel by channel in NumPy."""
+  out = np.empty_like(a)
+  channels = a.shape[-1]
+  for i in range(channels):
+    lo, hi = max(0, i - n // 2), min(channels - 1, i + n // 2)
+    total = np.sum(a[..., lo:hi + 1] ** 2, axis=-1)
+    out[..., i] = a[..., i] / (k + alpha * total) ** beta
+  return out
+
+
+def test_lrn_matches_numpy_reference():
+  # Large activations so the alpha * sum term moves the result far from a / k^beta.
+  a = np.random.default_rng(0).uniform(0, 60, size=(2, 3, 4, 11)).astype(np.float32)
+  got = np.asarray(models.local_response_norm(jnp.asarray(a)))
+  np.testing.assert_allclose(got, lrn_reference(a), rtol=1e-5)
+  caffe_like = a / (1 + 1e-4 / 5 * a**2) ** 0.75  # Not the formula we implement.
+  assert not np.allclose(got, caffe_like, rtol=1e-2)
+
+
+def test_a_lrn_applies_lrn_and_a_does_not():
+  images = jnp.ones((1, 32, 32, 3)) * 50
+  params = models.VGG(variant='A', **TINY).init(jax.random.key(0), images)
+  out_a = models.VGG(variant='A', **TINY).apply(params, images)
+  out_lrn = models.VGG(variant='A-LRN', **TINY).apply(params, images)
+  assert not np.allclose(out_a, out_lrn)
+
+
+@pytest.mark.parametrize('variant', models.CONFIGS)
+def test_tiny_forward_every_variant(variant):
+  model = models.VGG(variant=variant, **TINY)
+  images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  variables = model.init(jax.random.key(0), images)
+  logits = model.apply(variables, images)
+  assert logits.shape == (2, 10) and logits.dtype == jnp.float32
+  assert np.all(np.isfinite(logits))
+  train_logits = model.apply(variables, images, train=True,
+                             rngs={'dropout': jax.random.key(2)})
+  assert not np.allclose(train_logits, logits)  # Dropout is on in training.
+
+
+def test_dense_equals_fc_head_at_training_size():
+  model = models.VGG(variant='A', width=1 / 16, fc_width=64, num_classes=7)
+  images = jax.random.normal(jax.random.key(1), (2, 224, 224, 3))
+  variables = model.init(jax.random.key(0), images)
+  fc = model.apply(variables, images)
+  dense = model.apply(variables, images, dense=True)
+  np.testing.assert_allclose(dense, fc, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('size', [288, 384])
+def test_dense_output_shape_on_larger_images(size):
+  model = models.VGG(variant='A', width=1 / 16, fc_width=64, num_classes=7)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
+  images = jax.random.normal(jax.random.key(1), (2, size, size + 32, 3))
+  scores = model.apply(variables, images, dense=True)
+  assert scores.shape == (2, 7)
+  assert np.all(np.isfinite(scores))
+
+
+def test_dense_averages_the_score_map():
+  # At 64x64 training size the window is 2x2; on a 96x96 image the score map is 2x2.
+  model = models.VGG(variant='A', width=1 / 16, fc_width=16, num_classes=5, image_size=64)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+  images = jax.random.normal(jax.random.key(3), (1, 96, 96, 3))
+  features = model.apply(variables, images, capture_intermediates=True,
+                         dense=True, mutable=['intermediates'])[1]
+  conv_map = features['intermediates']['conv5_2']['__call__'][0]
+  pooled = jax.lax.reduce_window(jax.nn.relu(conv_map), -jnp.inf, jax.lax.max,
+                                 (1, 2, 2, 1), (1, 2, 2, 1), 'VALID')
+  assert pooled.shape[1:3] == (3, 3)
+  expected = []
+  for i in range(2):
+    for j in range(2):
+      window = pooled[:, i:i + 2, j:j + 2, :]
+      p = variables['params']
+      h = jax.nn.relu(window.reshape(1, -1) @ p['fc6']['kernel'] + p['fc6']['bias'])
+      h = jax.nn.relu(h @ p['fc7']['kernel'] + p['fc7']['bias'])
+      expected.append(h @ p['fc8']['kernel'] + p['fc8']['bias'])
+  dense = model.apply(variables, images, dense=True)
+  np.testing.assert_allclose(dense, np.mean(expected, axis=0), rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_computation_keeps_float32_params():
+  model = models.VGG(variant='B', dtype=jnp.bfloat16, **TINY)
+  images = jnp.ones((2, 32, 32, 3))
+  variables = model.init(jax.random.key(0), images)
+  dtypes = {p.dtype for p in jax.tree_util.tree_leaves(variables)}
+  assert dtypes == {jnp.dtype(jnp.float32)}
+  _, inter = model.apply(variables, images, capture_intermediates=True,
+                         mutable=['intermediates'])
+  assert inter['intermediates']['conv2_2']['__call__'][0].dtype == jnp.bfloat16
+  assert model.apply(variables, images).dtype == jnp.float32
+
+
+def test_kernel_init_schemes():
+  images = jnp.zeros((1, 224, 224, 3))
+  paper = models.VGG(variant='A', kernel_init='paper', width=1 / 8).init(
+      jax.random.key(0), images)['params']
+  glorot = models.VGG(variant='A', width=1 / 8).init(jax.random.key(0), images)['params']
+  assert abs(float(jnp.std(paper['conv3_1']['kernel'])) - 0.01) < 1e-3
+  assert float(jnp.abs(paper['conv3_1']['bias']).max()) == 0.0
+  fan_in, fan_out = 3 * 3 * 16, 3 * 3 * 32  # conv3_1 at width 1/8: 16 -> 32 channels.
+  glorot_std = np.sqrt(2.0 / (fan_in + fan_out))
+  assert abs(float(jnp.std(glorot['conv3_1']['kernel'])) - glorot_std) < 0.1 * glorot_std
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(variant='F'), "Unknown VGG variant 'F'"),
+    (dict(num_classes=0), 'num_classes must be a positive integer, got 0'),
+    (dict(image_size=16), 'image_size=16 is smaller than 32'),
+    (dict(kernel_init='he'), "kernel_init='he' is not one of"),
+    (dict(width=0), 'width and fc_width must be positive'),
+])
+def test_bad_construction_names_the_value(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    models.VGG(**kwargs)
+
+
+def test_bad_inputs_name_the_value():
+  model = models.VGG(variant='A', **TINY)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  with pytest.raises(ValueError, match='images are 16x16 but the FC head was built for'):
+    model.apply(variables, jnp.zeros((1, 16, 16, 3)))
+  with pytest.raises(ValueError, match='at least image_size=32 on each side, got 24x40'):
+    model.apply(variables, jnp.zeros((1, 24, 40, 3)), dense=True)
+  with pytest.raises(ValueError, match=r'must be \[B, H, W, 3\]'):
+    model.apply(variables, jnp.zeros((1, 3, 32, 32)))
