@@ -378,6 +378,9 @@ def _options():
   options = tf.data.Options()
   options.deterministic = True
   options.threading.private_threadpool_size = max(1, os.cpu_count() or 1)
+  # Autotuning's background thread can take ~30s to stop when the iterator is
+  # destroyed while the CPU is busy training; fixed parallelism costs nothing here.
+  options.autotune.enabled = False
   return options
 
 

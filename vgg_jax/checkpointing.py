@@ -1,0 +1,115 @@
+"""A thin Orbax wrapper: the checkpoint manager, restore with fallback, warm start.
+
+Layout of DIR/checkpoints/<step>/ (plain Orbax, restorable without this code):
+  state/  StandardSave of {'step', 'params', 'opt_state'}: the train state.
+  meta/   JsonSave of {'config', 'step', 'data_position', 'class_names', 'plateau',
+          'eval'}: the run's config, where the input stream stands, schedule bookkeeping.
+"""
+
+import os
+from typing import Any
+
+from absl import logging
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+CHECKPOINT_SUBDIR = 'checkpoints'
+BEST_METRIC = 'eval/top1_error'
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
+
+
+def create_manager(workdir: str, keep: int = 3, async_save: bool = True,
+                   read_only: bool = False) -> ocp.CheckpointManager:
+  """Keeps the latest `keep` checkpoints and the best by eval top-1 error."""
+  policy = checkpoint_managers.AnyPreservationPolicy([
+      checkpoint_managers.LatestN(n=keep),
+      checkpoint_managers.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=True, n=1,
+                                keep_checkpoints_without_metrics=False),
+  ])
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=policy, enable_async_checkpointing=async_save,
+      create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), item_names=('state', 'meta'),
+                               options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state, meta: dict[str, Any],
+         metrics: dict[str, float] | None = None):
+  """Starts an (async) save of the state and its JSON metadata at `step`."""
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                             meta=ocp.args.JsonSave(meta)),
+               metrics=metrics, force=True)
+
+
+def read_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state):
+  """(state, meta) of the newest checkpoint that restores, or None if there is none.
+
+  A checkpoint that fails to restore (half-written, corrupted) is skipped, with a
+  warning, in favour of the one before it.
+  """
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    except Exception as error:  # pylint: disable=broad-except
+      logging.warning('Checkpoint at step %d in %s does not restore (%s: %s); '
+                      'falling back to the previous one.', step, manager.directory,
+                      type(error).__name__, str(error).splitlines()[0] if str(error) else '')
+      continue
+    return restored['state'], restored['meta']
+  return None
+
+
+def best_step(manager: ocp.CheckpointManager) -> int | None:
+  """The step with the lowest eval top-1 error, else the latest."""
+  scored = []
+  for step in manager.all_steps():
+    metrics = read_meta(manager, step).get('eval') or {}
+    if BEST_METRIC in metrics:
+      scored.append((metrics[BEST_METRIC], step))
+  return min(scored)[1] if scored else manager.latest_step()
+
+
+def load_params(workdir: str, step: int | None = None):
+  """(params as numpy arrays, meta) of a run's checkpoint; no target structure needed."""
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'No checkpoints in {workdir}: {directory} does not exist.')
+  with create_manager(workdir, read_only=True) as manager:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'No finished checkpoint in {directory}.')
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+  params = jax.tree_util.tree_map(np.asarray, restored['state']['params'])
+  return params, restored['meta']
+
+
+def copy_layers(params, source_params, layers, source_name: str = 'source'):
+  """params with `layers` replaced by the source's; a missing or misshaped layer raises."""
+  params = dict(params)
+  for layer in layers:
+    if layer not in source_params:
+      raise ValueError(f'Warm start: layer {layer!r} is not in {source_name} '
+                       f'(it has {sorted(source_params)}).')
+    if layer not in params:
+      raise ValueError(f'Warm start: layer {layer!r} is not in this model '
+                       f'(it has {sorted(params)}).')
+    ours, theirs = params[layer], source_params[layer]
+    ours_shapes = jax.tree_util.tree_map(np.shape, ours)
+    theirs_shapes = jax.tree_util.tree_map(np.shape, theirs)
+    if ours_shapes != theirs_shapes:
+      raise ValueError(f'Warm start: layer {layer!r} has shapes {theirs_shapes} in '
+                       f'{source_name} but {ours_shapes} in this model.')
+    params[layer] = jax.tree_util.tree_map(
+        lambda mine, src: np.asarray(src, dtype=mine.dtype), ours, theirs)
+  return params
