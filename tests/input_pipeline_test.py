@@ -163,6 +163,20 @@ def test_multi_process_batches_are_half_the_global_batch():
                                          seed=0, process_count=2)
 
 
+@pytest.mark.parametrize('source', ['digits', 'folder'])
+def test_global_batches_do_not_depend_on_process_count(source, folder):
+  config = data_config(source=source, folder=folder, scale_min=32, scale_max=40,
+                       random_flip=True, pca_stddev=0.1)
+  make = lambda i, n: take(input_pipeline.create_train_iterator(
+      config, image_size=32, global_batch_size=8, seed=5, process_index=i,
+      process_count=n), 4)  # The folder has 24 images: 4 batches of 8 cross an epoch.
+  whole, halves = make(0, 1), [make(0, 2), make(1, 2)]
+  for j, batch in enumerate(whole):
+    for key in ('images', 'labels'):
+      joined = np.concatenate([halves[0][j][key], halves[1][j][key]])
+      np.testing.assert_array_equal(batch[key], joined)
+
+
 def test_eval_iterator_pads_with_mask_and_lines_up_processes():
   config = data_config()
   total = input_pipeline.load_digits_source('test').num_examples  # 450

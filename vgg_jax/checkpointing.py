@@ -11,6 +11,7 @@ from typing import Any
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
@@ -54,7 +55,8 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state):
   """(state, meta) of the newest checkpoint that restores, or None if there is none.
 
   A checkpoint that fails to restore (half-written, corrupted) is skipped, with a
-  warning, in favour of the one before it.
+  warning, in favour of the one before it, and moved aside to corrupt_step_<N> (kept
+  for inspection) so that the step can be saved again.
   """
   for step in sorted(manager.all_steps(), reverse=True):
     try:
@@ -64,9 +66,23 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state):
       logging.warning('Checkpoint at step %d in %s does not restore (%s: %s); '
                       'falling back to the previous one.', step, manager.directory,
                       type(error).__name__, str(error).splitlines()[0] if str(error) else '')
+      set_aside(manager, step)
       continue
     return restored['state'], restored['meta']
   return None
+
+
+def set_aside(manager: ocp.CheckpointManager, step: int):
+  """Renames checkpoint `step` to corrupt_step_<step> (process 0) and reloads."""
+  if jax.process_index() == 0:
+    path = os.path.join(str(manager.directory), str(step))
+    target = os.path.join(str(manager.directory), f'corrupt_step_{step}')
+    while os.path.exists(target):
+      target += '_'
+    os.rename(path, target)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f'set_aside_{step}')
+  manager.reload()
 
 
 def best_step(manager: ocp.CheckpointManager) -> int | None:
@@ -80,7 +96,11 @@ def best_step(manager: ocp.CheckpointManager) -> int | None:
 
 
 def load_params(workdir: str, step: int | None = None):
-  """(params as numpy arrays, meta) of a run's checkpoint; no target structure needed."""
+  """(params as numpy arrays, meta) of a run's checkpoint (latest by default).
+
+  Works whatever device topology saved it: the target tree is built from the
+  checkpoint's own metadata, on this process's first device.
+  """
   directory = checkpoint_dir(workdir)
   if not os.path.isdir(directory):
     raise FileNotFoundError(f'No checkpoints in {workdir}: {directory} does not exist.')
@@ -88,10 +108,15 @@ def load_params(workdir: str, step: int | None = None):
     step = manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'No finished checkpoint in {directory}.')
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
-  params = jax.tree_util.tree_map(np.asarray, restored['state']['params'])
-  return params, restored['meta']
+    meta = read_meta(manager, step)
+  state_dir = os.path.join(directory, str(step), 'state')
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  with ocp.StandardCheckpointer() as checkpointer:
+    tree = checkpointer.metadata(state_dir).item_metadata.tree
+    target = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), tree)
+    state = checkpointer.restore(state_dir, target)
+  return jax.tree_util.tree_map(np.asarray, state['params']), meta
 
 
 def copy_layers(params, source_params, layers, source_name: str = 'source'):

@@ -6,7 +6,7 @@ upsampled to 32x32 RGB: the offline default). Knows nothing of the model.
 
 Batches are dicts of host-local numpy arrays: images [b, H, W, 3] float32 (mean RGB
 subtracted), labels [b] int32, and for evaluation mask [b] bool (False marks padding).
-b = global_batch_size / process_count; each process reads only its own shard.
+b = global_batch_size / process_count; each process reads only its own examples.
 """
 
 import dataclasses
@@ -48,6 +48,8 @@ class Source:
   class_names: list[str]
   encoded: bool  # True: 'image' holds encoded bytes; False: decoded uint8.
   describe: Callable[[int], str] = lambda index: f'example {index}'
+  # Random access by example index (tf int64 -> example), for sources that allow it.
+  lookup: Callable[[Any], dict[str, Any]] | None = None
 
 
 def shard_bounds(total: int, process_index: int, process_count: int) -> tuple[int, int]:
@@ -75,13 +77,39 @@ def load_digits_source(split: str, process_index: int = 0, process_count: int = 
   images = images.repeat(scale, axis=1).repeat(scale, axis=2)
   images = np.repeat(images[..., None], 3, axis=-1)
   labels = digits.target[chosen].astype(np.int32)
+
+  def lookup(index):
+    return {'image': tf.gather(images, index), 'label': tf.gather(labels, index)}
+
   return Source(
       make_dataset=lambda: tf.data.Dataset.from_tensor_slices(
           {'image': images, 'label': labels}),
       num_examples=len(chosen),
       total_examples=len(train_idx if split == 'train' else test_idx),
       class_names=[str(d) for d in range(10)], encoded=False,
-      describe=lambda i: f'digits {split} example {int(chosen[i])}')
+      describe=lambda i: f'digits {split} example {int(chosen[i])}', lookup=lookup)
+
+
+def load_fake_source(split: str, num_examples: int, image_shape: Sequence[int],
+                     num_classes: int = 1000, process_index: int = 0,
+                     process_count: int = 1) -> Source:
+  """Random uint8 images made inside tf.data (no files): for throughput benchmarks."""
+  height, width = image_shape
+  salt = {'train': 0, 'validation': 1, 'test': 2}.get(split)
+  if salt is None:
+    raise ValueError(f"fake data has splits 'train', 'validation', 'test', not {split!r}.")
+  total = num_examples if split == 'train' else max(1, num_examples // 50)
+  start, end = shard_bounds(total, process_index, process_count)
+
+  def lookup(index):
+    index = tf.cast(index, tf.int64) + start
+    pixels = tf.random.stateless_uniform([height, width, 3], tf.stack([index, salt]),
+                                         maxval=256, dtype=tf.int32)
+    return {'image': tf.cast(pixels, tf.uint8), 'label': tf.cast(index % num_classes, tf.int32)}
+
+  return Source(lambda: tf.data.Dataset.range(end - start).map(lookup), end - start, total,
+                [str(i) for i in range(num_classes)], encoded=False,
+                describe=lambda i: f'fake {split} example {start + i}', lookup=lookup)
 
 
 def list_image_folder(root: str, split: str) -> tuple[list[str], np.ndarray, list[str]]:
@@ -119,13 +147,16 @@ def load_folder_source(root: str, split: str, process_index: int = 0,
   my_paths = [paths[i] for i in mine]
   my_labels = labels[mine]
 
+  def lookup(index):
+    return {'image': tf.io.read_file(tf.gather(my_paths, index)),
+            'label': tf.gather(my_labels, index)}
+
   def make_dataset():
-    ds = tf.data.Dataset.from_tensor_slices({'path': my_paths, 'label': my_labels})
-    return ds.map(lambda ex: {'image': tf.io.read_file(ex['path']), 'label': ex['label']},
-                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return tf.data.Dataset.range(len(my_paths)).map(
+        lookup, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
   return Source(make_dataset, len(my_paths), len(paths), class_names, encoded=True,
-                describe=lambda i: my_paths[i])
+                describe=lambda i: my_paths[i], lookup=lookup)
 
 
 def load_tfds_source(name: str, split: str, data_dir: str | None = None,
@@ -170,6 +201,18 @@ def load_tfds_source(name: str, split: str, data_dir: str | None = None,
                 encoded=True, describe=lambda i: f'{name} {subsplit} example {i}')
 
 
+def load_train_source(data_config, process_index: int = 0, process_count: int = 1) -> Source:
+  """The training split as create_train_iterator reads it.
+
+  Indexable sources (digits, folders) are loaded whole: every process walks the same
+  global order and reads only its part of each global batch, so the batches do not
+  depend on the process count. TFDS splits are sharded per process and shuffled there.
+  """
+  if data_config.source == 'tfds':
+    return load_source(data_config, data_config.train_split, process_index, process_count)
+  return load_source(data_config, data_config.train_split)
+
+
 def load_source(data_config, split: str, process_index: int = 0,
                 process_count: int = 1) -> Source:
   """The Source named by config.data.source for `split`."""
@@ -180,11 +223,17 @@ def load_source(data_config, split: str, process_index: int = 0,
     if not data_config.get('folder'):
       raise ValueError("config.data.folder must name the image folder root for source='folder'.")
     return load_folder_source(data_config.folder, split, process_index, process_count)
+  if kind == 'fake':
+    return load_fake_source(split, data_config.fake_num_examples,
+                            data_config.fake_image_shape,
+                            data_config.get('fake_num_classes', 1000), process_index,
+                            process_count)
   if kind == 'tfds':
     return load_tfds_source(data_config.name, split, data_config.get('data_dir'),
                             data_config.get('manual_dir'), data_config.get('download', False),
                             process_index, process_count)
-  raise ValueError(f"config.data.source={kind!r} is not one of 'digits', 'folder', 'tfds'.")
+  raise ValueError(f"config.data.source={kind!r} is not one of 'digits', 'folder', 'tfds', "
+                   "'fake'.")
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -384,42 +433,78 @@ def _options():
   return options
 
 
+def _global_order_stream(source: Source, seed: int, first: int, batch: int,
+                         global_batch: int, process_index: int) -> tf.data.Dataset:
+  """(position, example) for this process: its slice of every global batch.
+
+  Position g of the global stream holds example perm_e[g mod N] with e = g div N and
+  perm_e a permutation seeded by (seed, e); global batch j is positions [jB, (j+1)B),
+  of which process p reads [jB + pb, jB + (p+1)b).
+  """
+  size = source.num_examples
+
+  def epoch_positions(epoch):
+    order = tf.random.experimental.stateless_shuffle(
+        tf.range(size, dtype=tf.int64), seed=tf.stack([tf.cast(seed, tf.int64), epoch]))
+    positions = epoch * size + tf.range(size, dtype=tf.int64)
+    return tf.data.Dataset.from_tensor_slices((positions, order))
+
+  def mine(position, _):
+    offset = position % global_batch
+    return (position >= first) & (offset >= process_index * batch) & (
+        offset < (process_index + 1) * batch)
+
+  ds = tf.data.Dataset.range(first // size, np.iinfo(np.int64).max)
+  ds = ds.flat_map(epoch_positions).filter(mine)
+  return ds.map(lambda position, index: (source.lookup(index), position),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _per_process_stream(source: Source, seed: int, first: int, buffer: int,
+                        process_index: int) -> tf.data.Dataset:
+  """(example, position) from this process's own shard, shuffled per epoch."""
+  start_epoch, offset = divmod(first, source.num_examples)
+  base = source.make_dataset()
+
+  def epoch_dataset(epoch):
+    epoch_seed = tf.cast(seed * 1_000_003 + process_index * 10_007 + epoch, tf.int64)
+    return base.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+
+  ds = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(epoch_dataset)
+  positions = tf.data.Dataset.range(first, np.iinfo(np.int64).max)
+  return tf.data.Dataset.zip(ds.skip(offset), positions)
+
+
 def create_train_iterator(data_config, *, image_size: int, global_batch_size: int,
                           seed: int, start_step: int = 0, process_index: int = 0,
                           process_count: int = 1, cache_dir: str | None = None,
                           source: Source | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Endless, seeded training batches; the stream from `start_step` on, for resume.
 
-  Every example's augmentation is a function of (seed, its position in the stream) and
-  each epoch's shuffle of (seed, epoch), so starting at step k yields exactly the batches
-  an uninterrupted run sees from step k.
+  Each epoch's order is a function of (seed, epoch) and each example's augmentation
+  of (seed, its position in the stream), so starting at step k yields exactly the
+  batches an uninterrupted run sees from step k. For digits and image folders the
+  global batches are the same whatever the process count (see load_train_source).
   """
   check_scales(image_size, data_config.scale_min, data_config.scale_max,
                data_config.eval_scale)
   batch = local_batch_size(global_batch_size, process_count)
-  source = source or load_source(data_config, data_config.train_split, process_index,
-                                 process_count)
+  source = source or load_train_source(data_config, process_index, process_count)
   if source.num_examples == 0:
     raise ValueError(f'Training split {data_config.train_split!r} is empty for process '
                      f'{process_index}.')
   stats = rgb_statistics(data_config, cache_dir)
-  first = start_step * batch  # Position of the first example in this process's stream.
-  start_epoch, offset = divmod(first, source.num_examples)
-  buffer = min(data_config.get('shuffle_buffer', 10_000), source.num_examples)
-  base = source.make_dataset()
-
-  def epoch_dataset(epoch):
-    # Each process shuffles its own shard with a seed of (seed, process, epoch).
-    epoch_seed = tf.cast(seed * 1_000_003 + process_index * 10_007 + epoch, tf.int64)
-    return base.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
-
-  ds = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(epoch_dataset)
-  ds = ds.skip(offset)
-  positions = tf.data.Dataset.range(first, np.iinfo(np.int64).max)
-  ds = tf.data.Dataset.zip(ds, positions)
+  if source.lookup is not None:
+    ds = _global_order_stream(source, seed, start_step * global_batch_size, batch,
+                              global_batch_size, process_index)
+    stream_id = 0  # Positions are global: the same seed on every process.
+  else:
+    buffer = min(data_config.get('shuffle_buffer', 10_000), source.num_examples)
+    ds = _per_process_stream(source, seed, start_step * batch, buffer, process_index)
+    stream_id = process_index  # Positions are per process.
 
   def augment(ex, position):
-    example_seed = tf.stack([tf.constant(seed * 65_536 + process_index, tf.int64), position])
+    example_seed = tf.stack([tf.constant(seed * 65_536 + stream_id, tf.int64), position])
     image = preprocess_for_train(
         decode_image(ex['image'], source.encoded), example_seed,
         image_size=image_size, scale_min=data_config.scale_min,

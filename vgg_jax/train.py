@@ -395,8 +395,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     raise ValueError(f'config.schedule={config.schedule!r} is not one of {SCHEDULES}.')
 
   # Input sources.
-  train_source = input_pipeline.load_source(config.data, config.data.train_split,
-                                            process_index, process_count)
+  train_source = input_pipeline.load_train_source(config.data, process_index, process_count)
   eval_source = input_pipeline.load_source(config.data, config.data.eval_split,
                                            process_index, process_count)
   num_classes = config.model.num_classes or len(train_source.class_names)
@@ -500,6 +499,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
       eval_metrics = None
       if step % config.eval_every_steps == 0 or is_last:
+        jax.block_until_ready(state)  # Queued train steps count as training time.
         eval_start = time.perf_counter()
         eval_metrics = evaluate(eval_fn, state.params, make_eval_iter(), mesh)
         last_eval = eval_metrics

@@ -1,0 +1,339 @@
+"""Tests for vgg_jax.train and vgg_jax.checkpointing (8 fake CPU devices)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+import numpy as np
+import optax
+import pytest
+
+from experiments.configs import digits
+from vgg_jax import checkpointing
+from vgg_jax import input_pipeline
+from vgg_jax import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_OVERRIDES = {
+    'model.variant': 'A', 'model.width': 0.0625, 'model.fc_width': 32,
+    'data.mean_rgb': (40.0, 40.0, 40.0), 'data.scale_max': 32, 'global_batch_size': 16,
+    'eval_batch_size': 64, 'num_train_steps': 8, 'log_every_steps': 4,
+    'eval_every_steps': 4, 'checkpoint_every_steps': 4, 'schedule': 'step',
+    'step_decay_epochs': (0.5,),
+}
+
+
+def tiny_config(**overrides):
+  config = digits.get_config()
+  config.unlock()
+  for key, value in {**TINY_OVERRIDES, **overrides}.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def launch_args(workdir, **overrides):
+  args = [sys.executable, os.path.join(ROOT, 'launch.py'), f'--workdir={workdir}']
+  for key, value in {**TINY_OVERRIDES, **overrides}.items():
+    if isinstance(value, tuple):
+      value = '(' + ','.join(map(str, value)) + ',)'
+    args.append(f'--config.{key}={value}')
+  return args
+
+
+def final_params(workdir):
+  return checkpointing.load_params(workdir)[0]
+
+
+def assert_trees_equal(a, b):
+  jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+
+
+def digits_batch(size=16):
+  config = tiny_config()
+  return next(input_pipeline.create_train_iterator(
+      config.data, image_size=32, global_batch_size=size, seed=0))
+
+
+def setup(config, mesh):
+  model = train.create_model(config.model)
+  tx = train.create_optimizer(config, steps_per_epoch=10, total_steps=100)
+  state = jax.jit(lambda r: train.create_train_state(model, tx, r),
+                  out_shardings=train.replicated(mesh))(jax.random.key(0))
+  return model, tx, state
+
+
+def run_steps(config, mesh, batches, accum_steps=1):
+  model, tx, state = setup(config, mesh)
+  step = train.jit_train_step(model, tx, mesh, accum_steps)
+  for batch in batches:
+    state, _ = step(state, train.make_global_batch(batch, mesh), jax.random.key(1))
+  return jax.device_get(state.params)
+
+
+def test_sharded_step_equals_single_device_step():
+  assert jax.device_count() == 8
+  config = tiny_config()
+  batches = [digits_batch() for _ in range(3)]
+  sharded = run_steps(config, train.create_mesh(), batches)
+  single = run_steps(config, Mesh(np.asarray(jax.devices()[:1]), ('data',)), batches)
+  # Same maths, different reduction order across devices: float32 round-off only.
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                         sharded, single)
+  fresh = setup(config, train.create_mesh())[2].params
+  assert not np.allclose(sharded['conv1_1']['kernel'], jax.device_get(fresh)['conv1_1']['kernel'])
+
+
+def test_accumulation_equals_one_big_batch():
+  config = tiny_config(**{'model.dropout_rate': 0.0})
+  mesh = train.create_mesh()
+  batches = [digits_batch(32) for _ in range(2)]
+  big = run_steps(config, mesh, batches)
+  accumulated = run_steps(config, mesh, batches, accum_steps=2)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                         big, accumulated)
+
+
+def test_weight_decay_skips_biases_unless_asked():
+  params = {'conv1_1': {'kernel': jnp.ones((3, 3, 3, 4)), 'bias': jnp.ones((4,))}}
+  grads = jax.tree_util.tree_map(jnp.zeros_like, params)
+  for decay_biases, bias_update in ((False, 0.0), (True, -5e-4)):
+    config = tiny_config(decay_biases=decay_biases, schedule='plateau', learning_rate=1.0)
+    tx = train.create_optimizer(config, 10, 100)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates['conv1_1']['kernel'], -5e-4)
+    np.testing.assert_allclose(updates['conv1_1']['bias'], bias_update)
+
+
+def test_plateau_divides_by_ten_on_stall_at_most_three_times():
+  config = tiny_config(plateau_patience=2)
+  plateau = {'best_error': 2.0, 'bad_evals': 0, 'decays': 0}
+  decays = []
+  for error in [0.5, 0.4, 0.4, 0.45, 0.3, 0.3, 0.3] + [0.3] * 8:
+    plateau, decayed = train.update_plateau(plateau, error, config)
+    decays.append(decayed)
+  assert [i for i, d in enumerate(decays) if d] == [3, 6, 8]
+  assert plateau['decays'] == 3
+
+
+def test_plateau_schedule_in_training_lowers_the_lr(tmp_path):
+  # lr 1e-9: the eval error cannot improve, so each eval after the first decays.
+  config = tiny_config(schedule='plateau', learning_rate=1e-9, plateau_patience=1,
+                       num_train_steps=24, eval_every_steps=4, log_every_steps=1,
+                       checkpoint_every_steps=100)
+  train.train_and_evaluate(config, str(tmp_path))
+  rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  rates = [r['train/learning_rate'] for r in rows if 'train/learning_rate' in r]
+  assert rates[:4] == pytest.approx([1e-9] * 4)
+  distinct = sorted(set(np.round(np.log10(rates)).astype(int)))
+  assert distinct == [-12, -11, -10, -9]  # Three divisions by 10, no more.
+
+
+def test_train_writes_metrics_checkpoints_and_config(tmp_path):
+  result = train.train_and_evaluate(tiny_config(), str(tmp_path))
+  assert result['step'] == 8 and not result['preempted']
+  rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  train_rows = [r for r in rows if 'train/loss' in r]
+  eval_rows = [r for r in rows if 'eval/top1_error' in r]
+  assert [r['step'] for r in train_rows] == [4, 8] and [r['step'] for r in eval_rows] == [4, 8]
+  for key in ('train/loss', 'train/top1_error', 'train/learning_rate',
+              'train/images_per_second'):
+    assert np.isfinite(train_rows[0][key])
+  assert {'eval/loss', 'eval/top5_error'} <= set(eval_rows[0])
+  assert os.listdir(tmp_path / 'tensorboard')
+  assert json.load(open(tmp_path / 'config.json'))['model']['variant'] == 'A'
+  params, meta = checkpointing.load_params(str(tmp_path))
+  assert meta['step'] == 8 and meta['data_position'] == 8 * 16
+  assert meta['config']['model']['width'] == 0.0625 and meta['class_names'][3] == '3'
+  assert set(params) == {'conv1_1', 'conv2_1', 'conv3_1', 'conv3_2', 'conv4_1', 'conv4_2',
+                         'conv5_1', 'conv5_2', 'fc6', 'fc7', 'fc8'}
+  # A second run on the same workdir resumes at the end and does nothing more.
+  assert train.train_and_evaluate(tiny_config(), str(tmp_path))['step'] == 8
+
+
+def test_checkpoint_restores_with_plain_orbax(tmp_path):
+  import orbax.checkpoint as ocp
+  train.train_and_evaluate(tiny_config(num_train_steps=4), str(tmp_path))
+  with ocp.CheckpointManager(tmp_path / 'checkpoints', item_names=('state', 'meta')) as mngr:
+    restored = mngr.restore(4, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                       meta=ocp.args.JsonRestore()))
+  assert restored['state']['params']['fc8']['kernel'].shape == (32, 10)
+  assert int(restored['state']['step']) == 4 and restored['meta']['step'] == 4
+
+
+def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog):
+  config = tiny_config()
+  train.train_and_evaluate(config, str(tmp_path))
+  for root, _, files in os.walk(tmp_path / 'checkpoints' / '8' / 'state'):
+    for name in files:
+      with open(os.path.join(root, name), 'wb') as f:
+        f.write(b'half-written')
+  config.num_train_steps = 12
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert 'Checkpoint at step 8' in caplog.text and 'falling back' in caplog.text
+  assert result['step'] == 12
+  rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  assert [r['step'] for r in rows if 'train/loss' in r] == [4, 8, 12]  # Redone from 4.
+  assert os.path.isdir(tmp_path / 'checkpoints' / 'corrupt_step_8')  # Kept, set aside.
+
+
+def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = tiny_config(learning_rate=1e12, schedule='plateau', num_train_steps=30,
+                       log_every_steps=1, checkpoint_every_steps=1, eval_every_steps=100)
+  with pytest.raises(FloatingPointError, match=r'at step (\d+): training stopped') as error:
+    train.train_and_evaluate(config, str(tmp_path))
+  bad_step = int(error.value.args[0].split('at step ')[1].split(':')[0])
+  params, meta = checkpointing.load_params(str(tmp_path))
+  assert meta['step'] == bad_step - 1
+  assert all(np.all(np.isfinite(p)) for p in jax.tree_util.tree_leaves(params))
+
+
+def test_warm_start_copies_exactly_the_seven_layers(tmp_path):
+  net_a = tmp_path / 'a'
+  train.train_and_evaluate(tiny_config(num_train_steps=2), str(net_a))
+  a_params = final_params(str(net_a))
+  config = tiny_config(**{'model.variant': 'D', 'init_from': str(net_a)})
+  mesh = train.create_mesh()
+  model = train.create_model(config.model)
+  tx = train.create_optimizer(config, 10, 100)
+  warm = jax.device_get(train.initial_state(config, model, tx, mesh, jax.random.key(0)).params)
+  config.init_from = ''
+  fresh = jax.device_get(train.initial_state(config, model, tx, mesh, jax.random.key(0)).params)
+  copied = set(config.init_layers)
+  assert copied == {'conv1_1', 'conv2_1', 'conv3_1', 'conv3_2', 'fc6', 'fc7', 'fc8'}
+  for layer in warm:
+    expected = a_params[layer] if layer in copied else fresh[layer]
+    assert_trees_equal(warm[layer], expected)
+  assert not np.array_equal(a_params['conv1_1']['kernel'], fresh['conv1_1']['kernel'])
+
+
+def test_warm_start_errors(tmp_path):
+  net_a = tmp_path / 'a'
+  train.train_and_evaluate(tiny_config(num_train_steps=2), str(net_a))
+  mesh = train.create_mesh()
+  config = tiny_config(**{'model.variant': 'D', 'model.width': 0.125, 'init_from': str(net_a)})
+  model = train.create_model(config.model)
+  tx = train.create_optimizer(config, 10, 100)
+  with pytest.raises(ValueError, match="layer 'conv1_1' has shapes"):
+    train.initial_state(config, model, tx, mesh, jax.random.key(0))
+  config.init_from = str(tmp_path / 'missing')
+  with pytest.raises(FileNotFoundError, match='No checkpoints in'):
+    train.initial_state(config, model, tx, mesh, jax.random.key(0))
+
+
+def test_restoring_another_model_is_refused_and_nothing_is_overwritten(tmp_path):
+  train.train_and_evaluate(tiny_config(num_train_steps=4), str(tmp_path))
+  before = sorted(os.listdir(tmp_path / 'checkpoints'))
+  config_before = open(tmp_path / 'config.json').read()
+  for overrides, message in (({'model.variant': 'B'}, "variant: checkpoint 'A' vs config 'B'"),
+                             ({'model.num_classes': 7}, 'num_classes: checkpoint 10 vs config 7')):
+    with pytest.raises(ValueError, match=message):
+      train.train_and_evaluate(tiny_config(num_train_steps=8, **overrides), str(tmp_path))
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == before
+  assert open(tmp_path / 'config.json').read() == config_before
+
+
+def test_batch_not_divisible_by_devices(tmp_path):
+  with pytest.raises(ValueError, match='global_batch_size=12 is not divisible by the 8 devices'):
+    train.train_and_evaluate(tiny_config(global_batch_size=12), str(tmp_path))
+  with pytest.raises(ValueError, match='x 3 accumulation steps'):
+    train.train_and_evaluate(tiny_config(grad_accum_steps=3), str(tmp_path))
+
+
+def test_misspelt_config_override_fails(tmp_path):
+  result = subprocess.run(launch_args(tmp_path, learning_rat=0.1), capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode != 0
+  assert 'learning_rat' in result.stderr
+  assert not os.path.exists(tmp_path / 'checkpoints')
+
+
+def wait_for(predicate, timeout=120.0):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if predicate():
+      return True
+    time.sleep(0.05)
+  return False
+
+
+def finished_steps(workdir):
+  directory = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
+def test_sigkill_and_resume_equals_uninterrupted_bitwise(tmp_path):
+  overrides = dict(num_train_steps=120, checkpoint_every_steps=5, eval_every_steps=1000,
+                   log_every_steps=10)
+  killed = tmp_path / 'killed'
+  process = subprocess.Popen(launch_args(killed, **overrides), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  try:
+    assert wait_for(lambda: any(s >= 15 for s in finished_steps(killed)))
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+  finally:
+    process.kill()
+  assert finished_steps(killed)[-1] < 120  # Killed mid-run.
+  resumed = train.train_and_evaluate(tiny_config(**overrides), str(killed))
+  assert resumed['step'] == 120
+  uninterrupted = tmp_path / 'uninterrupted'
+  train.train_and_evaluate(tiny_config(**overrides), str(uninterrupted))
+  assert_trees_equal(final_params(str(killed)), final_params(str(uninterrupted)))
+
+
+def test_sigterm_saves_the_current_step(tmp_path):
+  overrides = dict(num_train_steps=100_000, checkpoint_every_steps=50, eval_every_steps=10**6,
+                   log_every_steps=10)
+  process = subprocess.Popen(launch_args(tmp_path, **overrides), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+  try:
+    assert wait_for(lambda: finished_steps(tmp_path))
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+  finally:
+    process.kill()
+  assert process.returncode == 143, output[-2000:]
+  saved = int(output.split('Preempted: saved step ')[1].split()[0])
+  assert saved in finished_steps(tmp_path) and saved < 100_000
+  params, meta = checkpointing.load_params(str(tmp_path))
+  assert meta['step'] == saved
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_process_with_eight_devices(tmp_path):
+  overrides = dict(num_train_steps=6, checkpoint_every_steps=6, eval_every_steps=6)
+  port = free_port()
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  procs = [subprocess.Popen(
+      launch_args(tmp_path / 'two', **overrides) + [
+          '--distributed=explicit', f'--coordinator_address=127.0.0.1:{port}',
+          '--num_processes=2', f'--process_id={i}', '--cpu_collectives=gloo'],
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=300)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  assert '8 devices, 2 processes' in outputs[0]
+  one = tmp_path / 'one'
+  result = train.train_and_evaluate(tiny_config(**overrides), str(one))
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                         final_params(str(tmp_path / 'two')), final_params(str(one)))
+  two_eval = [json.loads(l) for l in open(tmp_path / 'two' / 'metrics.jsonl')][-1]
+  assert two_eval['eval/num_examples'] == result['eval/num_examples'] == 450
