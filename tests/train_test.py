@@ -198,9 +198,15 @@ def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
   assert all(np.all(np.isfinite(p)) for p in jax.tree_util.tree_leaves(params))
 
 
-def test_warm_start_copies_exactly_the_seven_layers(tmp_path):
-  net_a = tmp_path / 'a'
-  train.train_and_evaluate(tiny_config(num_train_steps=2), str(net_a))
+@pytest.fixture(scope='module')
+def net_a(tmp_path_factory):
+  """Workdir of a (2-step) finished net-A run."""
+  workdir = tmp_path_factory.mktemp('net_a')
+  train.train_and_evaluate(tiny_config(num_train_steps=2), str(workdir))
+  return workdir
+
+
+def test_warm_start_copies_exactly_the_seven_layers(net_a):
   a_params = final_params(str(net_a))
   config = tiny_config(**{'model.variant': 'D', 'init_from': str(net_a)})
   mesh = train.create_mesh()
@@ -217,9 +223,7 @@ def test_warm_start_copies_exactly_the_seven_layers(tmp_path):
   assert not np.array_equal(a_params['conv1_1']['kernel'], fresh['conv1_1']['kernel'])
 
 
-def test_warm_start_errors(tmp_path):
-  net_a = tmp_path / 'a'
-  train.train_and_evaluate(tiny_config(num_train_steps=2), str(net_a))
+def test_warm_start_errors(tmp_path, net_a):
   mesh = train.create_mesh()
   config = tiny_config(**{'model.variant': 'D', 'model.width': 0.125, 'init_from': str(net_a)})
   model = train.create_model(config.model)
