@@ -7,7 +7,6 @@ Without --config it trains a narrow VGG-D on the embedded digits set. Running th
 command on the same DIR resumes.
 """
 
-import logging as std_logging
 import os
 import sys
 
@@ -23,8 +22,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(_HERE, 'experiments', 'configs', 'digits.py'),
     'Experiment config file (a get_config() returning a ConfigDict).', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'table'],
-                          "'train' (or resume); 'table' prints Table 2 reproduced.")
+_MODE = flags.DEFINE_enum(
+    'mode', 'train', ['train', 'evaluate', 'table'],
+    "'train' (or resume); 'evaluate' runs config.eval's protocol on DIR's checkpoint "
+    "(model and data from the checkpoint's config); 'table' prints Table 2 reproduced.")
 _DISTRIBUTED = flags.DEFINE_enum(
     'distributed', 'none', ['none', 'auto', 'explicit'],
     "Multi-process JAX: 'auto' lets jax.distributed.initialize detect TPU/SLURM/etc.; "
@@ -35,13 +36,6 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process: 0..num_pro
 _CPU_COLLECTIVES = flags.DEFINE_enum(
     'cpu_collectives', None, ['gloo', 'mpi'],
     'Collectives for multi-process runs on CPU devices (testing on one machine).')
-
-
-class _QuietOrbax(std_logging.Filter):
-  """Drops Orbax's per-save INFO chatter; its warnings and errors still show."""
-
-  def filter(self, record):
-    return record.levelno >= std_logging.WARNING or 'orbax' not in record.pathname
 
 
 def initialize_distributed():
@@ -62,7 +56,8 @@ def initialize_distributed():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_QuietOrbax())
+  from vgg_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  checkpointing.quiet_orbax_logs()
   if _MODE.value == 'table':
     from vgg_jax import models  # pylint: disable=g-import-not-at-top
     models.print_table2()
@@ -70,6 +65,14 @@ def main(argv):
   if not _WORKDIR.value:
     raise app.UsageError('--workdir is required for --mode=train.')
   initialize_distributed()
+  if _MODE.value == 'evaluate':
+    from vgg_jax import evaluate  # pylint: disable=g-import-not-at-top
+    eval_config = _CONFIG.value.eval
+    result = evaluate.run(eval_config, [_WORKDIR.value, *eval_config.fusion_workdirs],
+                          output_dir=_WORKDIR.value)
+    print(evaluate.format_table([result]))
+    print(f"Wrote {result.get('path')}")
+    return
   from vgg_jax import train  # pylint: disable=g-import-not-at-top
   result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if result.get('preempted'):

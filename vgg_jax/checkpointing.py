@@ -6,6 +6,7 @@ Layout of DIR/checkpoints/<step>/ (plain Orbax, restorable without this code):
           'eval'}: the run's config, where the input stream stands, schedule bookkeeping.
 """
 
+import logging as std_logging
 import os
 from typing import Any
 
@@ -18,6 +19,12 @@ from orbax.checkpoint import checkpoint_managers
 
 CHECKPOINT_SUBDIR = 'checkpoints'
 BEST_METRIC = 'eval/top1_error'
+
+
+def quiet_orbax_logs():
+  """Drops Orbax's per-save INFO chatter from absl's handler; warnings still show."""
+  logging.get_absl_handler().addFilter(
+      lambda record: record.levelno >= std_logging.WARNING or 'orbax' not in record.pathname)
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -86,13 +93,13 @@ def set_aside(manager: ocp.CheckpointManager, step: int):
 
 
 def best_step(manager: ocp.CheckpointManager) -> int | None:
-  """The step with the lowest eval top-1 error, else the latest."""
+  """The step with the lowest eval top-1 error (the later on ties), else the latest."""
   scored = []
   for step in manager.all_steps():
     metrics = read_meta(manager, step).get('eval') or {}
     if BEST_METRIC in metrics:
-      scored.append((metrics[BEST_METRIC], step))
-  return min(scored)[1] if scored else manager.latest_step()
+      scored.append((metrics[BEST_METRIC], -step))
+  return -min(scored)[1] if scored else manager.latest_step()
 
 
 def load_params(workdir: str, step: int | None = None):

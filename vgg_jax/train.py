@@ -455,11 +455,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                '%d steps in all.', compile_s, mesh.size, process_count, steps_per_epoch,
                total_steps)
 
-  def meta(step):
+  def meta(step, eval_metrics):
     return {'config': json.loads(config.to_json_best_effort()), 'step': step,
             'data_position': step * config.global_batch_size, 'plateau': plateau,
             'class_names': train_source.class_names, 'num_classes': num_classes,
-            'eval': last_eval}
+            'eval': eval_metrics or {}}
 
   writer = MetricWriter(workdir, start_step)
   preemption = Preemption()
@@ -517,7 +517,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
       if step % config.checkpoint_every_steps == 0 or eval_metrics or is_last or preempted:
         check_finite(pending_losses)  # Never save parameters after a non-finite loss.
-        checkpointing.save(manager, step, state, meta(step),
+        checkpointing.save(manager, step, state, meta(step, eval_metrics),
                            {checkpointing.BEST_METRIC: eval_metrics[checkpointing.BEST_METRIC]}
                            if eval_metrics else None)
       if preempted:

@@ -61,6 +61,15 @@ def get_config():
   config.init_from = ''  # Workdir of a finished net-A run (Sec. 3.1 warm start).
   config.init_layers = ('conv1_1', 'conv2_1', 'conv3_1', 'conv3_2', 'fc6', 'fc7', 'fc8')
 
+  config.eval = ml_collections.ConfigDict()  # launch.py --mode=evaluate (Sec. 3.2).
+  config.eval.protocol = 'single'  # 'single', 'dense', 'multicrop', 'dense+multicrop'.
+  config.eval.scales = ()  # Test scales Q, pixels; several: multi-scale. Empty: data.eval_scale.
+  config.eval.checkpoint = 'best'  # 'best' (eval top-1 error), 'latest' or a step number.
+  config.eval.fusion_workdirs = ()  # Further runs whose posteriors are averaged with this one.
+  config.eval.batch_size = 64  # Views per device call, over the local devices.
+  config.eval.split = ''  # Empty: data.eval_split.
+  config.eval.max_examples = 0  # > 0: only the first images of the split.
+
   config.log_every_steps = 100
   config.eval_every_steps = 5000
   config.checkpoint_every_steps = 1000

@@ -1,0 +1,140 @@
+"""Tests for vgg_jax.evaluate: the Sec. 3.2 protocols, fusion, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from vgg_jax import evaluate
+from vgg_jax import models
+from vgg_jax import train
+
+sys.path.insert(0, os.path.dirname(__file__))
+import train_test  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def eval_config(**overrides):
+  config = ml_collections.ConfigDict(dict(
+      protocol='single', scales=(32,), checkpoint='best', fusion_workdirs=(), batch_size=64,
+      split='', max_examples=0))
+  config.update(overrides)
+  return config
+
+
+@pytest.fixture(scope='module')
+def run_dir(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('run')
+  config = train_test.tiny_config(num_train_steps=40, eval_every_steps=20, learning_rate=0.05,
+                                  schedule='cosine')
+  result = train.train_and_evaluate(config, str(workdir))
+  return workdir, result
+
+
+def random_predictor(num_classes=10):
+  model = models.VGG(variant='A', width=1 / 16, fc_width=32, image_size=32,
+                     num_classes=num_classes)
+  params = train.init_params(model, jax.random.key(0))
+  return evaluate.Predictor(model, params, batch_size=16)
+
+
+def test_dense_equals_flip_averaged_centre_crop_on_square_images_at_q_equal_crop():
+  predictor = random_predictor()
+  images = list(np.random.default_rng(0).normal(0, 50, (5, 32, 32, 3)).astype(np.float32))
+  dense = evaluate.posteriors_at_scale(predictor, images, 'dense', 32)
+  single = evaluate.posteriors_at_scale(predictor, images, 'single', 32)
+  flipped = evaluate.posteriors_at_scale(predictor, [im[:, ::-1] for im in images],
+                                         'single', 32)
+  np.testing.assert_allclose(dense, 0.5 * (single + flipped), rtol=1e-5, atol=1e-6)
+  assert not np.allclose(single, flipped, atol=1e-4)  # The flip matters for random nets.
+
+
+def test_dense_posterior_is_flip_invariant_and_handles_mixed_shapes():
+  predictor = random_predictor()
+  rng = np.random.default_rng(1)
+  images = [rng.normal(0, 50, shape).astype(np.float32)
+            for shape in ((40, 56, 3), (40, 40, 3), (40, 56, 3))]
+  dense = evaluate.posteriors_at_scale(predictor, images, 'dense', 32)
+  flipped = evaluate.posteriors_at_scale(predictor, [im[:, ::-1] for im in images], 'dense', 32)
+  np.testing.assert_allclose(dense, flipped, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(dense.sum(1), 1.0, rtol=1e-5)
+  # Each image's posterior is its own, whatever shares its batch.
+  alone = evaluate.posteriors_at_scale(predictor, images[1:2], 'dense', 32)
+  np.testing.assert_allclose(dense[1:2], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_multicrop_averages_fifty_views():
+  predictor = random_predictor()
+  image = np.random.default_rng(2).normal(0, 50, (40, 48, 3)).astype(np.float32)
+  from vgg_jax import input_pipeline
+  views = input_pipeline.multi_crop_views(image, image_size=32)
+  assert len(views) == 50
+  expected = predictor(views).mean(0)
+  got = evaluate.posteriors_at_scale(predictor, [image], 'multicrop', 32)[0]
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+  both = evaluate.posteriors_at_scale(predictor, [image], 'dense+multicrop', 32)[0]
+  dense = evaluate.posteriors_at_scale(predictor, [image], 'dense', 32)[0]
+  np.testing.assert_allclose(both, 0.5 * (dense + expected), rtol=1e-5, atol=1e-6)
+
+
+def test_single_scale_matches_the_training_eval(run_dir):
+  workdir, result = run_dir
+  out = evaluate.run(eval_config(checkpoint='latest'), [str(workdir)], str(workdir))
+  assert out['num_images'] == 450 and out['views_per_image'] == 1
+  assert out['top1_error'] == pytest.approx(result['eval/top1_error'], abs=1e-6)
+  assert out['top5_error'] == pytest.approx(result['eval/top5_error'], abs=1e-6)
+  assert json.load(open(workdir / 'eval_single.json'))['top1_error'] == out['top1_error']
+
+
+def test_multiscale_views_and_fusion_of_identical_checkpoints(run_dir):
+  workdir, _ = run_dir
+  config = eval_config(protocol='dense+multicrop', scales=(32, 36, 40), max_examples=40)
+  one = evaluate.run(config, [str(workdir)])
+  assert one['views_per_image'] == 52 * 3 and one['num_images'] == 40
+  two = evaluate.run(config, [str(workdir), str(workdir)])
+  assert two['views_per_image'] == 52 * 3 * 2
+  assert (two['top1_error'], two['top5_error']) == (one['top1_error'], one['top5_error'])
+
+
+def test_best_checkpoint_is_the_lowest_eval_error(run_dir):
+  workdir, _ = run_dir
+  rows = [json.loads(l) for l in open(workdir / 'metrics.jsonl')]
+  errors = {r['step']: r['eval/top1_error'] for r in rows if 'eval/top1_error' in r}
+  best = min(errors, key=lambda step: (errors[step], -step))  # Later step on ties.
+  assert evaluate.resolve_step(str(workdir), 'best') == best
+  assert evaluate.resolve_step(str(workdir), 'latest') == 40
+  with pytest.raises(ValueError, match='No checkpoint at step 7'):
+    evaluate.resolve_step(str(workdir), '7')
+
+
+def test_bad_input(run_dir, tmp_path):
+  workdir, _ = run_dir
+  with pytest.raises(ValueError, match="Unknown evaluation protocol 'tencrop'"):
+    evaluate.run(eval_config(protocol='tencrop'), [str(workdir)])
+  with pytest.raises(ValueError, match='Q=28 is smaller than the crop size 32'):
+    evaluate.run(eval_config(scales=(32, 28)), [str(workdir)])
+  with pytest.raises(FileNotFoundError, match='No checkpoints in'):
+    evaluate.run(eval_config(), [str(tmp_path)])
+  other = tmp_path / 'other'
+  train.train_and_evaluate(train_test.tiny_config(num_train_steps=2, **{
+      'model.num_classes': 12}), str(other))
+  with pytest.raises(ValueError, match='different class counts'):
+    evaluate.run(eval_config(), [str(workdir), str(other)])
+
+
+def test_launch_evaluate_prints_a_table_and_writes_json(run_dir):
+  workdir, _ = run_dir
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'launch.py'), '--mode=evaluate',
+       f'--workdir={workdir}', '--config.eval.protocol=dense', '--config.eval.scales=(32,40)',
+       '--config.eval.max_examples=30'], capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert '| A | dense | 32,40 | 4 | 30 |' in result.stdout
+  saved = json.load(open(workdir / 'eval_dense.json'))
+  assert saved['num_images'] == 30 and saved['scales'] == [32, 40]

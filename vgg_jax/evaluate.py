@@ -1,0 +1,242 @@
+"""The paper's test protocols (Sec. 3.2) -> top-1 / top-5 error.
+
+Protocols, each at one or several test scales Q (posteriors averaged over scales):
+  single          centre crop of the image rescaled to Q (1 view)
+  dense           the whole rescaled image, fully-convolutional, class scores averaged,
+                  softmax averaged with the horizontal flip (2 views)
+  multicrop       5x5 grid of crops x 2 flips (50 views)
+  dense+multicrop the average of the two posteriors (52 views)
+Fusion averages the posteriors of several checkpoints.
+
+Each process evaluates its shard of the split on its local devices (views split across
+them); the counts are summed over processes at the end.
+"""
+
+import functools
+import json
+import os
+from typing import Any, Sequence
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+
+from vgg_jax import checkpointing
+from vgg_jax import models
+
+PROTOCOLS = ('single', 'dense', 'multicrop', 'dense+multicrop')
+VIEWS_PER_SCALE = {'single': 1, 'dense': 2, 'multicrop': 50, 'dense+multicrop': 52}
+
+
+def check_protocol(protocol: str, scales: Sequence[int], image_size: int):
+  if protocol not in PROTOCOLS:
+    raise ValueError(f'Unknown evaluation protocol {protocol!r}; choose one of {PROTOCOLS}.')
+  if not scales:
+    raise ValueError('config.eval.scales is empty: give at least one test scale Q.')
+  small = [q for q in scales if q < image_size]
+  if small:
+    raise ValueError(f'Test scale Q={small[0]} is smaller than the crop size '
+                     f'{image_size}: every Q must be at least the training crop.')
+
+
+def resolve_step(workdir: str, which) -> int:
+  """'best', 'latest' or a step number -> a step with a checkpoint in workdir."""
+  directory = checkpointing.checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'No checkpoints in {workdir}: {directory} does not exist.')
+  with checkpointing.create_manager(workdir, read_only=True) as manager:
+    steps = list(manager.all_steps())
+    if not steps:
+      raise FileNotFoundError(f'No finished checkpoint in {directory}.')
+    if which == 'best':
+      return checkpointing.best_step(manager)
+    if which == 'latest':
+      return manager.latest_step()
+    step = int(which)
+    if step not in steps:
+      raise ValueError(f'No checkpoint at step {step} in {workdir}; it has {sorted(steps)}.')
+    return step
+
+
+def load_model(workdir: str, which='best'):
+  """(model, params, meta, step) of a checkpoint, the model rebuilt from its config."""
+  step = resolve_step(workdir, which)
+  params, meta = checkpointing.load_params(workdir, step)
+  fields = dict(meta['config']['model'], num_classes=meta['num_classes'])
+  from vgg_jax import train  # pylint: disable=g-import-not-at-top
+  return train.create_model(fields), params, meta, step
+
+
+class Predictor:
+  """Softmax posteriors of one model over batches of views, on the local devices."""
+
+  def __init__(self, model: models.VGG, params, batch_size: int):
+    self.mesh = Mesh(np.asarray(jax.local_devices()), ('data',))
+    self.model = model
+    self.params = jax.device_put(params, NamedSharding(self.mesh, P()))
+    per_device = max(1, batch_size // self.mesh.size)
+    self.batch_size = per_device * self.mesh.size
+    self.views = NamedSharding(self.mesh, P('data'))
+
+    @functools.partial(jax.jit, static_argnames='dense')
+    def posteriors(params, images, dense):
+      logits = model.apply({'params': params}, images, train=False, dense=dense)
+      return jax.nn.softmax(logits)
+    self._posteriors = posteriors
+
+  def __call__(self, images: np.ndarray, dense: bool = False) -> np.ndarray:
+    """images [n, H, W, 3] -> posteriors [n, classes], in device-sized batches."""
+    out = []
+    for start in range(0, len(images), self.batch_size):
+      chunk = images[start:start + self.batch_size]
+      pad = (-len(chunk)) % self.mesh.size  # Equal shares per device.
+      if pad:
+        chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+      probs = self._posteriors(self.params, jax.device_put(chunk, self.views), dense)
+      out.append(np.asarray(probs)[:len(chunk) - pad])
+    return np.concatenate(out)
+
+
+def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
+  top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
+  return image[top:top + size, left:left + size]
+
+
+def posteriors_at_scale(predictor: Predictor, rescaled: list[np.ndarray], protocol: str,
+                        image_size: int) -> np.ndarray:
+  """Posteriors [n, classes] of n images already rescaled to one Q."""
+  from vgg_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  parts = []
+  if protocol == 'single':
+    parts.append(predictor(np.stack([centre_crop(im, image_size) for im in rescaled])))
+  if 'multicrop' in protocol:
+    views = np.concatenate([input_pipeline.multi_crop_views(im, image_size=image_size)
+                            for im in rescaled])
+    probs = predictor(views).reshape(len(rescaled), -1, predictor.model.num_classes)
+    parts.append(probs.mean(1))
+  if 'dense' in protocol:  # Same-shape images share a batch; each shape compiles once.
+    dense = np.zeros((len(rescaled), predictor.model.num_classes), np.float32)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, im in enumerate(rescaled):
+      by_shape.setdefault(im.shape, []).append(i)
+    for indices in by_shape.values():
+      images = np.stack([rescaled[i] for i in indices])
+      both = predictor(np.concatenate([images, images[:, :, ::-1]]), dense=True)
+      dense[indices] = 0.5 * (both[:len(indices)] + both[len(indices):])
+    parts.append(dense)
+  return np.mean(parts, axis=0)
+
+
+def rescaled_images(data_config, split: str, scales: Sequence[int], mean_rgb,
+                    max_examples: int | None = None):
+  """Yields (label, [image rescaled to each Q, mean subtracted]) for this process's shard."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from vgg_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  source = input_pipeline.load_source(data_config, split, jax.process_index(),
+                                      jax.process_count())
+  ds = source.make_dataset()
+  if max_examples:
+    ds = ds.take(max_examples)
+
+  def prepare(ex):
+    image = input_pipeline.decode_image(ex['image'], source.encoded)
+    return ex['label'], tuple(input_pipeline.preprocess_for_dense(image, scale=q,
+                                                                  mean_rgb=mean_rgb)
+                              for q in scales)
+
+  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(8)
+  for label, images in ds.as_numpy_iterator():
+    yield int(label), list(images)
+
+
+def evaluate_checkpoints(predictors: Sequence[Predictor], data_config, *, protocol: str,
+                         scales: Sequence[int], image_size: int, mean_rgb,
+                         split: str | None = None, max_examples: int | None = None,
+                         chunk: int = 64) -> dict[str, Any]:
+  """Top-1/top-5 error of the (fused) predictors under the protocol, over the split."""
+  check_protocol(protocol, scales, image_size)
+  classes = {p.model.num_classes for p in predictors}
+  if len(classes) > 1:
+    raise ValueError(f'Cannot fuse models with different class counts: {sorted(classes)}.')
+  split = split or data_config.eval_split
+  counts = np.zeros(3)  # top-1 mistakes, top-5 mistakes, images.
+  labels, pending = [], []
+
+  def flush():
+    fused = 0.0
+    for predictor in predictors:
+      per_scale = [posteriors_at_scale(predictor, [images[s] for images in pending], protocol,
+                                       image_size) for s in range(len(scales))]
+      fused = fused + np.mean(per_scale, axis=0)
+    fused = fused / len(predictors)
+    truth = np.asarray(labels)
+    top5 = np.argsort(-fused, axis=1)[:, :min(5, fused.shape[1])]
+    counts[0] += np.sum(top5[:, 0] != truth)
+    counts[1] += np.sum(~np.any(top5 == truth[:, None], axis=1))
+    counts[2] += len(truth)
+    labels.clear()
+    pending.clear()
+
+  for label, images in rescaled_images(data_config, split, scales, mean_rgb, max_examples):
+    labels.append(label)
+    pending.append(images)
+    if len(pending) == chunk:
+      flush()
+  if pending:
+    flush()
+  if jax.process_count() > 1:
+    counts = np.sum(multihost_utils.process_allgather(counts), axis=0)
+  images = max(int(counts[2]), 1)
+  return {'protocol': protocol, 'scales': list(scales), 'top1_error': counts[0] / images,
+          'top5_error': counts[1] / images, 'num_images': int(counts[2]),
+          'views_per_image': VIEWS_PER_SCALE[protocol] * len(scales) * len(predictors),
+          'num_models': len(predictors)}
+
+
+def run(eval_config, workdirs: Sequence[str], output_dir: str | None = None) -> dict[str, Any]:
+  """Evaluates (and fuses) the checkpoints of workdirs; writes eval_<protocol>.json."""
+  loaded = [load_model(w, eval_config.checkpoint) for w in workdirs]
+  classes = {model.num_classes for model, *_ in loaded}
+  if len(classes) > 1:
+    raise ValueError('Cannot fuse models with different class counts: ' + ', '.join(
+        f'{w}: {m.num_classes}' for w, (m, *_) in zip(workdirs, loaded)))
+  sizes = {model.image_size for model, *_ in loaded}
+  if len(sizes) > 1:
+    raise ValueError(f'Cannot fuse models trained at different crop sizes: {sorted(sizes)}.')
+  model, _, meta, _ = loaded[0]
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from vgg_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  data_config = ml_collections.ConfigDict(meta['config']['data'])
+  stats = input_pipeline.rgb_statistics(data_config, os.path.abspath(workdirs[0]))
+  scales = list(eval_config.scales) or [data_config.eval_scale]
+  check_protocol(eval_config.protocol, scales, model.image_size)
+  predictors = [Predictor(m, params, eval_config.batch_size) for m, params, _, _ in loaded]
+  logging.info('Evaluating %s (steps %s) with protocol %s at Q=%s...', ', '.join(workdirs),
+               [step for *_, step in loaded], eval_config.protocol, scales)
+  result = evaluate_checkpoints(
+      predictors, data_config, protocol=eval_config.protocol, scales=scales,
+      image_size=model.image_size, mean_rgb=stats['mean_rgb'],
+      split=eval_config.get('split') or None, max_examples=eval_config.get('max_examples') or None)
+  result.update(workdirs=[os.path.abspath(w) for w in workdirs],
+                steps=[step for *_, step in loaded],
+                variants=[m.variant for m, *_ in loaded])
+  if output_dir and jax.process_index() == 0:
+    name = eval_config.protocol.replace('+', '_')
+    path = os.path.join(output_dir, f'eval_{name}.json')
+    with open(path, 'w') as f:
+      json.dump(result, f, indent=2)
+    result['path'] = path
+  return result
+
+
+def format_table(results: Sequence[dict[str, Any]]) -> str:
+  lines = ['| models | protocol | Q | views/image | images | top-1 err % | top-5 err % |',
+           '|---|---|---|---|---|---|---|']
+  for r in results:
+    lines.append(f"| {'+'.join(r.get('variants', ['?']))} | {r['protocol']} | "
+                 f"{','.join(map(str, r['scales']))} | {r['views_per_image']} | "
+                 f"{r['num_images']} | {100 * r['top1_error']:.2f} | "
+                 f"{100 * r['top5_error']:.2f} |")
+  return '\n'.join(lines)
