@@ -23,9 +23,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     'Experiment config file (a get_config() returning a ConfigDict).', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
 _MODE = flags.DEFINE_enum(
-    'mode', 'train', ['train', 'evaluate', 'table'],
+    'mode', 'train', ['train', 'evaluate', 'predict', 'table'],
     "'train' (or resume); 'evaluate' runs config.eval's protocol on DIR's checkpoint "
-    "(model and data from the checkpoint's config); 'table' prints Table 2 reproduced.")
+    "(model and data from the checkpoint's config); 'predict' prints the top-5 classes of "
+    "the image files given as arguments; 'table' prints Table 2 reproduced.")
 _DISTRIBUTED = flags.DEFINE_enum(
     'distributed', 'none', ['none', 'auto', 'explicit'],
     "Multi-process JAX: 'auto' lets jax.distributed.initialize detect TPU/SLURM/etc.; "
@@ -54,7 +55,7 @@ def initialize_distributed():
 
 
 def main(argv):
-  if len(argv) > 1:
+  if len(argv) > 1 and _MODE.value != 'predict':
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   from vgg_jax import checkpointing  # pylint: disable=g-import-not-at-top
   checkpointing.quiet_orbax_logs()
@@ -63,7 +64,7 @@ def main(argv):
     models.print_table2()
     return
   if not _WORKDIR.value:
-    raise app.UsageError('--workdir is required for --mode=train.')
+    raise app.UsageError(f'--workdir is required for --mode={_MODE.value}.')
   initialize_distributed()
   if _MODE.value == 'evaluate':
     from vgg_jax import evaluate  # pylint: disable=g-import-not-at-top
@@ -72,6 +73,13 @@ def main(argv):
                           output_dir=_WORKDIR.value)
     print(evaluate.format_table([result]))
     print(f"Wrote {result.get('path')}")
+    return
+  if _MODE.value == 'predict':
+    from vgg_jax import evaluate  # pylint: disable=g-import-not-at-top
+    for path, top in evaluate.predict(_CONFIG.value.eval, _WORKDIR.value, argv[1:]):
+      print(path)
+      for name, probability in top:
+        print(f'  {probability:7.2%}  {name}')
     return
   from vgg_jax import train  # pylint: disable=g-import-not-at-top
   result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

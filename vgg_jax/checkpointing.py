@@ -102,6 +102,18 @@ def best_step(manager: ocp.CheckpointManager) -> int | None:
   return -min(scored)[1] if scored else manager.latest_step()
 
 
+def load_meta(workdir: str, step: int | None = None) -> dict[str, Any]:
+  """The JSON meta of a run's checkpoint (latest by default)."""
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'No checkpoints in {workdir}: {directory} does not exist.')
+  with create_manager(workdir, read_only=True) as manager:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'No finished checkpoint in {directory}.')
+    return read_meta(manager, step)
+
+
 def load_params(workdir: str, step: int | None = None):
   """(params as numpy arrays, meta) of a run's checkpoint (latest by default).
 

@@ -240,3 +240,41 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
                  f"{r['num_images']} | {100 * r['top1_error']:.2f} | "
                  f"{100 * r['top5_error']:.2f} |")
   return '\n'.join(lines)
+
+
+def predict(eval_config, workdir: str, paths: Sequence[str], top_k: int = 5):
+  """Top-k (class name, probability) per image file, with the checkpoint's preprocessing.
+
+  Uses the dense protocol when eval.protocol says 'dense' (whole image and its flip),
+  else the centre crop, at the first of eval.scales (default: the data's eval_scale).
+  """
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from vgg_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  if not paths:
+    raise ValueError('Give the image files to classify: launch.py --mode=predict '
+                     '--workdir=DIR IMAGE [IMAGE ...].')
+  missing = [p for p in paths if not os.path.isfile(p)]
+  if missing:
+    raise FileNotFoundError(f'No such image file: {missing[0]}')
+  model, params, meta, _ = load_model(workdir, eval_config.checkpoint)
+  data_config = ml_collections.ConfigDict(meta['config']['data'])
+  stats = input_pipeline.rgb_statistics(data_config, os.path.abspath(workdir))
+  scale = (list(eval_config.scales) or [data_config.eval_scale])[0]
+  dense = 'dense' in eval_config.protocol
+  check_protocol('dense' if dense else 'single', [scale], model.image_size)
+  predictor = Predictor(model, params, eval_config.batch_size)
+  names = meta.get('class_names') or [str(i) for i in range(model.num_classes)]
+  results = []
+  for path in paths:
+    try:
+      image = input_pipeline.decode_image(tf.io.read_file(path), encoded=True)
+    except tf.errors.InvalidArgumentError as error:
+      raise ValueError(f'Could not decode image {path}: {error.message.splitlines()[0]}') from error
+    rescaled = input_pipeline.preprocess_for_dense(image, scale=scale,
+                                                   mean_rgb=stats['mean_rgb']).numpy()
+    probs = posteriors_at_scale(predictor, [rescaled], 'dense' if dense else 'single',
+                                model.image_size)[0]
+    best = np.argsort(-probs)[:top_k]
+    results.append((path, [(names[i], float(probs[i])) for i in best]))
+  return results

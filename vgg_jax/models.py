@@ -25,6 +25,7 @@ LRN_VARIANTS = ('A-LRN',)  # LRN after conv1_1's ReLU.
 NUM_POOLS = len(STAGE_CHANNELS)  # One 2x2/2 max-pool after each stage.
 MIN_IMAGE_SIZE = 2**NUM_POOLS  # 32: the smallest input five pools leave a pixel of.
 KERNEL_INITS = ('glorot', 'paper')
+HEADS = ('fc', 'small')  # fc6-fc8 of Table 1, or a small transfer-learning head.
 
 # Table 2 and PAPER.md: (params as printed in the paper, GMACs per 224x224 image).
 PAPER_TABLE2 = {
@@ -106,6 +107,8 @@ class VGG(nn.Module):
   """VGG net `variant` of Table 1; images [B, H, W, 3] NHWC float -> logits [B, num_classes].
 
   image_size is the training crop size: it fixes fc6's window (image_size / 32).
+  head='small' replaces fc6-fc8 by the common transfer-learning head: head1 (Dense
+  head_width over the flattened conv map), ReLU, dropout, head2 (Dense num_classes).
   With dense=True the same parameters run fully-convolutionally on any image at least
   image_size on each side, and the class-score map is spatially averaged (Sec. 3.2).
   """
@@ -117,6 +120,8 @@ class VGG(nn.Module):
   dtype: Any = jnp.float32  # Computation dtype; parameters stay float32.
   kernel_init: str = 'glorot'
   image_size: int = 224
+  head: str = 'fc'
+  head_width: int = 256
 
   def __post_init__(self):
     if self.variant not in CONFIGS:
@@ -132,6 +137,8 @@ class VGG(nn.Module):
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f'dropout_rate must be in [0, 1), got {self.dropout_rate}.')
     kernel_initializer(self.kernel_init)  # Raises on an unknown scheme.
+    if self.head not in HEADS:
+      raise ValueError(f'head={self.head!r} is not one of {HEADS}.')
     super().__post_init__()
 
   def _check_input(self, images, dense):
@@ -162,12 +169,17 @@ class VGG(nn.Module):
           x = local_response_norm(x)
       x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
 
-    x = Fc6(self.fc_width, self.image_size // MIN_IMAGE_SIZE, dtype=self.dtype,
-            kernel_init=init, name='fc6')(x, dense)
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
-    x = nn.Dense(self.fc_width, dtype=self.dtype, kernel_init=init, name='fc7')(x)
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
-    x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=init, name='fc8')(x)
+    window = self.image_size // MIN_IMAGE_SIZE
+    if self.head == 'small':
+      x = Fc6(self.head_width, window, dtype=self.dtype, kernel_init=init, name='head1')(x, dense)
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
+      x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=init, name='head2')(x)
+    else:
+      x = Fc6(self.fc_width, window, dtype=self.dtype, kernel_init=init, name='fc6')(x, dense)
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
+      x = nn.Dense(self.fc_width, dtype=self.dtype, kernel_init=init, name='fc7')(x)
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
+      x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=init, name='fc8')(x)
     if dense:  # Sec. 3.2: class-score map [B, h, w, classes] averaged over space.
       x = x.mean(axis=(1, 2))
     return x.astype(jnp.float32)

@@ -66,6 +66,17 @@ def decay_mask(params, decay_biases: bool = False):
   return jax.tree_util.tree_map_with_path(applies, params)
 
 
+def frozen_labels(params, config):
+  """'frozen' for conv layers when config.freeze_conv_base (conv5_* may stay trainable)."""
+  def label(layer):
+    frozen = config.get('freeze_conv_base', False) and layer.startswith('conv')
+    if frozen and config.get('unfreeze_last_stage', False) and layer.startswith('conv5_'):
+      frozen = False
+    return 'frozen' if frozen else 'train'
+  return {layer: jax.tree_util.tree_map(lambda _: label(layer), p)  # pylint: disable=cell-var-from-loop
+          for layer, p in params.items()}
+
+
 def learning_rate_schedule(config, steps_per_epoch: int, total_steps: int):
   """A float (plateau: changed by the host after evals) or an optax schedule."""
   if config.schedule == 'plateau':
@@ -79,12 +90,19 @@ def learning_rate_schedule(config, steps_per_epoch: int, total_steps: int):
 
 
 def create_optimizer(config, steps_per_epoch: int, total_steps: int):
-  """SGD with momentum; L2 weight decay added to the gradient (Sec. 3.1)."""
+  """SGD with momentum; L2 weight decay added to the gradient (Sec. 3.1).
+
+  With config.freeze_conv_base the conv layers get zero updates (and no decay).
+  """
   def sgd_with_decay(learning_rate):
-    return optax.chain(
+    sgd = optax.chain(
         optax.add_decayed_weights(config.weight_decay, mask=functools.partial(
             decay_mask, decay_biases=config.decay_biases)),
         optax.sgd(learning_rate, momentum=config.momentum))
+    if not config.get('freeze_conv_base', False):
+      return sgd
+    return optax.multi_transform({'train': sgd, 'frozen': optax.set_to_zero()},
+                                 functools.partial(frozen_labels, config=config))
   schedule = learning_rate_schedule(config, steps_per_epoch, total_steps)
   return optax.inject_hyperparams(sgd_with_decay)(learning_rate=schedule)
 
@@ -394,7 +412,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if config.schedule not in SCHEDULES:
     raise ValueError(f'config.schedule={config.schedule!r} is not one of {SCHEDULES}.')
 
-  # Input sources.
+  # Input sources; an imported or warm-start checkpoint supplies its mean RGB.
+  if config.init_from and config.data.mean_rgb is None:
+    source_mean = checkpointing.load_meta(config.init_from)['config']['data'].get('mean_rgb')
+    if source_mean is not None:
+      config = config.copy_and_resolve_references()
+      config.data.mean_rgb = tuple(source_mean)
+      logging.info('Using the mean RGB %s of %s.', source_mean, config.init_from)
   train_source = input_pipeline.load_train_source(config.data, process_index, process_count)
   eval_source = input_pipeline.load_source(config.data, config.data.eval_split,
                                            process_index, process_count)

@@ -20,6 +20,8 @@ def get_config():
   config.model.dtype = 'float32'  # Computation dtype ('bfloat16' on accelerators).
   config.model.kernel_init = 'glorot'  # Or 'paper': N(0, 0.01^2), Sec. 3.1.
   config.model.image_size = 224  # Training crop, pixels.
+  config.model.head = 'fc'  # 'fc': fc6-fc8; 'small': Dense head_width, ReLU, dropout, Dense.
+  config.model.head_width = 256
 
   config.data = ml_collections.ConfigDict()
   config.data.source = 'tfds'  # 'tfds', 'folder' or 'digits'.
@@ -60,6 +62,8 @@ def get_config():
 
   config.init_from = ''  # Workdir of a finished net-A run (Sec. 3.1 warm start).
   config.init_layers = ('conv1_1', 'conv2_1', 'conv3_1', 'conv3_2', 'fc6', 'fc7', 'fc8')
+  config.freeze_conv_base = False  # Transfer learning: no updates, no decay on conv layers.
+  config.unfreeze_last_stage = False  # With freeze_conv_base: conv5_* still train.
 
   config.eval = ml_collections.ConfigDict()  # launch.py --mode=evaluate (Sec. 3.2).
   config.eval.protocol = 'single'  # 'single', 'dense', 'multicrop', 'dense+multicrop'.

@@ -1,0 +1,280 @@
+"""Tests for vgg_jax.pretrained: Keras and torchvision imports, fine-tuning, predict."""
+
+import os
+import subprocess
+import sys
+
+os.environ.setdefault('KERAS_BACKEND', 'jax')
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+import pytest
+
+from vgg_jax import checkpointing
+from vgg_jax import evaluate
+from vgg_jax import models
+from vgg_jax import pretrained
+from vgg_jax import train
+
+sys.path.insert(0, os.path.dirname(__file__))
+import train_test  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def rgb_images(n=2, size=224, seed=0):
+  """0..255 RGB images whose channels differ, so a BGR/RGB slip shows."""
+  rng = np.random.default_rng(seed)
+  base = rng.uniform(0, 255, (n, size, size, 3))
+  return (base * np.asarray([1.0, 0.6, 0.2])).astype(np.float32)
+
+
+def our_logits(out_dir, images_rgb):
+  params, meta = checkpointing.load_params(str(out_dir))
+  model = models.VGG(variant=meta['config']['model']['variant'],
+                     num_classes=meta['num_classes'], fc_width=meta['config']['model']['fc_width'])
+  mean = np.asarray(meta['preprocessing']['mean_rgb'], np.float32)
+  return np.asarray(jax.jit(model.apply)({'params': params}, images_rgb - mean))
+
+
+@pytest.fixture(scope='module')
+def keras_vgg16(tmp_path_factory):
+  import keras  # pylint: disable=g-import-not-at-top
+  from keras.src.legacy.saving import legacy_h5_format  # pylint: disable=g-import-not-at-top
+  import h5py  # pylint: disable=g-import-not-at-top
+  directory = tmp_path_factory.mktemp('keras')
+  keras.utils.set_random_seed(0)
+  model = keras.applications.VGG16(weights=None, classifier_activation=None)
+  new = directory / 'vgg16.weights.h5'
+  model.save_weights(str(new))  # Keras 3 layout.
+  classic = directory / 'vgg16_weights_tf_dim_ordering_tf_kernels.h5'
+  with h5py.File(classic, 'w') as f:  # The classic layout of the released files.
+    legacy_h5_format.save_weights_to_hdf5_group(f, model)
+  images = rgb_images()
+  caffe = images[..., ::-1] - np.asarray(pretrained.KERAS_MEAN_BGR, np.float32)
+  expected = np.asarray(model(caffe, training=False))
+  return {'new': new, 'classic': classic, 'images': images, 'logits': expected,
+          'dir': directory}
+
+
+@pytest.mark.parametrize('layout', ['new', 'classic'])
+def test_keras_vgg16_import_matches_keras_logits(keras_vgg16, layout, tmp_path):
+  out = tmp_path / 'imported'
+  pretrained.import_weights('keras', str(keras_vgg16[layout]), 'D', str(out))
+  got = our_logits(out, keras_vgg16['images'])
+  expected = keras_vgg16['logits']
+  scale = np.abs(expected).max()
+  # float32 through 16 layers: agreement to 1e-4 of the logit scale. A BGR slip or a
+  # wrong flatten order moves the logits by tens of percent of it.
+  np.testing.assert_allclose(got, expected, atol=1e-4 * scale, rtol=0)
+  meta = checkpointing.load_meta(str(out))
+  assert meta['preprocessing']['source'] == 'keras'
+  assert meta['class_names'][0] == 'n01440764' and len(meta['class_names']) == 1000
+  swapped = our_logits(out, keras_vgg16['images'][..., ::-1].copy())
+  assert np.abs(swapped - expected).max() > 1e-2 * scale  # The test sees a channel slip.
+
+
+def test_keras_vgg19_import_matches(tmp_path):
+  import keras  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(1)
+  model = keras.applications.VGG19(weights=None, classifier_activation=None)
+  path = tmp_path / 'vgg19.weights.h5'
+  model.save_weights(str(path))
+  images = rgb_images(1, seed=3)
+  expected = np.asarray(model(images[..., ::-1] - np.asarray(pretrained.KERAS_MEAN_BGR,
+                                                            np.float32), training=False))
+  pretrained.import_weights('keras', str(path), 'E', str(tmp_path / 'out'))
+  got = our_logits(tmp_path / 'out', images)
+  np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max(), rtol=0)
+  with pytest.raises(ValueError, match='holds 16 conv layers, a VGG of variant E; variant D has 13'):
+    pretrained.import_weights('keras', str(path), 'D', str(tmp_path / 'wrong'))
+  assert not os.path.exists(tmp_path / 'wrong')
+
+
+def torch_reference_logits(state, images_rgb):
+  """torchvision's VGG forward written out in NCHW with OIHW kernels and C,H,W flatten."""
+  x = (images_rgb / 255.0 - np.asarray(pretrained.TORCH_MEAN)) / np.asarray(pretrained.TORCH_STD)
+  x = jnp.asarray(x.transpose(0, 3, 1, 2), jnp.float32)
+  features = sorted({int(k.split('.')[1]) for k in state if k.startswith('features.')})
+  pools_after = {1, 3, 5, 7, 9}  # vgg11's conv indices (0-based) followed by a max-pool.
+  for i, index in enumerate(features):
+    w, b = state[f'features.{index}.weight'], state[f'features.{index}.bias']
+    x = jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+                                     dimension_numbers=('NCHW', 'OIHW', 'NCHW'))
+    x = jax.nn.relu(x + b[None, :, None, None])
+    if i in pools_after or i == 0:
+      x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), 'VALID')
+  x = x.reshape(x.shape[0], -1)  # C, H, W order, as torch.flatten.
+  for j, relu in ((0, True), (3, True), (6, False)):
+    x = x @ state[f'classifier.{j}.weight'].T + state[f'classifier.{j}.bias']
+    x = jax.nn.relu(x) if relu else x
+  return np.asarray(x)
+
+
+@pytest.fixture(scope='module')
+def torch_vgg11(tmp_path_factory):
+  """A torchvision vgg11 state dict (random; classifier width 64) as .safetensors."""
+  from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  channels = [3, 64, 128, 256, 256, 512, 512, 512, 512]
+  indices = [0, 3, 6, 8, 11, 13, 16, 18]  # torchvision vgg11's conv positions.
+  state = {}
+  for i, index in enumerate(indices):
+    fan_in = channels[i] * 9
+    state[f'features.{index}.weight'] = rng.normal(
+        0, np.sqrt(2 / fan_in), (channels[i + 1], channels[i], 3, 3)).astype(np.float32)
+    state[f'features.{index}.bias'] = rng.normal(0, 0.01, channels[i + 1]).astype(np.float32)
+  for j, (fan_in, out) in zip((0, 3, 6), ((512 * 49, 64), (64, 64), (64, 1000))):
+    state[f'classifier.{j}.weight'] = rng.normal(0, np.sqrt(2 / fan_in),
+                                                 (out, fan_in)).astype(np.float32)
+    state[f'classifier.{j}.bias'] = rng.normal(0, 0.01, out).astype(np.float32)
+  path = tmp_path_factory.mktemp('torch') / 'vgg11.safetensors'
+  safetensors_numpy.save_file(state, str(path))
+  return path, state
+
+
+def test_torchvision_safetensors_import_matches_reference(torch_vgg11, tmp_path):
+  path, state = torch_vgg11
+  images = rgb_images(2, seed=5)
+  expected = torch_reference_logits(state, images)
+  pretrained.import_weights('torchvision', str(path), 'A', str(tmp_path / 'out'))
+  got = our_logits(tmp_path / 'out', images)
+  np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max(), rtol=0)
+  # A C,H,W vs H,W,C flatten slip would be caught: the two orders differ here.
+  params, _ = checkpointing.load_params(str(tmp_path / 'out'))
+  naive = state['classifier.0.weight'].T
+  assert not np.allclose(params['fc6']['kernel'], naive)
+
+
+def test_torch_model_built_by_hand_when_torch_is_installed(torch_vgg11, tmp_path):
+  torch = pytest.importorskip('torch')
+  path, state = torch_vgg11
+  layers, channels = [], 3
+  for out in (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'):
+    if out == 'M':
+      layers.append(torch.nn.MaxPool2d(2))
+    else:
+      layers += [torch.nn.Conv2d(channels, out, 3, padding=1), torch.nn.ReLU()]
+      channels = out
+  features = torch.nn.Sequential(*layers)
+  classifier = torch.nn.Sequential(torch.nn.Linear(25088, 64), torch.nn.ReLU(), torch.nn.Dropout(),
+                                   torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Dropout(),
+                                   torch.nn.Linear(64, 1000))
+  model = torch.nn.Module()
+  model.features, model.classifier = features, classifier
+  model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+  model.eval()
+  images = rgb_images(1, seed=9)
+  x = (images / 255.0 - np.asarray(pretrained.TORCH_MEAN)) / np.asarray(pretrained.TORCH_STD)
+  with torch.no_grad():
+    feats = model.features(torch.from_numpy(x.transpose(0, 3, 1, 2)).float())
+    expected = model.classifier(torch.flatten(feats, 1)).numpy()
+  torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp_path / 'v.pth')
+  pretrained.import_weights('torchvision', str(tmp_path / 'v.pth'), 'A', str(tmp_path / 'out'))
+  got = our_logits(tmp_path / 'out', images)
+  np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max(), rtol=0)
+
+
+def test_bad_inputs_name_the_problem_and_leave_nothing(keras_vgg16, torch_vgg11, tmp_path):
+  import keras  # pylint: disable=g-import-not-at-top
+  out = tmp_path / 'out'
+  with pytest.raises(ValueError, match="Unknown source 'caffe'"):
+    pretrained.import_weights('caffe', str(keras_vgg16['new']), 'D', str(out))
+  notop = tmp_path / 'vgg16_notop.weights.h5'
+  keras.applications.VGG16(weights=None, include_top=False).save_weights(str(notop))
+  with pytest.raises(ValueError, match='"notop" file'):
+    pretrained.import_weights('keras', str(notop), 'D', str(out))
+  truncated = tmp_path / 'truncated.h5'
+  truncated.write_bytes(open(keras_vgg16['new'], 'rb').read()[:100_000])
+  with pytest.raises(ValueError, match='not a readable HDF5 file'):
+    pretrained.import_weights('keras', str(truncated), 'D', str(out))
+  half = tmp_path / 'half.safetensors'
+  half.write_bytes(open(torch_vgg11[0], 'rb').read()[:50_000])
+  with pytest.raises(ValueError, match='not a readable safetensors file'):
+    pretrained.import_weights('torchvision', str(half), 'A', str(out))
+  pth = tmp_path / 'vgg16.pth'
+  pth.write_bytes(b'\x80\x02pickled')
+  try:
+    import torch  # pylint: disable=g-import-not-at-top,unused-import
+    match = 'could not be read by torch.load'
+  except ImportError:
+    match = 'needs torch, which is not installed'
+  with pytest.raises(ValueError, match=match):
+    pretrained.import_weights('torchvision', str(pth), 'D', str(out))
+  with pytest.raises(ValueError, match='holds 8 conv layers, a VGG of variant A'):
+    pretrained.import_weights('torchvision', str(torch_vgg11[0]), 'D', str(out))
+  assert not os.path.exists(out)
+  assert [p for p in os.listdir(tmp_path) if p.startswith('.import-')] == []
+
+
+def test_notop_import_gives_the_conv_base(keras_vgg16, tmp_path):
+  import keras  # pylint: disable=g-import-not-at-top
+  notop = tmp_path / 'notop.weights.h5'
+  keras.applications.VGG16(weights=None, include_top=False).save_weights(str(notop))
+  pretrained.import_weights('keras', str(notop), 'D', str(tmp_path / 'out'), include_top=False)
+  params, _ = checkpointing.load_params(str(tmp_path / 'out'))
+  assert sorted(params) == sorted(n for n in models.layer_names('D') if n.startswith('conv'))
+
+
+def write_two_class_folder(root, size=40, count=16):
+  """Dark images are class 'a', bright ones class 'b': an easy, learnable task."""
+  rng = np.random.default_rng(0)
+  for split in ('train', 'validation'):
+    for name, low in (('a', 0), ('b', 150)):
+      os.makedirs(root / split / name)
+      for i in range(count if split == 'train' else 4):
+        pixels = rng.integers(low, low + 100, (size, size, 3)).astype(np.uint8)
+        Image.fromarray(pixels).save(root / split / name / f'{i}.png')
+
+
+@pytest.fixture(scope='module')
+def source(tmp_path_factory):
+  """A small trained digits run standing in for imported weights."""
+  workdir = tmp_path_factory.mktemp('pretrained')
+  train.train_and_evaluate(train_test.tiny_config(num_train_steps=2), str(workdir))
+  return workdir
+
+
+@pytest.mark.parametrize('head', ['fc8', 'small'])
+def test_finetune_freezes_the_conv_base_and_learns_the_head(tmp_path, head, source):
+  folder = tmp_path / 'folder'
+  write_two_class_folder(folder)
+  from experiments.configs import finetune  # pylint: disable=g-import-not-at-top
+  config = finetune.get_config(head)
+  config.model.update(variant='A', width=0.0625, fc_width=32, image_size=32, head_width=16)
+  config.init_layers = tuple(n for n in models.layer_names('A')
+                             if n.startswith('conv') or (head == 'fc8' and n in ('fc6', 'fc7')))
+  config.data.update(folder=str(folder), scale_min=32, scale_max=36, eval_scale=32)
+  config.init_from = str(source)
+  config.update(global_batch_size=16, eval_batch_size=16, num_train_steps=30,
+                learning_rate=0.05, log_every_steps=10, eval_every_steps=30,
+                checkpoint_every_steps=30)
+  result = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  before, _ = checkpointing.load_params(str(source))
+  after, meta = checkpointing.load_params(str(tmp_path / 'run'))
+  for layer in after:
+    if layer.startswith('conv'):
+      train_test.assert_trees_equal(after[layer], before[layer])  # Bit-identical.
+  new_head = 'fc8' if head == 'fc8' else 'head2'
+  assert after[new_head]['kernel'].shape[-1] == 2 and meta['class_names'] == ['a', 'b']
+  assert result['eval/top1_error'] <= 0.25  # Chance is 0.5.
+  assert meta['config']['data']['mean_rgb'] == [40.0, 40.0, 40.0]  # From the source.
+
+
+def test_predict_prints_names(tmp_path, source):
+  image = tmp_path / 'seven.png'
+  Image.fromarray(np.full((48, 40, 3), 200, np.uint8)).save(image)
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'launch.py'), '--mode=predict', f'--workdir={source}',
+       str(image), '--config.eval.protocol=dense'], capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.strip().splitlines()
+  assert lines[0] == str(image) and len(lines) == 6
+  names = [line.split()[-1] for line in lines[1:]]
+  assert set(names) <= {str(d) for d in range(10)} and len(set(names)) == 5
+  probabilities = [float(line.split('%')[0]) for line in lines[1:]]
+  assert probabilities == sorted(probabilities, reverse=True)
+  with pytest.raises(FileNotFoundError, match='No such image file'):
+    evaluate.predict(train_test.tiny_config().eval, str(source), [str(tmp_path / 'nope.jpg')])
