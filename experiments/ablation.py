@@ -50,6 +50,7 @@ class Preset:
   single_scales: tuple[int, ...]  # Q for Table 3's single-scale test.
   multi_scales: tuple[int, ...]  # Q for Table 4's multi-scale test.
   multi_protocol: str  # The protocol of the multi-scale column.
+  flip: bool  # Average with horizontal flips at test time (not for digits).
   warm_start: bool  # Deeper nets from a trained A (Sec. 3.1) rather than Glorot.
   paper: bool  # Print the paper's ImageNet numbers beside ours.
 
@@ -74,19 +75,20 @@ def digits_config(variant: str, quick: bool) -> ml_collections.ConfigDict:
 def get_preset(name: str, quick: bool) -> Preset:
   if name == 'digits':
     return Preset(lambda v: digits_config(v, quick), 1 if quick else 3, (32,), (32, 36, 40),
-                  'dense', warm_start=False, paper=False)
+                  'dense', flip=False, warm_start=False, paper=False)
   if name == 'cifar10':
     def make(variant):
       config = cifar10.get_config(variant)
       config.data.data_dir = _DATA_DIR.value
       return config
-    return Preset(make, 2, (32,), (32, 36, 40), 'dense', warm_start=False, paper=False)
+    return Preset(make, 2, (32,), (32, 36, 40), 'dense', flip=True, warm_start=False,
+                  paper=False)
   def make_imagenet(variant):  # Sec. 3.1: A from N(0, 0.01^2); the rest warm-started.
     config = imagenet.get_config(variant)
     config.data.data_dir = _DATA_DIR.value
     config.model.kernel_init = 'paper' if variant in ('A', 'A-LRN') else 'glorot'
     return config
-  return Preset(make_imagenet, 1, (256,), (224, 256, 288), 'dense', warm_start=True,
+  return Preset(make_imagenet, 1, (256,), (224, 256, 288), 'dense', flip=True, warm_start=True,
                 paper=True)
 
 
@@ -108,17 +110,18 @@ def train_run(config, workdir: str) -> None:
     json.dump({k: v for k, v in result.items() if isinstance(v, (int, float, bool))}, f)
 
 
-def evaluate_run(workdir: str, protocol: str, scales) -> dict:
+def evaluate_run(workdir: str, protocol: str, scales, flip: bool) -> dict:
   """Cached evaluation of a run's best checkpoint with a protocol at scales."""
   from vgg_jax import evaluate  # pylint: disable=g-import-not-at-top
-  key = f"eval_{protocol.replace('+', '_')}_{'_'.join(map(str, scales))}.json"
+  key = (f"eval_{protocol.replace('+', '_')}_{'_'.join(map(str, scales))}"
+         f"{'' if flip else '_noflip'}.json")
   path = os.path.join(workdir, key)
   if os.path.exists(path):
     with open(path) as f:
       return json.load(f)
   config = ml_collections.ConfigDict(dict(protocol=protocol, scales=tuple(scales),
                                           checkpoint='best', batch_size=256, split='',
-                                          max_examples=0))
+                                          max_examples=0, flip=flip))
   result = evaluate.run(config, [workdir])
   with open(path, 'w') as f:
     json.dump(result, f)
@@ -161,7 +164,8 @@ def write_markdown(path, table, preset: Preset, name: str, seconds: float):
       paper = PAPER_TABLE3.get(variant, ('', ''))
       row += f' {paper[0]} | {paper[1]} |'
     lines.append(row)
-  lines += ['', f'## Table 4 shape: multi-scale test, {preset.multi_protocol} evaluation, '
+  lines += ['', f'## Table 4 shape: multi-scale test, {preset.multi_protocol} evaluation'
+            f'{"" if preset.flip else " without flips"}, '
             f'Q = {{{",".join(map(str, preset.multi_scales))}}}', '', header,
             '|' + '---|' * (header.count('|') - 1)]
   for variant, columns in table.items():
@@ -222,8 +226,8 @@ def main(argv):
         config.init_from = os.path.join(root, run_name('A', seed))
       logging.info('=== %s seed %d (%s) ===', variant, seed, workdir)
       train_run(config, workdir)
-      single = evaluate_run(workdir, 'single', preset.single_scales)
-      multi = evaluate_run(workdir, preset.multi_protocol, preset.multi_scales)
+      single = evaluate_run(workdir, 'single', preset.single_scales, preset.flip)
+      multi = evaluate_run(workdir, preset.multi_protocol, preset.multi_scales, preset.flip)
       rows.append({'variant': variant, 'seed': seed,
                    'weight_layers': len(models.layer_names(variant)),
                    'single_top1': single['top1_error'], 'single_top5': single['top5_error'],

@@ -138,3 +138,16 @@ def test_launch_evaluate_prints_a_table_and_writes_json(run_dir):
   assert '| A | dense | 32,40 | 4 | 30 |' in result.stdout
   saved = json.load(open(workdir / 'eval_dense.json'))
   assert saved['num_images'] == 30 and saved['scales'] == [32, 40]
+
+
+def test_flip_off_uses_only_unflipped_views():
+  predictor = random_predictor()
+  rng = np.random.default_rng(4)
+  images = [rng.normal(0, 50, (40, 48, 3)).astype(np.float32)]
+  dense = evaluate.posteriors_at_scale(predictor, images, 'dense', 32, flip=False)
+  np.testing.assert_allclose(dense, predictor(np.stack(images), dense=True), rtol=1e-5, atol=1e-6)
+  from vgg_jax import input_pipeline
+  crops = input_pipeline.multi_crop_views(images[0], image_size=32)[:25]
+  multi = evaluate.posteriors_at_scale(predictor, images, 'multicrop', 32, flip=False)
+  np.testing.assert_allclose(multi[0], predictor(crops).mean(0), rtol=1e-5, atol=1e-6)
+  assert evaluate.views_per_scale('dense+multicrop', flip=False) == 26

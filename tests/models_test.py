@@ -1,5 +1,7 @@
 """Tests for vgg_jax.models: Table 1 structure, Table 2 sizes, LRN, dense evaluation."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -173,3 +175,29 @@ def test_bad_inputs_name_the_value():
     model.apply(variables, jnp.zeros((1, 24, 40, 3)), dense=True)
   with pytest.raises(ValueError, match=r'must be \[B, H, W, 3\]'):
     model.apply(variables, jnp.zeros((1, 3, 32, 32)))
+
+
+@pytest.mark.parametrize('variant', ['A-LRN', 'C'])
+def test_matmul_convolution_equals_xla_outputs_and_gradients(variant):
+  # 36x36: odd pooled sizes (18 -> 9 -> 4) exercise the VALID floor of both pools.
+  kwargs = dict(variant=variant, width=1 / 16, fc_width=16, num_classes=5, image_size=36)
+  xla, matmul = (models.VGG(conv_impl=impl, **kwargs) for impl in ('xla', 'matmul'))
+  # Moderate inputs: with huge ones LRN drives pre-activations to ~1e-8, where either
+  # implementation's round-off flips ReLU masks and the gradients part for that reason.
+  images = jax.random.normal(jax.random.key(1), (2, 36, 36, 3)) * 5
+  variables = xla.init(jax.random.key(0), images)
+  assert jax.tree_util.tree_map(jnp.shape, variables) == jax.tree_util.tree_map(
+      jnp.shape, matmul.init(jax.random.key(0), images))
+  np.testing.assert_allclose(matmul.apply(variables, images), xla.apply(variables, images),
+                             rtol=1e-4, atol=1e-4)
+  def loss(model, params):
+    return jnp.sum(jnp.sin(model.apply({'params': params}, images)))
+  grads = [jax.grad(functools.partial(loss, m))(variables['params']) for m in (xla, matmul)]
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                         *grads)
+
+
+def test_conv_impl_auto_picks_matmul_on_cpu_and_rejects_unknown():
+  assert models.resolve_conv_impl('auto') == 'matmul'  # Tests run on the CPU backend.
+  with pytest.raises(ValueError, match="conv_impl='fft' is not one of"):
+    models.VGG(conv_impl='fft')

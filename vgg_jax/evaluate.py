@@ -6,7 +6,8 @@ Protocols, each at one or several test scales Q (posteriors averaged over scales
                   softmax averaged with the horizontal flip (2 views)
   multicrop       5x5 grid of crops x 2 flips (50 views)
   dense+multicrop the average of the two posteriors (52 views)
-Fusion averages the posteriors of several checkpoints.
+Fusion averages the posteriors of several checkpoints. flip=False drops the horizontal
+flips (dense: 1 view, multicrop: 25) for classes that flipping changes, such as digits.
 
 Each process evaluates its shard of the split on its local devices (views split across
 them); the counts are summed over processes at the end.
@@ -28,6 +29,10 @@ from vgg_jax import models
 
 PROTOCOLS = ('single', 'dense', 'multicrop', 'dense+multicrop')
 VIEWS_PER_SCALE = {'single': 1, 'dense': 2, 'multicrop': 50, 'dense+multicrop': 52}
+
+
+def views_per_scale(protocol: str, flip: bool = True) -> int:
+  return VIEWS_PER_SCALE[protocol] if flip or protocol == 'single' else VIEWS_PER_SCALE[protocol] // 2
 
 
 def check_protocol(protocol: str, scales: Sequence[int], image_size: int):
@@ -105,7 +110,7 @@ def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def posteriors_at_scale(predictor: Predictor, rescaled: list[np.ndarray], protocol: str,
-                        image_size: int) -> np.ndarray:
+                        image_size: int, flip: bool = True) -> np.ndarray:
   """Posteriors [n, classes] of n images already rescaled to one Q."""
   from vgg_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   parts = []
@@ -114,6 +119,9 @@ def posteriors_at_scale(predictor: Predictor, rescaled: list[np.ndarray], protoc
   if 'multicrop' in protocol:
     views = np.concatenate([input_pipeline.multi_crop_views(im, image_size=image_size)
                             for im in rescaled])
+    if not flip:  # multi_crop_views puts the 25 crops first, then their flips.
+      views = views.reshape(len(rescaled), 2, -1, *views.shape[1:])[:, 0].reshape(
+          -1, *views.shape[1:])
     probs = predictor(views).reshape(len(rescaled), -1, predictor.model.num_classes)
     parts.append(probs.mean(1))
   if 'dense' in protocol:  # Same-shape images share a batch; each shape compiles once.
@@ -123,6 +131,9 @@ def posteriors_at_scale(predictor: Predictor, rescaled: list[np.ndarray], protoc
       by_shape.setdefault(im.shape, []).append(i)
     for indices in by_shape.values():
       images = np.stack([rescaled[i] for i in indices])
+      if not flip:
+        dense[indices] = predictor(images, dense=True)
+        continue
       both = predictor(np.concatenate([images, images[:, :, ::-1]]), dense=True)
       dense[indices] = 0.5 * (both[:len(indices)] + both[len(indices):])
     parts.append(dense)
@@ -154,7 +165,7 @@ def rescaled_images(data_config, split: str, scales: Sequence[int], mean_rgb,
 def evaluate_checkpoints(predictors: Sequence[Predictor], data_config, *, protocol: str,
                          scales: Sequence[int], image_size: int, mean_rgb,
                          split: str | None = None, max_examples: int | None = None,
-                         chunk: int = 64) -> dict[str, Any]:
+                         chunk: int = 64, flip: bool = True) -> dict[str, Any]:
   """Top-1/top-5 error of the (fused) predictors under the protocol, over the split."""
   check_protocol(protocol, scales, image_size)
   classes = {p.model.num_classes for p in predictors}
@@ -168,7 +179,7 @@ def evaluate_checkpoints(predictors: Sequence[Predictor], data_config, *, protoc
     fused = 0.0
     for predictor in predictors:
       per_scale = [posteriors_at_scale(predictor, [images[s] for images in pending], protocol,
-                                       image_size) for s in range(len(scales))]
+                                       image_size, flip) for s in range(len(scales))]
       fused = fused + np.mean(per_scale, axis=0)
     fused = fused / len(predictors)
     truth = np.asarray(labels)
@@ -191,7 +202,8 @@ def evaluate_checkpoints(predictors: Sequence[Predictor], data_config, *, protoc
   images = max(int(counts[2]), 1)
   return {'protocol': protocol, 'scales': list(scales), 'top1_error': counts[0] / images,
           'top5_error': counts[1] / images, 'num_images': int(counts[2]),
-          'views_per_image': VIEWS_PER_SCALE[protocol] * len(scales) * len(predictors),
+          'views_per_image': views_per_scale(protocol, flip) * len(scales) * len(predictors),
+          'flip': flip,
           'num_models': len(predictors)}
 
 
@@ -218,7 +230,8 @@ def run(eval_config, workdirs: Sequence[str], output_dir: str | None = None) -> 
   result = evaluate_checkpoints(
       predictors, data_config, protocol=eval_config.protocol, scales=scales,
       image_size=model.image_size, mean_rgb=stats['mean_rgb'],
-      split=eval_config.get('split') or None, max_examples=eval_config.get('max_examples') or None)
+      split=eval_config.get('split') or None, max_examples=eval_config.get('max_examples') or None,
+      flip=eval_config.get('flip', True))
   result.update(workdirs=[os.path.abspath(w) for w in workdirs],
                 steps=[step for *_, step in loaded],
                 variants=[m.variant for m, *_ in loaded])
@@ -274,7 +287,7 @@ def predict(eval_config, workdir: str, paths: Sequence[str], top_k: int = 5):
     rescaled = input_pipeline.preprocess_for_dense(image, scale=scale,
                                                    mean_rgb=stats['mean_rgb']).numpy()
     probs = posteriors_at_scale(predictor, [rescaled], 'dense' if dense else 'single',
-                                model.image_size)[0]
+                                model.image_size, eval_config.get('flip', True))[0]
     best = np.argsort(-probs)[:top_k]
     results.append((path, [(names[i], float(probs[i])) for i in best]))
   return results

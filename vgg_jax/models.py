@@ -26,6 +26,7 @@ NUM_POOLS = len(STAGE_CHANNELS)  # One 2x2/2 max-pool after each stage.
 MIN_IMAGE_SIZE = 2**NUM_POOLS  # 32: the smallest input five pools leave a pixel of.
 KERNEL_INITS = ('glorot', 'paper')
 HEADS = ('fc', 'small')  # fc6-fc8 of Table 1, or a small transfer-learning head.
+CONV_IMPLS = ('auto', 'xla', 'matmul')
 
 # Table 2 and PAPER.md: (params as printed in the paper, GMACs per 224x224 image).
 PAPER_TABLE2 = {
@@ -76,6 +77,58 @@ def layer_names(variant: str) -> tuple[str, ...]:
   return tuple(convs) + ('fc6', 'fc7', 'fc8')
 
 
+def resolve_conv_impl(conv_impl: str) -> str:
+  """'auto' -> 'matmul' on the CPU backend (XLA's CPU convolution is slow), else 'xla'."""
+  if conv_impl not in CONV_IMPLS:
+    raise ValueError(f'conv_impl={conv_impl!r} is not one of {CONV_IMPLS}.')
+  if conv_impl == 'auto':
+    return 'matmul' if jax.default_backend() == 'cpu' else 'xla'
+  return conv_impl
+
+
+class Conv(nn.Module):
+  """A k x k, stride 1, 'same' convolution; kernel [k, k, Cin, Cout] (HWIO) and bias.
+
+  'xla' calls XLA's convolution. 'matmul' concatenates the k*k shifted slices of the
+  zero-padded input and multiplies by the kernel reshaped to [k*k*Cin, Cout]: the same
+  numbers through XLA's fast CPU matmul. Parameters are identical either way.
+  """
+  features: int
+  kernel_size: int
+  impl: str = 'xla'
+  dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.xavier_uniform()
+
+  @nn.compact
+  def __call__(self, x):
+    k, channels = self.kernel_size, x.shape[-1]
+    kernel = self.param('kernel', self.kernel_init, (k, k, channels, self.features), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
+    x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
+    if self.impl == 'xla':
+      y = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME',
+                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    elif k == 1:
+      y = x @ kernel[0, 0]
+    else:
+      before, after = (k - 1) // 2, k // 2
+      padded = jnp.pad(x, ((0, 0), (before, after), (before, after), (0, 0)))
+      height, width = x.shape[1:3]
+      patches = jnp.concatenate([padded[:, dy:dy + height, dx:dx + width]
+                                 for dy in range(k) for dx in range(k)], axis=-1)
+      y = patches @ kernel.reshape(k * k * channels, self.features)
+    return y + bias
+
+
+def max_pool_2x2(x, impl: str):
+  """2x2 max-pool, stride 2, VALID (odd rows/columns dropped), Table 1."""
+  if impl == 'xla':
+    return nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+  batch, height, width, channels = x.shape
+  x = x[:, :height // 2 * 2, :width // 2 * 2]
+  return x.reshape(batch, height // 2, 2, width // 2, 2, channels).max(axis=(2, 4))
+
+
 class Fc6(nn.Module):
   """fc6 over the last conv map: a dense layer, or the same weights as a conv (Sec. 3.2).
 
@@ -122,6 +175,7 @@ class VGG(nn.Module):
   image_size: int = 224
   head: str = 'fc'
   head_width: int = 256
+  conv_impl: str = 'auto'  # 'xla', 'matmul' (fast on CPU), 'auto': by backend.
 
   def __post_init__(self):
     if self.variant not in CONFIGS:
@@ -137,6 +191,7 @@ class VGG(nn.Module):
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f'dropout_rate must be in [0, 1), got {self.dropout_rate}.')
     kernel_initializer(self.kernel_init)  # Raises on an unknown scheme.
+    resolve_conv_impl(self.conv_impl)  # Raises on an unknown implementation.
     if self.head not in HEADS:
       raise ValueError(f'head={self.head!r} is not one of {HEADS}.')
     super().__post_init__()
@@ -157,17 +212,17 @@ class VGG(nn.Module):
   def __call__(self, images, train: bool = False, dense: bool = False):
     self._check_input(images, dense)
     init = kernel_initializer(self.kernel_init)
+    impl = resolve_conv_impl(self.conv_impl)
     x = images.astype(self.dtype)
     for stage, (kernel_sizes, channels) in enumerate(
         zip(CONFIGS[self.variant], stage_channels(self.width))):
       for i, k in enumerate(kernel_sizes):
-        x = nn.Conv(channels, (k, k), padding='SAME', dtype=self.dtype,
-                    param_dtype=jnp.float32, kernel_init=init,
-                    name=f'conv{stage + 1}_{i + 1}')(x)
+        x = Conv(channels, k, impl, dtype=self.dtype, kernel_init=init,
+                 name=f'conv{stage + 1}_{i + 1}')(x)
         x = nn.relu(x)
         if stage == 0 and i == 0 and self.variant in LRN_VARIANTS:
           x = local_response_norm(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+      x = max_pool_2x2(x, impl)
 
     window = self.image_size // MIN_IMAGE_SIZE
     if self.head == 'small':

@@ -5,7 +5,8 @@ iterators -> model and optimizer -> restore_or_init -> loop with logging, evalua
 checkpoints. Running it again on the same workdir resumes exactly.
 
 TensorFlow is imported only by the input pipeline, and the pipeline only inside
-train_and_evaluate, so the step functions (and the benchmark) run without TensorFlow.
+train_and_evaluate, so the step functions (and the benchmark) run without TensorFlow or
+ml_collections: `config` is anything with attribute access and .get (a ConfigDict).
 """
 
 import functools
@@ -21,7 +22,6 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-import ml_collections
 import numpy as np
 import optax
 
@@ -399,7 +399,7 @@ def initial_state(config, model, tx, mesh, rng):
   return state.replace(params=params, opt_state=tx.init(params))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) in workdir; returns the final metrics."""
   from vgg_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
   workdir = os.path.abspath(workdir)

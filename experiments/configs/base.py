@@ -68,6 +68,7 @@ def get_config():
   config.eval = ml_collections.ConfigDict()  # launch.py --mode=evaluate (Sec. 3.2).
   config.eval.protocol = 'single'  # 'single', 'dense', 'multicrop', 'dense+multicrop'.
   config.eval.scales = ()  # Test scales Q, pixels; several: multi-scale. Empty: data.eval_scale.
+  config.eval.flip = True  # Average with horizontal flips (Sec. 3.2); off for digits.
   config.eval.checkpoint = 'best'  # 'best' (eval top-1 error), 'latest' or a step number.
   config.eval.fusion_workdirs = ()  # Further runs whose posteriors are averaged with this one.
   config.eval.batch_size = 64  # Views per device call, over the local devices.

@@ -25,6 +25,7 @@ def get_config():
   config.data.eval_scale = 32
   config.data.random_flip = False  # Flipped digits are other digits.
   config.data.pca_stddev = 0.0  # Gray images.
+  config.eval.flip = False  # Test-time flips too.
 
   config.global_batch_size = 64
   config.eval_batch_size = 450

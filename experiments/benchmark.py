@@ -1,0 +1,211 @@
+"""Times the project's real train step on synthetic batches, optionally beside PyTorch.
+
+  python -m experiments.benchmark --variant=A --image_size=32 --batch_size=64 \\
+      --num_classes=10 [--dtype=bfloat16] [--steps=N] [--conv_impl=auto|xla|matmul] [--vs_torch]
+
+Batches are made on the device (no TensorFlow, no ml_collections: this runs where only
+jax, flax, optax and orbax are installed). Prints one JSON line per timed run. With
+--vs_torch an equivalent PyTorch VGG (same layers, SGD momentum 0.9 + weight decay 5e-4
+on weights, dropout 0.5; channels_last and default layouts; autocast bfloat16 when
+--dtype=bfloat16) is timed in the same process, alternating with JAX, and the JAX/torch
+step-time ratio is printed per pair and as a median.
+"""
+
+import json
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vgg_jax import models
+from vgg_jax import train
+
+_VARIANT = flags.DEFINE_enum('variant', 'A', list(models.CONFIGS), 'Table 1 configuration.')
+_IMAGE_SIZE = flags.DEFINE_integer('image_size', 32, 'Input height and width.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 64, 'Global batch size.')
+_NUM_CLASSES = flags.DEFINE_integer('num_classes', 10, 'Classes.')
+_WIDTH = flags.DEFINE_float('width', 1.0, 'Channel width multiplier.')
+_FC_WIDTH = flags.DEFINE_integer('fc_width', 4096, 'fc6/fc7 width.')
+_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Computation dtype.')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per run.')
+_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.')
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Alternating JAX/torch pairs with --vs_torch.')
+_CONV_IMPL = flags.DEFINE_enum('conv_impl', 'auto', list(models.CONV_IMPLS), 'JAX conv path.')
+_ACCUM = flags.DEFINE_integer('grad_accum_steps', 1, 'Micro-batches per step.')
+_VS_TORCH = flags.DEFINE_bool('vs_torch', False, 'Also time an equivalent PyTorch VGG.')
+_TORCH_COMPILE = flags.DEFINE_bool('torch_compile', False, 'torch.compile the torch model.')
+
+
+class Config(dict):
+  """The optimizer fields train.create_optimizer reads, without ml_collections."""
+  __getattr__ = dict.__getitem__
+
+
+def optimizer_config():
+  return Config(schedule='cosine', learning_rate=1e-2, momentum=0.9, weight_decay=5e-4,
+                decay_biases=False, step_decay_epochs=())
+
+
+def summarize(step_times, compile_s, flops, peak, memory, extra):
+  median = statistics.median(step_times)
+  return {**extra, 'compile_s': round(compile_s, 3), 'median_step_s': round(median, 5),
+          'min_step_s': round(min(step_times), 5), 'max_step_s': round(max(step_times), 5),
+          'images_per_second': round(_BATCH_SIZE.value / median, 2),
+          'mfu': round(flops / median / peak, 4) if flops and peak else None,
+          'peak_memory_bytes': memory}
+
+
+class JaxRun:
+  """The project's jit-compiled train step over all devices, on device-made batches."""
+
+  def __init__(self):
+    self.model = models.VGG(variant=_VARIANT.value, num_classes=_NUM_CLASSES.value,
+                            width=_WIDTH.value, fc_width=_FC_WIDTH.value,
+                            image_size=_IMAGE_SIZE.value, conv_impl=_CONV_IMPL.value,
+                            dtype=jnp.bfloat16 if _DTYPE.value == 'bfloat16' else jnp.float32)
+    mesh = train.create_mesh()
+    train.check_batch_size(_BATCH_SIZE.value, mesh.size, _ACCUM.value, name='batch_size')
+    tx = train.create_optimizer(optimizer_config(), 100, 10_000)
+    self.state = jax.jit(lambda r: train.create_train_state(self.model, tx, r),
+                         out_shardings=train.replicated(mesh))(jax.random.key(0))
+    size = _IMAGE_SIZE.value
+    self.batch = jax.jit(lambda r: {
+        'images': jax.random.normal(r, (_BATCH_SIZE.value, size, size, 3)) * 60,
+        'labels': jax.random.randint(r, (_BATCH_SIZE.value,), 0, _NUM_CLASSES.value)},
+        out_shardings=train.batch_sharding(mesh))(jax.random.key(1))
+    self.rng = jax.random.key(2)
+    start = time.perf_counter()
+    self.step = train.jit_train_step(self.model, tx, mesh, _ACCUM.value).lower(
+        self.state, self.batch, self.rng).compile()
+    self.compile_s = time.perf_counter() - start
+    self.flops = train.step_flops(self.step)
+    self.device = jax.devices()[0]
+    self.peak = train.peak_flops(self.device.device_kind)
+    self.run(_WARMUP.value)
+
+  def run(self, steps):
+    times = []
+    for _ in range(steps):
+      start = time.perf_counter()
+      self.state, metrics = self.step(self.state, self.batch, self.rng)
+      jax.block_until_ready(metrics['loss'])
+      times.append(time.perf_counter() - start)
+    return times
+
+  def result(self, times):
+    stats = self.device.memory_stats() or {}
+    return summarize(times, self.compile_s, self.flops, self.peak,
+                     stats.get('peak_bytes_in_use'), {
+                         'framework': 'jax', 'backend': jax.default_backend(),
+                         'device_kind': self.device.device_kind, 'devices': jax.device_count(),
+                         'variant': _VARIANT.value, 'image_size': _IMAGE_SIZE.value,
+                         'batch_size': _BATCH_SIZE.value, 'dtype': _DTYPE.value,
+                         'conv_impl': models.resolve_conv_impl(_CONV_IMPL.value),
+                         'width': _WIDTH.value})
+
+
+class TorchRun:
+  """The same VGG in PyTorch: layers from models.CONFIGS, SGD momentum + weight decay."""
+
+  def __init__(self, torch, channels_last: bool):
+    nn = torch.nn
+    self.torch, self.channels_last = torch, channels_last
+    self.device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    layers, in_channels, size = [], 3, _IMAGE_SIZE.value
+    for kernel_sizes, channels in zip(models.CONFIGS[_VARIANT.value],
+                                      models.stage_channels(_WIDTH.value)):
+      for k in kernel_sizes:
+        layers += [nn.Conv2d(in_channels, channels, k, padding=k // 2), nn.ReLU()]
+        if len(layers) == 2 and _VARIANT.value in models.LRN_VARIANTS:
+          # torch divides alpha by n: alpha = n * 1e-4 gives AlexNet's formula.
+          layers.append(nn.LocalResponseNorm(5, alpha=5 * 1e-4, beta=0.75, k=2.0))
+        in_channels = channels
+      layers.append(nn.MaxPool2d(2))
+      size //= 2
+    fc = _FC_WIDTH.value
+    self.model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(in_channels * size * size, fc),
+                               nn.ReLU(), nn.Dropout(0.5), nn.Linear(fc, fc), nn.ReLU(),
+                               nn.Dropout(0.5), nn.Linear(fc, _NUM_CLASSES.value)).to(self.device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    self.model = self.model.to(memory_format=memory_format)
+    weights = [p for n, p in self.model.named_parameters() if n.endswith('weight')]
+    biases = [p for n, p in self.model.named_parameters() if n.endswith('bias')]
+    self.optimizer = torch.optim.SGD([{'params': weights, 'weight_decay': 5e-4},
+                                      {'params': biases, 'weight_decay': 0.0}],
+                                     lr=1e-2, momentum=0.9)
+    self.images = (torch.randn(_BATCH_SIZE.value, 3, _IMAGE_SIZE.value, _IMAGE_SIZE.value,
+                               device=self.device) * 60).to(memory_format=memory_format)
+    self.labels = torch.randint(0, _NUM_CLASSES.value, (_BATCH_SIZE.value,), device=self.device)
+    self.forward = torch.compile(self.model) if _TORCH_COMPILE.value else self.model
+    start = time.perf_counter()
+    self.run(1)  # Includes torch.compile's compilation when asked.
+    self.compile_s = time.perf_counter() - start
+    self.run(_WARMUP.value)
+
+  def run(self, steps):
+    torch, times = self.torch, []
+    autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
+                              enabled=_DTYPE.value == 'bfloat16')
+    for _ in range(steps):
+      start = time.perf_counter()
+      self.optimizer.zero_grad(set_to_none=True)
+      with autocast:
+        loss = torch.nn.functional.cross_entropy(self.forward(self.images), self.labels)
+      loss.backward()
+      self.optimizer.step()
+      if self.device.type == 'cuda':
+        torch.cuda.synchronize()
+      else:
+        loss.item()
+      times.append(time.perf_counter() - start)
+    return times
+
+  def result(self, times):
+    torch = self.torch
+    memory = torch.cuda.max_memory_allocated() if self.device.type == 'cuda' else None
+    kind = torch.cuda.get_device_name() if self.device.type == 'cuda' else 'cpu'
+    return summarize(times, self.compile_s, None, None, memory, {
+        'framework': 'torch', 'backend': self.device.type, 'device_kind': kind,
+        'torch_version': torch.__version__, 'variant': _VARIANT.value,
+        'image_size': _IMAGE_SIZE.value, 'batch_size': _BATCH_SIZE.value,
+        'dtype': _DTYPE.value, 'layout': 'channels_last' if self.channels_last else 'default',
+        'torch_compile': _TORCH_COMPILE.value, 'width': _WIDTH.value})
+
+
+def main(argv):
+  del argv
+  torch = None
+  if _VS_TORCH.value:
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      print('--vs_torch needs PyTorch, which is not installed here.', file=sys.stderr)
+      sys.exit(2)
+  jax_run = JaxRun()
+  if torch is None:
+    print(json.dumps(jax_run.result(jax_run.run(_STEPS.value))))
+    return
+  torch_runs = [TorchRun(torch, channels_last) for channels_last in (True, False)]
+  ratios = {run.channels_last: [] for run in torch_runs}
+  for _ in range(_REPEATS.value):  # Alternate, so drifts hit both frameworks alike.
+    jax_result = jax_run.result(jax_run.run(_STEPS.value))
+    print(json.dumps(jax_result))
+    for run in torch_runs:
+      torch_result = run.result(run.run(_STEPS.value))
+      ratio = jax_result['median_step_s'] / torch_result['median_step_s']
+      ratios[run.channels_last].append(ratio)
+      print(json.dumps({**torch_result, 'jax_over_torch': round(ratio, 3)}))
+  for run in torch_runs:
+    layout = 'channels_last' if run.channels_last else 'default'
+    print(json.dumps({'summary': f'JAX/torch step time vs torch {layout}',
+                      'ratios': [round(r, 3) for r in ratios[run.channels_last]],
+                      'median_ratio': round(statistics.median(ratios[run.channels_last]), 3)}))
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The prepared GPU check (issue: fast on every backend), under 8 minutes on one H100/H200.
+# From the repo root on the GPU machine (python3 with jax[cuda], flax, optax, orbax, torch):
+#   bash experiments/gpu_benchmark.sh | tee gpu_benchmark.jsonl
+# Prints the JSON lines of experiments/benchmark.py: VGG-D (then A and E) at 224x224,
+# global batch 256, bfloat16, JAX beside torch (channels_last and default, autocast bf16),
+# then torch.compile for D. Needs no TensorFlow.
+set -u
+export PYTHONUNBUFFERED=1
+export XLA_PYTHON_CLIENT_PREALLOCATE=false  # Leave GPU memory for torch in the same process.
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+common="--image_size=224 --batch_size=256 --num_classes=1000 --dtype=bfloat16 --steps=20 --warmup=3"
+for variant in D A E; do
+  timeout 150 python3 -m experiments.benchmark --variant=$variant $common --vs_torch --repeats=2 \
+    || echo "{\"variant\": \"$variant\", \"error\": \"exit $?\"}"
+done
+timeout 150 python3 -m experiments.benchmark --variant=D $common --vs_torch --torch_compile --repeats=1 \
+  || echo '{"variant": "D", "torch_compile": true, "error": "failed or timed out"}'
