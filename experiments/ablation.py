@@ -74,8 +74,9 @@ def digits_config(variant: str, quick: bool) -> ml_collections.ConfigDict:
 
 def get_preset(name: str, quick: bool) -> Preset:
   if name == 'digits':
-    return Preset(lambda v: digits_config(v, quick), 1 if quick else 3, (32,), (32, 36, 40),
-                  'dense', flip=False, warm_start=False, paper=False)
+    return Preset(lambda v: digits_config(v, quick), 1 if quick else 3, (32,),
+                  (32, 36) if quick else (32, 36, 40), 'dense', flip=False, warm_start=False,
+                  paper=False)
   if name == 'cifar10':
     def make(variant):
       config = cifar10.get_config(variant)

@@ -133,6 +133,7 @@ def test_launch_evaluate_prints_a_table_and_writes_json(run_dir):
   result = subprocess.run(
       [sys.executable, os.path.join(ROOT, 'launch.py'), '--mode=evaluate',
        f'--workdir={workdir}', '--config.eval.protocol=dense', '--config.eval.scales=(32,40)',
+       '--config.eval.flip=True',
        '--config.eval.max_examples=30'], capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert '| A | dense | 32,40 | 4 | 30 |' in result.stdout
