@@ -157,25 +157,23 @@ def write_markdown(path, table, preset: Preset, name: str, seconds: float):
   header = '| config | weight layers | top-1 err | top-5 err |'
   if preset.paper:
     header += ' paper top-1 | paper top-5 |'
-  lines += [header, '|' + '---|' * (header.count('|') - 1)]
-  for variant, columns in table.items():
-    row = (f'| {variant} | {len(models.layer_names(variant))} | '
-           f'{cell(columns["single_top1"])} | {cell(columns["single_top5"])} |')
-    if preset.paper:
-      paper = PAPER_TABLE3.get(variant, ('', ''))
-      row += f' {paper[0]} | {paper[1]} |'
-    lines.append(row)
+
+  def table_lines(column, paper_table):
+    out = [header, '|' + '---|' * (header.count('|') - 1)]
+    for variant, columns in table.items():
+      row = (f'| {variant} | {len(models.layer_names(variant))} | '
+             f'{cell(columns[column + "_top1"])} | {cell(columns[column + "_top5"])} |')
+      if preset.paper:
+        paper = paper_table.get(variant, ('', ''))
+        row += f' {paper[0]} | {paper[1]} |'
+      out.append(row)
+    return out
+
+  lines += table_lines('single', PAPER_TABLE3)
   lines += ['', f'## Table 4 shape: multi-scale test, {preset.multi_protocol} evaluation'
             f'{"" if preset.flip else " without flips"}, '
-            f'Q = {{{",".join(map(str, preset.multi_scales))}}}', '', header,
-            '|' + '---|' * (header.count('|') - 1)]
-  for variant, columns in table.items():
-    row = (f'| {variant} | {len(models.layer_names(variant))} | '
-           f'{cell(columns["multi_top1"])} | {cell(columns["multi_top5"])} |')
-    if preset.paper:
-      paper = PAPER_TABLE4.get(variant, ('', ''))
-      row += f' {paper[0]} | {paper[1]} |'
-    lines.append(row)
+            f'Q = {{{",".join(map(str, preset.multi_scales))}}}', '']
+  lines += table_lines('multi', PAPER_TABLE4)
   with open(path, 'w') as f:
     f.write('\n'.join(lines) + '\n')
 

@@ -343,3 +343,46 @@ def test_bad_scales_name_the_value(overrides, message):
 def test_unknown_source_names_the_choices():
   with pytest.raises(ValueError, match="source='csv' is not one of"):
     input_pipeline.load_source(data_config(source='csv'), 'train')
+
+
+def smooth_jpeg(width=500, height=375, seed=0):
+  """A smooth photo-like JPEG, the benchmark's kind of image."""
+  rng = np.random.default_rng(seed)
+  small = rng.integers(0, 256, size=(12, 16, 3), dtype=np.uint8)
+  buffer = io.BytesIO()
+  Image.fromarray(small).resize((width, height), Image.BICUBIC).save(buffer, 'JPEG', quality=95)
+  return buffer.getvalue()
+
+
+@pytest.mark.parametrize('size, scales', [((500, 375), (256, 512)), ((375, 500), (256, 256)),
+                                          ((90, 300), (64, 96))])
+def test_crop_before_decode_matches_decode_then_crop(size, scales):
+  jpeg = smooth_jpeg(*size)
+  kwargs = dict(image_size=scales[0] * 7 // 8, scale_min=scales[0], scale_max=scales[1],
+                random_flip=True, pca_stddev=0.1, eigval=input_pipeline.IMAGENET_PCA_EIGVAL,
+                eigvec=input_pipeline.IMAGENET_PCA_EIGVEC, mean_rgb=MEAN)
+  diffs = []
+  for i in range(6):
+    seed = tf.constant([3, i], tf.int64)
+    cropped_first = input_pipeline.preprocess_for_train(tf.constant(jpeg), seed, encoded=True,
+                                                        **kwargs).numpy()
+    decoded = input_pipeline.decode_image(tf.constant(jpeg), True)
+    reference = input_pipeline.preprocess_for_train(decoded, seed, **kwargs).numpy()
+    assert cropped_first.shape == reference.shape == (kwargs['image_size'],) * 2 + (3,)
+    diffs.append(np.abs(cropped_first - reference).max())
+  # Same S, offset, flip, colour shift and resampling: equal up to float round-off.
+  assert max(diffs) < 1e-2, diffs
+
+
+def test_non_jpeg_bytes_are_decoded_whole():
+  buffer = io.BytesIO()
+  Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 60, 3), np.uint8)).save(
+      buffer, 'PNG')
+  kwargs = dict(image_size=32, scale_min=40, scale_max=48, random_flip=True, pca_stddev=0.0,
+                eigval=None, eigvec=None, mean_rgb=MEAN)
+  seed = tf.constant([1, 2], tf.int64)
+  from_bytes = input_pipeline.preprocess_for_train(tf.constant(buffer.getvalue()), seed,
+                                                   encoded=True, **kwargs)
+  decoded = input_pipeline.decode_image(tf.constant(buffer.getvalue()), True)
+  np.testing.assert_array_equal(from_bytes, input_pipeline.preprocess_for_train(decoded, seed,
+                                                                                **kwargs))

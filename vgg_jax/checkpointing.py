@@ -102,8 +102,8 @@ def best_step(manager: ocp.CheckpointManager) -> int | None:
   return -min(scored)[1] if scored else manager.latest_step()
 
 
-def load_meta(workdir: str, step: int | None = None) -> dict[str, Any]:
-  """The JSON meta of a run's checkpoint (latest by default)."""
+def _find_step(workdir: str, step: int | None) -> tuple[str, int, dict[str, Any]]:
+  """(checkpoint directory, step, meta) of a run's checkpoint (latest by default)."""
   directory = checkpoint_dir(workdir)
   if not os.path.isdir(directory):
     raise FileNotFoundError(f'No checkpoints in {workdir}: {directory} does not exist.')
@@ -111,7 +111,12 @@ def load_meta(workdir: str, step: int | None = None) -> dict[str, Any]:
     step = manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'No finished checkpoint in {directory}.')
-    return read_meta(manager, step)
+    return directory, step, read_meta(manager, step)
+
+
+def load_meta(workdir: str, step: int | None = None) -> dict[str, Any]:
+  """The JSON meta of a run's checkpoint (latest by default)."""
+  return _find_step(workdir, step)[2]
 
 
 def load_params(workdir: str, step: int | None = None):
@@ -120,14 +125,7 @@ def load_params(workdir: str, step: int | None = None):
   Works whatever device topology saved it: the target tree is built from the
   checkpoint's own metadata, on this process's first device.
   """
-  directory = checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f'No checkpoints in {workdir}: {directory} does not exist.')
-  with create_manager(workdir, read_only=True) as manager:
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f'No finished checkpoint in {directory}.')
-    meta = read_meta(manager, step)
+  directory, step, meta = _find_step(workdir, step)
   state_dir = os.path.join(directory, str(step), 'state')
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   with ocp.StandardCheckpointer() as checkpointer:
