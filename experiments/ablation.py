@@ -40,6 +40,25 @@ VARIANTS = tuple(models.CONFIGS)
 PAPER_TABLE3 = {'A': (29.6, 10.4), 'A-LRN': (29.7, 10.5), 'B': (28.7, 9.9),
                 'C': (28.1, 9.4), 'D': (27.0, 8.8), 'E': (27.3, 9.0)}
 PAPER_TABLE4 = {'B': (28.2, 9.6), 'C': (27.7, 9.2), 'D': (26.6, 8.6), 'E': (26.9, 8.7)}
+# Tables 3 and 4, the further training-scale columns: {scale: {variant: (single, multi)}}.
+PAPER_SCALES = {
+    '384': {'C': ((28.1, 9.3), (27.8, 9.2)), 'D': ((26.8, 8.7), (26.5, 8.6)),
+            'E': ((26.9, 8.7), (26.7, 8.6))},
+    '256-512': {'C': ((27.3, 8.8), (26.3, 8.2)), 'D': ((25.6, 8.1), (24.8, 7.5)),
+                'E': ((25.5, 8.0), (24.8, 7.5))},
+}
+
+
+@dataclasses.dataclass
+class TrainingScale:
+  """A further training-scale column of Tables 3 and 4, for C, D and E (Sec. 3.1)."""
+  name: str  # '384' or '256-512'.
+  scale_min: int  # S, pixels.
+  scale_max: int
+  single_scales: tuple[int, ...]  # Q of the single-scale test.
+  multi_scales: tuple[int, ...]  # Q of the multi-scale test.
+  start_from: str  # Column whose finished run of the same variant initialises this one.
+  learning_rate: float
 
 
 @dataclasses.dataclass
@@ -53,6 +72,8 @@ class Preset:
   flip: bool  # Average with horizontal flips at test time (not for digits).
   warm_start: bool  # Deeper nets from a trained A (Sec. 3.1) rather than Glorot.
   paper: bool  # Print the paper's ImageNet numbers beside ours.
+  scale_name: str = ''  # The main column's training scale, for the tables.
+  extra_scales: tuple[TrainingScale, ...] = ()  # Further columns for C, D, E.
 
 
 def digits_config(variant: str, quick: bool) -> ml_collections.ConfigDict:
@@ -90,11 +111,39 @@ def get_preset(name: str, quick: bool) -> Preset:
     config.model.kernel_init = 'paper' if variant in ('A', 'A-LRN') else 'glorot'
     return config
   return Preset(make_imagenet, 1, (256,), (224, 256, 288), 'dense', flip=True, warm_start=True,
-                paper=True)
+                paper=True, scale_name='256', extra_scales=(
+                    # S=384 from the S=256 net at lr 1e-3; jittered S from the S=384 net.
+                    TrainingScale('384', 384, 384, (384,), (352, 384, 416), '256', 1e-3),
+                    TrainingScale('256-512', 256, 512, (384,), (256, 384, 512), '384', 1e-3)))
 
 
-def run_name(variant: str, seed: int) -> str:
-  return f'{variant}_seed{seed}'
+def run_name(variant: str, seed: int, scale: str = '') -> str:
+  return f'{variant}_S{scale}_seed{seed}' if scale else f'{variant}_seed{seed}'
+
+
+def plan_runs(preset: Preset, root: str, seed: int):
+  """[(variant, scale column, workdir, config, single Q, multi Q)] in training order."""
+  runs = []
+  for variant in VARIANTS:
+    config = preset.make_config(variant)
+    config.seed = seed
+    if preset.warm_start and variant not in ('A', 'A-LRN'):
+      config.init_from = os.path.join(root, run_name('A', seed))
+    runs.append((variant, preset.scale_name, os.path.join(root, run_name(variant, seed)),
+                 config, preset.single_scales, preset.multi_scales))
+  for extra in preset.extra_scales:
+    for variant in ('C', 'D', 'E'):
+      config = preset.make_config(variant)
+      config.seed = seed
+      source = '' if extra.start_from == preset.scale_name else extra.start_from
+      config.init_from = os.path.join(root, run_name(variant, seed, source))
+      config.init_layers = models.layer_names(variant)  # The whole net.
+      config.learning_rate = extra.learning_rate
+      config.data.scale_min, config.data.scale_max = extra.scale_min, extra.scale_max
+      config.data.eval_scale = extra.single_scales[0]
+      runs.append((variant, extra.name, os.path.join(root, run_name(variant, seed, extra.name)),
+                   config, extra.single_scales, extra.multi_scales))
+  return runs
 
 
 def train_run(config, workdir: str) -> None:
@@ -141,7 +190,10 @@ def summarize(rows, variants):
   return table
 
 
-def write_markdown(path, table, preset: Preset, name: str, seconds: float):
+def write_markdown(path, table, preset: Preset, name: str, seconds: float,
+                   extra_tables=None):
+  extra_tables = extra_tables or {}
+
   def cell(stats):
     mean, std, n = stats
     return f'{mean:.2f} ± {std:.2f}' if n > 1 else f'{mean:.2f}'
@@ -174,6 +226,21 @@ def write_markdown(path, table, preset: Preset, name: str, seconds: float):
             f'{"" if preset.flip else " without flips"}, '
             f'Q = {{{",".join(map(str, preset.multi_scales))}}}', '']
   lines += table_lines('multi', PAPER_TABLE4)
+  if preset.extra_scales:
+    lines += ['', '## Training-scale columns (C, D, E): top-1 / top-5 error', '',
+              '| config | train S | single Q | top-1 / top-5 | multi Q | top-1 / top-5 |'
+              + (' paper single | paper multi |' if preset.paper else ''),
+              '|---|---|---|---|---|---|' + ('---|---|' if preset.paper else '')]
+    for extra in preset.extra_scales:
+      for variant, columns in extra_tables.get(extra.name, {}).items():
+        row = (f'| {variant} | {extra.name} | {extra.single_scales[0]} | '
+               f'{cell(columns["single_top1"])} / {cell(columns["single_top5"])} | '
+               f'{",".join(map(str, extra.multi_scales))} | '
+               f'{cell(columns["multi_top1"])} / {cell(columns["multi_top5"])} |')
+        if preset.paper:
+          single, multi = PAPER_SCALES.get(extra.name, {}).get(variant, (('', ''),) * 2)
+          row += f' {single[0]} / {single[1]} | {multi[0]} / {multi[1]} |'
+        lines.append(row)
   with open(path, 'w') as f:
     f.write('\n'.join(lines) + '\n')
 
@@ -217,17 +284,12 @@ def main(argv):
   os.makedirs(root, exist_ok=True)
   rows = []
   for seed in range(seeds):
-    for variant in VARIANTS:
-      workdir = os.path.join(root, run_name(variant, seed))
-      config = preset.make_config(variant)
-      config.seed = seed
-      if preset.warm_start and variant not in ('A', 'A-LRN'):
-        config.init_from = os.path.join(root, run_name('A', seed))
-      logging.info('=== %s seed %d (%s) ===', variant, seed, workdir)
+    for variant, scale, workdir, config, single_q, multi_q in plan_runs(preset, root, seed):
+      logging.info('=== %s S=%s seed %d (%s) ===', variant, scale or '-', seed, workdir)
       train_run(config, workdir)
-      single = evaluate_run(workdir, 'single', preset.single_scales, preset.flip)
-      multi = evaluate_run(workdir, preset.multi_protocol, preset.multi_scales, preset.flip)
-      rows.append({'variant': variant, 'seed': seed,
+      single = evaluate_run(workdir, 'single', single_q, preset.flip)
+      multi = evaluate_run(workdir, preset.multi_protocol, multi_q, preset.flip)
+      rows.append({'variant': variant, 'train_scale': scale, 'seed': seed,
                    'weight_layers': len(models.layer_names(variant)),
                    'single_top1': single['top1_error'], 'single_top5': single['top5_error'],
                    'multi_top1': multi['top1_error'], 'multi_top5': multi['top5_error'],
@@ -236,10 +298,13 @@ def main(argv):
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-  table = summarize(rows, VARIANTS)
+  main_rows = [r for r in rows if r['train_scale'] == preset.scale_name]
+  table = summarize(main_rows, VARIANTS)
+  extra_tables = {e.name: summarize([r for r in rows if r['train_scale'] == e.name],
+                                    ('C', 'D', 'E')) for e in preset.extra_scales}
   seconds = time.time() - start
-  write_markdown(os.path.join(root, 'ablation.md'), table, preset, name, seconds)
-  write_plot(os.path.join(root, 'ablation.png'), rows, table,
+  write_markdown(os.path.join(root, 'ablation.md'), table, preset, name, seconds, extra_tables)
+  write_plot(os.path.join(root, 'ablation.png'), main_rows, table,
              f'VGG depth ablation, preset {name}: {seeds} seed(s) per configuration')
   print(open(os.path.join(root, 'ablation.md')).read())
   print(f'Wrote {root}/ablation.md, ablation.csv, ablation.png in {seconds / 60:.1f} min.')

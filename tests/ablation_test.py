@@ -35,3 +35,34 @@ def test_quick_ablation_writes_tables_and_plot_then_skips(tmp_path):
   assert second.stderr.count('is finished: skipped') == 6
   assert 'Compiled the train step' not in second.stderr
   assert sorted(os.listdir(tmp_path / 'E_seed0' / 'checkpoints')) == steps_before
+
+
+def test_imagenet_preset_plans_the_papers_training_scales(tmp_path):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, ROOT)
+  from experiments import ablation  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS(['ablation_test', f'--workdir={tmp_path}'])
+  preset = ablation.get_preset('imagenet', quick=False)
+  runs = ablation.plan_runs(preset, str(tmp_path), seed=0)
+  by_name = {os.path.basename(workdir): (variant, scale, config, single, multi)
+             for variant, scale, workdir, config, single, multi in runs}
+  assert len(runs) == 6 + 3 + 3
+  # S=256: A from N(0, 0.01^2); the deeper nets warm-start from A (Sec. 3.1).
+  assert by_name['A_seed0'][2].model.kernel_init == 'paper'
+  assert by_name['D_seed0'][2].init_from == str(tmp_path / 'A_seed0')
+  assert by_name['D_seed0'][3:] == ((256,), (224, 256, 288))
+  # S=384 from the S=256 net at lr 1e-3; S in [256, 512] from the S=384 net (Tables 3, 4).
+  s384 = by_name['E_S384_seed0'][2]
+  assert s384.init_from == str(tmp_path / 'E_seed0') and s384.learning_rate == 1e-3
+  assert (s384.data.scale_min, s384.data.scale_max, s384.data.eval_scale) == (384, 384, 384)
+  jitter = by_name['C_S256-512_seed0']
+  assert jitter[2].init_from == str(tmp_path / 'C_S384_seed0')
+  assert (jitter[2].data.scale_min, jitter[2].data.scale_max) == (256, 512)
+  assert jitter[3:] == ((384,), (256, 384, 512))
+  assert set(jitter[2].init_layers) == set(ablation.models.layer_names('C'))
+  # Runs come in training order: every init_from is planned before its user.
+  order = [workdir for _, _, workdir, *_ in runs]
+  for _, _, workdir, config, *_ in runs:
+    if config.init_from:
+      assert order.index(config.init_from) < order.index(workdir)
