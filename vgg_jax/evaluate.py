@@ -223,7 +223,6 @@ def run(eval_config, workdirs: Sequence[str], output_dir: str | None = None) -> 
   data_config = ml_collections.ConfigDict(meta['config']['data'])
   stats = input_pipeline.rgb_statistics(data_config, os.path.abspath(workdirs[0]))
   scales = list(eval_config.scales) or [data_config.eval_scale]
-  check_protocol(eval_config.protocol, scales, model.image_size)
   predictors = [Predictor(m, params, eval_config.batch_size) for m, params, _, _ in loaded]
   logging.info('Evaluating %s (steps %s) with protocol %s at Q=%s...', ', '.join(workdirs),
                [step for *_, step in loaded], eval_config.protocol, scales)

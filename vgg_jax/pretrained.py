@@ -97,9 +97,9 @@ def keras_params(path: str, variant: str, include_top: bool) -> dict[str, Any]:
   params = {}
   for name in names:
     kernel, bias = layers[keras_layer_name(name)]
-    params[name] = {'kernel': kernel.astype(np.float32), 'bias': bias.astype(np.float32)}
-  params['conv1_1']['kernel'] = params['conv1_1']['kernel'][:, :, ::-1, :].copy()  # BGR->RGB.
-  return params
+    params[name] = {'kernel': kernel, 'bias': bias}
+  params['conv1_1']['kernel'] = params['conv1_1']['kernel'][:, :, ::-1, :]  # BGR->RGB.
+  return as_float32(params)
 
 
 def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -153,10 +153,11 @@ def torch_params(path: str, variant: str, include_top: bool) -> dict[str, Any]:
     params['fc8'] = {'kernel': state['classifier.6.weight'].T, 'bias': state['classifier.6.bias']}
   scale = 255.0 * np.asarray(TORCH_STD, np.float32)  # (x/255 - m)/s == (x - 255 m)/(255 s).
   params['conv1_1']['kernel'] = params['conv1_1']['kernel'] / scale[None, None, :, None]
-  return jax_tree_float32(params)
+  return as_float32(params)
 
 
-def jax_tree_float32(params):
+def as_float32(params):
+  """Contiguous float32 copies of every array."""
   return {layer: {k: np.ascontiguousarray(v, np.float32) for k, v in p.items()}
           for layer, p in params.items()}
 

@@ -409,8 +409,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   mesh = create_mesh()
   check_batch_size(config.global_batch_size, mesh.size, config.grad_accum_steps)
   check_batch_size(config.eval_batch_size, mesh.size, name='eval_batch_size')
-  if config.schedule not in SCHEDULES:
-    raise ValueError(f'config.schedule={config.schedule!r} is not one of {SCHEDULES}.')
 
   # Input sources; an imported or warm-start checkpoint supplies its mean RGB.
   if config.init_from and config.data.mean_rgb is None:
