@@ -114,9 +114,7 @@ def test_dense_averages_the_score_map():
   images = jax.random.normal(jax.random.key(3), (1, 96, 96, 3))
   features = model.apply(variables, images, capture_intermediates=True,
                          dense=True, mutable=['intermediates'])[1]
-  conv_map = features['intermediates']['conv5_2']['__call__'][0]
-  pooled = jax.lax.reduce_window(jax.nn.relu(conv_map), -jnp.inf, jax.lax.max,
-                                 (1, 2, 2, 1), (1, 2, 2, 1), 'VALID')
+  pooled = features['intermediates']['conv5_2']['__call__'][0]  # Conv ends with ReLU, pool5.
   assert pooled.shape[1:3] == (3, 3)
   expected = []
   for i in range(2):
@@ -195,6 +193,35 @@ def test_matmul_convolution_equals_xla_outputs_and_gradients(variant):
   grads = [jax.grad(functools.partial(loss, m))(variables['params']) for m in (xla, matmul)]
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                          *grads)
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_fused_bias_relu_pool_equals_xla_pool_with_ties(dtype):
+  # Few distinct values: most windows tie, and odd sizes (7, 9) drop a row and a column.
+  values = np.random.RandomState(0).choice([-1.0, 0.0, 1.0, 2.0], size=(2, 7, 9, 3))
+  y = jnp.asarray(values, dtype)
+  bias = jnp.asarray([0.5, -1.0, 0.0], dtype)
+  cotangent = jnp.asarray(np.random.RandomState(1).normal(size=(2, 3, 4, 3)), dtype)
+  reference = lambda y, b: models.max_pool_2x2(jax.nn.relu(y + b), 'xla')
+  fused = models.bias_relu_max_pool
+  np.testing.assert_array_equal(fused(y, bias), reference(y, bias))
+  grads = [jax.vjp(f, y, bias)[1](cotangent) for f in (reference, fused)]
+  # XLA's pool gives each window's gradient to one maximum; so must the fused pool.
+  np.testing.assert_array_equal(grads[1][0], grads[0][0])
+  # The bias gradient sums in float32 (XLA's reference sums in the input dtype).
+  exact = jax.vjp(reference, *(jnp.float32(a) for a in (y, bias)))[1](jnp.float32(cotangent))
+  np.testing.assert_allclose(np.float32(grads[1][1]), exact[1], rtol=1e-2)
+  assert grads[1][0].dtype == dtype and grads[1][1].dtype == dtype
+
+
+def test_rows_matmul_gradients_equal_plain_matmul():
+  x = jax.random.normal(jax.random.key(0), (2, 5, 6, 12))
+  w = jax.random.normal(jax.random.key(1), (12, 7))
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+  ours = jax.grad(loss(models.rows_matmul), (0, 1))(x, w)
+  plain = jax.grad(loss(jnp.matmul), (0, 1))(x, w)
+  for a, b in zip(ours, plain):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_conv_impl_auto_picks_matmul_on_cpu_and_rejects_unknown():

@@ -86,6 +86,30 @@ def resolve_conv_impl(conv_impl: str) -> str:
   return conv_impl
 
 
+@jax.custom_vjp
+def rows_matmul(x, w):
+  """x [..., K] @ w [K, N], whose weight gradient is computed as (dy^T @ x)^T.
+
+  XLA's CPU backend otherwise computes x^T @ dy with both operands transposed, the
+  slowest form of the three (measured in docs/performance.md).
+  """
+  return x @ w
+
+
+def _rows_matmul_fwd(x, w):
+  return x @ w, (x, w)
+
+
+def _rows_matmul_bwd(residuals, grad):
+  x, w = residuals
+  rows_x, rows_grad = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])
+  grad_w = (jnp.transpose(rows_grad) @ rows_x).T
+  return grad @ w.T, grad_w.astype(w.dtype)
+
+
+rows_matmul.defvjp(_rows_matmul_fwd, _rows_matmul_bwd)
+
+
 class Conv(nn.Module):
   """A k x k, stride 1, 'same' convolution; kernel [k, k, Cin, Cout] (HWIO) and bias.
 
@@ -98,6 +122,7 @@ class Conv(nn.Module):
   impl: str = 'xla'
   dtype: Any = jnp.float32
   kernel_init: Any = nn.initializers.xavier_uniform()
+  pool: bool = False  # Return max_pool_2x2(relu(conv(x) + bias)) instead of conv(x) + bias.
 
   @nn.compact
   def __call__(self, x):
@@ -109,15 +134,61 @@ class Conv(nn.Module):
       y = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME',
                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     elif k == 1:
-      y = x @ kernel[0, 0]
+      y = rows_matmul(x, kernel[0, 0])
     else:
       before, after = (k - 1) // 2, k // 2
       padded = jnp.pad(x, ((0, 0), (before, after), (before, after), (0, 0)))
       height, width = x.shape[1:3]
       patches = jnp.concatenate([padded[:, dy:dy + height, dx:dx + width]
                                  for dy in range(k) for dx in range(k)], axis=-1)
-      y = patches @ kernel.reshape(k * k * channels, self.features)
+      y = rows_matmul(patches, kernel.reshape(k * k * channels, self.features))
+    if self.pool:
+      return bias_relu_max_pool(y, bias) if self.impl == 'matmul' else max_pool_2x2(
+          nn.relu(y + bias), self.impl)
     return y + bias
+
+
+def _window_max(y):
+  batch, height, width, channels = y.shape
+  windows = y.reshape(batch, height // 2, 2, width // 2, 2, channels)
+  return windows, windows.max(axis=(2, 4), keepdims=True)
+
+
+@jax.custom_vjp
+def _even_bias_relu_max_pool(y, bias):
+  return nn.relu(_window_max(y)[1] + bias).squeeze((2, 4))
+
+
+def _bias_relu_max_pool_fwd(y, bias):
+  out = _even_bias_relu_max_pool(y, bias)
+  return out, (y, bias, out > 0)
+
+
+def _bias_relu_max_pool_bwd(residuals, grad):
+  """All of each window's gradient to its first maximum (row-major), as XLA's pool does."""
+  y, bias, positive = residuals
+  grad = jnp.where(positive, grad, 0)
+  windows, maxima = _window_max(y)
+  position = (2 * jnp.arange(2).reshape(1, 1, 2, 1, 1, 1)
+              + jnp.arange(2).reshape(1, 1, 1, 1, 2, 1))
+  first = jnp.where(windows == maxima, position, 4).min(axis=(2, 4), keepdims=True)
+  grad_y = jnp.where(position == first, grad[:, :, None, :, None], 0).reshape(y.shape)
+  grad_bias = grad.astype(jnp.float32).sum(axis=(0, 1, 2)).astype(bias.dtype)
+  return grad_y.astype(y.dtype), grad_bias
+
+
+_even_bias_relu_max_pool.defvjp(_bias_relu_max_pool_fwd, _bias_relu_max_pool_bwd)
+
+
+def bias_relu_max_pool(y, bias):
+  """max_pool_2x2(relu(y + bias)) as relu(max(y) + bias), one pass each way.
+
+  max commutes with adding a per-channel constant and with ReLU, so the bias and
+  ReLU run on the pooled map; the backward pass routes each window's gradient to its
+  first maximum in one fused pass instead of JAX's generic max/ReLU derivatives.
+  """
+  batch, height, width, channels = y.shape
+  return _even_bias_relu_max_pool(y[:, :height // 2 * 2, :width // 2 * 2], bias)
 
 
 def max_pool_2x2(x, impl: str):
@@ -217,12 +288,14 @@ class VGG(nn.Module):
     for stage, (kernel_sizes, channels) in enumerate(
         zip(CONFIGS[self.variant], stage_channels(self.width))):
       for i, k in enumerate(kernel_sizes):
-        x = Conv(channels, k, impl, dtype=self.dtype, kernel_init=init,
+        lrn = stage == 0 and i == 0 and self.variant in LRN_VARIANTS
+        pool = i == len(kernel_sizes) - 1 and not lrn  # Conv+ReLU+pool in one module.
+        x = Conv(channels, k, impl, dtype=self.dtype, kernel_init=init, pool=pool,
                  name=f'conv{stage + 1}_{i + 1}')(x)
-        x = nn.relu(x)
-        if stage == 0 and i == 0 and self.variant in LRN_VARIANTS:
-          x = local_response_norm(x)
-      x = max_pool_2x2(x, impl)
+        if not pool:
+          x = nn.relu(x)
+        if lrn:
+          x = max_pool_2x2(local_response_norm(x), impl)
 
     window = self.image_size // MIN_IMAGE_SIZE
     if self.head == 'small':
