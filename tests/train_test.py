@@ -104,6 +104,16 @@ def test_accumulation_equals_one_big_batch():
                          big, accumulated)
 
 
+def test_after_backward_keeps_gradients_and_spreads_non_finite_ones():
+  grads = {'conv1_1': {'bias': jnp.array([0.5, -2.0]), 'kernel': jnp.full((3, 3, 3, 2), 3.0)},
+           'fc8': {'bias': jnp.array([1e-30, -7.0]), 'kernel': jnp.arange(6.0).reshape(3, 2)}}
+  same = train.after_backward(grads, 'conv1_1')
+  jax.tree_util.tree_map(np.testing.assert_array_equal, same, grads)
+  grads['conv1_1']['bias'] = jnp.array([jnp.nan, 1.0])
+  poisoned = train.after_backward(grads, 'conv1_1')
+  assert all(np.isnan(g).all() for g in jax.tree_util.tree_leaves(poisoned))
+
+
 def test_weight_decay_skips_biases_unless_asked():
   params = {'conv1_1': {'kernel': jnp.ones((3, 3, 3, 4)), 'bias': jnp.ones((4,))}}
   grads = jax.tree_util.tree_map(jnp.zeros_like, params)

@@ -142,6 +142,19 @@ def classification_metrics(logits, labels):
   return loss, top1_wrong, top5_wrong
 
 
+def after_backward(grads, first_layer: str):
+  """grads, each plus 0 * an element of first_layer's gradient (backprop's last).
+
+  That makes every parameter update depend on the whole backward pass, so XLA can
+  update the donated parameters in place instead of first copying all of them
+  (the backward pass still reads the old weights). Same values: x + 0 * y == x for
+  finite y; a non-finite gradient already poisons the update. Measured: -1.5% step
+  time for VGG-A on CPU (docs/performance.md).
+  """
+  zero = jax.tree_util.tree_leaves(grads[first_layer])[0].ravel()[0] * 0
+  return jax.tree_util.tree_map(lambda g: g + zero.astype(g.dtype), grads)
+
+
 def train_step(state: TrainState, batch, rng, *, model, tx, accum_steps: int = 1):
   """One SGD update on the global batch; dropout keys from fold_in(rng, step).
 
@@ -177,6 +190,7 @@ def train_step(state: TrainState, batch, rng, *, model, tx, accum_steps: int = 1
     sums, _ = jax.lax.scan(accumulate, zeros, micro)
     loss, top1_error, grads = jax.tree_util.tree_map(lambda x: x / accum_steps, sums)
 
+  grads = after_backward(grads, models.layer_names(model.variant)[0])
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
