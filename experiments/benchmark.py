@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vgg_jax import host_memory
 from vgg_jax import models
 from vgg_jax import train
 
@@ -37,6 +38,8 @@ _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Alternating JAX/torch pairs with --vs_torch.')
 _CONV_IMPL = flags.DEFINE_enum('conv_impl', 'auto', list(models.CONV_IMPLS), 'JAX conv path.')
 _ACCUM = flags.DEFINE_integer('grad_accum_steps', 1, 'Micro-batches per step.')
+_REUSE_HOST_MEMORY = flags.DEFINE_bool(
+    'reuse_host_memory', True, 'host_memory.reuse_freed_memory() first (both frameworks).')
 _VS_TORCH = flags.DEFINE_bool('vs_torch', False, 'Also time an equivalent PyTorch VGG.')
 _TORCH_COMPILE = flags.DEFINE_bool('torch_compile', False, 'torch.compile the torch model.')
 
@@ -51,9 +54,12 @@ def optimizer_config():
                 decay_biases=False, step_decay_epochs=())
 
 
+_HOST_MEMORY_REUSED = []  # main() appends whether reuse_freed_memory() took effect.
+
+
 def summarize(step_times, compile_s, flops, peak, memory, extra):
   median = statistics.median(step_times)
-  return {**extra, 'compile_s': round(compile_s, 3), 'median_step_s': round(median, 5),
+  return {**extra, 'host_memory_reused': any(_HOST_MEMORY_REUSED), 'compile_s': round(compile_s, 3), 'median_step_s': round(median, 5),
           'min_step_s': round(min(step_times), 5), 'max_step_s': round(max(step_times), 5),
           'images_per_second': round(_BATCH_SIZE.value / median, 2),
           'mfu': round(flops / median / peak, 4) if flops and peak else None,
@@ -179,6 +185,7 @@ class TorchRun:
 
 def main(argv):
   del argv
+  _HOST_MEMORY_REUSED.append(_REUSE_HOST_MEMORY.value and host_memory.reuse_freed_memory())
   torch = None
   if _VS_TORCH.value:
     try:
