@@ -34,6 +34,8 @@ _PRESET = flags.DEFINE_enum('preset', 'digits', ['digits', 'cifar10', 'imagenet'
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where runs and results go.', required=True)
 _QUICK = flags.DEFINE_bool('quick', False, 'Tiny settings: the whole flow in minutes.')
 _SEEDS = flags.DEFINE_integer('seeds', None, 'Seeds per configuration (preset default).')
+_REUSE_HOST_MEMORY = flags.DEFINE_bool(
+    'reuse_host_memory', True, 'Keep freed host memory for reuse (vgg_jax/host_memory.py).')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir (cifar10, imagenet).')
 
 VARIANTS = tuple(models.CONFIGS)
@@ -276,7 +278,8 @@ def write_plot(path, rows, table, title: str):
 
 def main(argv):
   del argv
-  host_memory.reuse_freed_memory()  # Faster CPU steps; see vgg_jax/host_memory.py.
+  if _REUSE_HOST_MEMORY.value:
+    host_memory.reuse_freed_memory()  # Faster CPU steps, before JAX starts its threads.
   checkpointing.quiet_orbax_logs()
   start = time.time()
   name = _PRESET.value
