@@ -198,6 +198,8 @@ def main(argv):
     print(json.dumps(jax_run.result(jax_run.run(_STEPS.value))))
     return
   torch_runs = [TorchRun(torch, channels_last) for channels_last in (True, False)]
+  for run in (jax_run, *torch_runs):  # One untimed round in turn: the shared heap settles.
+    run.run(_WARMUP.value)
   ratios = {run.channels_last: [] for run in torch_runs}
   for _ in range(_REPEATS.value):  # Alternate, so drifts hit both frameworks alike.
     jax_result = jax_run.result(jax_run.run(_STEPS.value))

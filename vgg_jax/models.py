@@ -169,10 +169,15 @@ def _bias_relu_max_pool_bwd(residuals, grad):
   y, bias, positive = residuals
   grad = jnp.where(positive, grad, 0)
   windows, maxima = _window_max(y)
-  position = (2 * jnp.arange(2).reshape(1, 1, 2, 1, 1, 1)
-              + jnp.arange(2).reshape(1, 1, 1, 1, 2, 1))
-  first = jnp.where(windows == maxima, position, 4).min(axis=(2, 4), keepdims=True)
-  grad_y = jnp.where(position == first, grad[:, :, None, :, None], 0).reshape(y.shape)
+  is_max = windows == maxima
+  top_left, top_right, bottom_left = (is_max[:, :, i:i + 1, :, j:j + 1]
+                                      for i, j in ((0, 0), (0, 1), (1, 0)))
+  row = jnp.arange(2).reshape(1, 1, 2, 1, 1, 1)
+  col = jnp.arange(2).reshape(1, 1, 1, 1, 2, 1)
+  # Whether a maximum comes earlier in the window, in row-major order.
+  earlier = jnp.where(row == 0, (col == 1) & top_left,
+                      top_left | top_right | ((col == 1) & bottom_left))
+  grad_y = jnp.where(is_max & ~earlier, grad[:, :, None, :, None], 0).reshape(y.shape)
   grad_bias = grad.astype(jnp.float32).sum(axis=(0, 1, 2)).astype(bias.dtype)
   return grad_y.astype(y.dtype), grad_bias
 
