@@ -12,6 +12,7 @@ step-time ratio is printed per pair and as a median.
 """
 
 import json
+import resource
 import statistics
 import sys
 import time
@@ -57,6 +58,21 @@ def optimizer_config():
 _HOST_MEMORY_REUSED = []  # main() appends whether reuse_freed_memory() took effect.
 
 
+def page_faults() -> int:
+  """Minor page faults of this process so far (fresh host memory touched)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def timed(step, steps):
+  """Wall time of each of `steps` calls of step(); the page faults they took, per step."""
+  times, faults = [], page_faults()
+  for _ in range(steps):
+    start = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - start)
+  return times, (page_faults() - faults) / max(steps, 1)
+
+
 def summarize(step_times, compile_s, flops, peak, memory, extra):
   median = statistics.median(step_times)
   return {**extra, 'host_memory_reused': any(_HOST_MEMORY_REUSED), 'compile_s': round(compile_s, 3), 'median_step_s': round(median, 5),
@@ -95,12 +111,10 @@ class JaxRun:
     self.run(_WARMUP.value)
 
   def run(self, steps):
-    times = []
-    for _ in range(steps):
-      start = time.perf_counter()
+    def step():
       self.state, metrics = self.step(self.state, self.batch, self.rng)
       jax.block_until_ready(metrics['loss'])
-      times.append(time.perf_counter() - start)
+    times, self.faults_per_step = timed(step, steps)
     return times
 
   def result(self, times):
@@ -112,7 +126,8 @@ class JaxRun:
                          'variant': _VARIANT.value, 'image_size': _IMAGE_SIZE.value,
                          'batch_size': _BATCH_SIZE.value, 'dtype': _DTYPE.value,
                          'conv_impl': models.resolve_conv_impl(_CONV_IMPL.value),
-                         'width': _WIDTH.value})
+                         'width': _WIDTH.value,
+                         'page_faults_per_step': round(self.faults_per_step)})
 
 
 class TorchRun:
@@ -154,11 +169,10 @@ class TorchRun:
     self.run(_WARMUP.value)
 
   def run(self, steps):
-    torch, times = self.torch, []
+    torch = self.torch
     autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
                               enabled=_DTYPE.value == 'bfloat16')
-    for _ in range(steps):
-      start = time.perf_counter()
+    def step():
       self.optimizer.zero_grad(set_to_none=True)
       with autocast:
         loss = torch.nn.functional.cross_entropy(self.forward(self.images), self.labels)
@@ -168,7 +182,7 @@ class TorchRun:
         torch.cuda.synchronize()
       else:
         loss.item()
-      times.append(time.perf_counter() - start)
+    times, self.faults_per_step = timed(step, steps)
     return times
 
   def result(self, times):
@@ -180,7 +194,8 @@ class TorchRun:
         'torch_version': torch.__version__, 'variant': _VARIANT.value,
         'image_size': _IMAGE_SIZE.value, 'batch_size': _BATCH_SIZE.value,
         'dtype': _DTYPE.value, 'layout': 'channels_last' if self.channels_last else 'default',
-        'torch_compile': _TORCH_COMPILE.value, 'width': _WIDTH.value})
+        'torch_compile': _TORCH_COMPILE.value, 'width': _WIDTH.value,
+        'page_faults_per_step': round(self.faults_per_step)})
 
 
 def main(argv):

@@ -33,6 +33,8 @@ def test_benchmark_prints_json_and_torch_ratios():
               'mfu', 'peak_memory_bytes'):
     assert key in jax_runs[0]
   assert jax_runs[0]['conv_impl'] == 'matmul' and jax_runs[0]['mfu'] is None  # CPU: no peak.
+  for run in jax_runs + torch_runs:  # Host-memory reuse is the default (Linux/glibc here).
+    assert run['host_memory_reused'] is True and run['page_faults_per_step'] >= 0
   run = jax_runs[0]
   assert run['min_step_s'] <= run['median_step_s'] <= run['max_step_s']
   assert abs(run['images_per_second'] - 8 / run['median_step_s']) < 1e-3 * run['images_per_second']
