@@ -36,8 +36,9 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processe
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process: 0..num_processes-1.')
 _REUSE_HOST_MEMORY = flags.DEFINE_bool(
     'reuse_host_memory', True,
-    'Keep freed host memory for reuse (glibc): no page faults on XLA\'s per-step CPU '
-    'buffers, ~10-15% faster CPU steps; see vgg_jax/host_memory.py.')
+    'Where JAX computes on the CPU, keep freed host memory for reuse (glibc): no page '
+    'faults on XLA\'s per-step buffers, 8-15% faster CPU steps, ~40% slower compiles; '
+    'see vgg_jax/host_memory.py.')
 _CPU_COLLECTIVES = flags.DEFINE_enum(
     'cpu_collectives', None, ['gloo', 'mpi'],
     'Collectives for multi-process runs on CPU devices (testing on one machine).')
@@ -63,7 +64,8 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if _REUSE_HOST_MEMORY.value:
     from vgg_jax import host_memory  # pylint: disable=g-import-not-at-top
-    host_memory.reuse_freed_memory()  # Before JAX and TensorFlow start threads.
+    if host_memory.reuse_freed_memory():  # Before JAX and TensorFlow start threads.
+      logging.info('Reusing freed host memory (--noreuse_host_memory turns this off).')
   from vgg_jax import checkpointing  # pylint: disable=g-import-not-at-top
   checkpointing.quiet_orbax_logs()
   if _MODE.value == 'table':

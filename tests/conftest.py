@@ -8,7 +8,3 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
-# Reuse freed host memory (vgg_jax/host_memory.py): the same CPU steps without page faults.
-from vgg_jax import host_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-host_memory.reuse_freed_memory()

@@ -55,3 +55,26 @@ def test_respects_a_user_malloc_setting():
        'from vgg_jax import host_memory; print(host_memory.reuse_freed_memory())'],
       env=env, capture_output=True, text=True, timeout=60, check=True)
   assert out.stdout.strip() == 'False'
+
+
+def test_only_where_jax_computes_on_the_cpu(monkeypatch):
+  from vgg_jax import host_memory  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv('JAX_PLATFORMS', 'cuda,cpu')
+  assert not host_memory.jax_runs_on_cpu()
+  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+  assert host_memory.jax_runs_on_cpu()
+  monkeypatch.delenv('JAX_PLATFORMS')
+  monkeypatch.setattr(host_memory, 'accelerator_plugins', lambda: ['xla_cuda12'])
+  assert not host_memory.jax_runs_on_cpu()
+  monkeypatch.setattr(host_memory, 'accelerator_plugins', lambda: [])
+  assert host_memory.jax_runs_on_cpu()
+
+
+def test_skipped_on_accelerator_hosts_unless_forced():
+  code = ('from vgg_jax import host_memory; '
+          'print(host_memory.reuse_freed_memory(), host_memory.reuse_freed_memory(force=True))')
+  env = {k: v for k, v in os.environ.items() if not k.startswith('MALLOC_')}
+  env.update(PYTHONPATH=ROOT, JAX_PLATFORMS='cuda')
+  out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                       timeout=60, check=True)
+  assert out.stdout.split() == ['False', 'True']

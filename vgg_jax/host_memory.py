@@ -6,17 +6,25 @@ so every step touches hundreds of MB of new pages: VGG-A at 32x32, batch 64, fau
 ~69k pages (280 MB) per step, at 224x224 batch 4 ~510k (2.1 GB). reuse_freed_memory()
 tells glibc to serve all threads from the main heap, never mmap, and never trim it, so
 the same memory is reused from step to step. Measured (docs/performance.md): VGG-A
-train step 0.37 -> 0.32 s at 32x32 b64 and 1.16 -> 0.99 s at 224x224 b4; PyTorch in
+train step 0.38 -> 0.34 s at 32x32 b64 and 1.22 -> 1.03 s at 224x224 b4; PyTorch in
 the same process gains too (it allocates the same way).
 
-The cost: the process keeps its peak heap until it exits, and all threads share one
-malloc arena. Call it first thing in a program's main(), before JAX or TensorFlow start
-their threads (a thread keeps the arena it first used). A no-op off Linux/glibc, and
-when MALLOC_ARENA_MAX is set (the user tuned malloc already).
+The costs: the process keeps its peak heap until it exits, and all threads share one
+malloc arena, so malloc-heavy threads contend: XLA compiles ~40% slower (VGG-A's train
+step 2.8 -> 3.9 s) and tf.data decodes ~5% slower on 2 cores (more with more cores). So
+it is only applied where JAX will compute on the CPU (no GPU/TPU plugin installed, or
+JAX_PLATFORMS=cpu): long CPU runs gain, accelerator hosts keep glibc's defaults, and
+short compile-bound runs (tests, a --quick ablation) are better off without it.
+
+Call it first thing in a program's main(), before JAX or TensorFlow start threads (a
+thread keeps the arena it first used). A no-op off Linux/glibc, and when
+MALLOC_ARENA_MAX is set (the user tuned malloc already).
 """
 
 import ctypes
 import ctypes.util
+import importlib.metadata
+import importlib.util
 import os
 import sys
 
@@ -27,9 +35,32 @@ _M_ARENA_MAX = -8
 _SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
-def reuse_freed_memory() -> bool:
-  """Apply the glibc settings above; True if they took effect."""
+def accelerator_plugins() -> list[str]:
+  """The JAX GPU/TPU plugins installed here (found without importing JAX)."""
+  found = [entry.name for entry in importlib.metadata.entry_points(group='jax_plugins')]
+  for module in ('jax_plugins', 'libtpu', 'jax_cuda12_plugin', 'jax_cuda13_plugin',
+                 'jax_rocm60_plugin', 'jax_rocm7_plugin'):
+    if importlib.util.find_spec(module) is not None:
+      found.append(module)
+  return found
+
+
+def jax_runs_on_cpu() -> bool:
+  """Whether JAX will compute on the CPU: JAX_PLATFORMS says so, or no plugin is here."""
+  platforms = os.environ.get('JAX_PLATFORMS', '')
+  if platforms:
+    return platforms.split(',')[0].strip() == 'cpu'
+  return not accelerator_plugins()
+
+
+def reuse_freed_memory(force: bool = False) -> bool:
+  """Apply the glibc settings above where JAX runs on the CPU (always with force=True).
+
+  Returns True if they took effect.
+  """
   if not sys.platform.startswith('linux') or 'MALLOC_ARENA_MAX' in os.environ:
+    return False
+  if not (force or jax_runs_on_cpu()):
     return False
   name = ctypes.util.find_library('c')
   if not name:
