@@ -113,6 +113,8 @@ rows_matmul.defvjp(_rows_matmul_fwd, _rows_matmul_bwd)
 class Conv(nn.Module):
   """A k x k, stride 1, 'same' convolution; kernel [k, k, Cin, Cout] (HWIO) and bias.
 
+  With pool=True it returns max_pool_2x2(relu(conv + bias)), fused on the matmul path.
+
   'xla' calls XLA's convolution. 'matmul' concatenates the k*k shifted slices of the
   zero-padded input and multiplies by the kernel reshaped to [k*k*Cin, Cout]: the same
   numbers through XLA's fast CPU matmul. Parameters are identical either way.
@@ -192,7 +194,7 @@ def bias_relu_max_pool(y, bias):
   ReLU run on the pooled map; the backward pass routes each window's gradient to its
   first maximum in one fused pass instead of JAX's generic max/ReLU derivatives.
   """
-  batch, height, width, channels = y.shape
+  height, width = y.shape[1:3]
   return _even_bias_relu_max_pool(y[:, :height // 2 * 2, :width // 2 * 2], bias)
 
 
@@ -293,14 +295,17 @@ class VGG(nn.Module):
     for stage, (kernel_sizes, channels) in enumerate(
         zip(CONFIGS[self.variant], stage_channels(self.width))):
       for i, k in enumerate(kernel_sizes):
+        last = i == len(kernel_sizes) - 1
         lrn = stage == 0 and i == 0 and self.variant in LRN_VARIANTS
-        pool = i == len(kernel_sizes) - 1 and not lrn  # Conv+ReLU+pool in one module.
+        pool = last and not lrn  # The Conv then adds ReLU and the stage's pool itself.
         x = Conv(channels, k, impl, dtype=self.dtype, kernel_init=init, pool=pool,
                  name=f'conv{stage + 1}_{i + 1}')(x)
         if not pool:
           x = nn.relu(x)
-        if lrn:
-          x = max_pool_2x2(local_response_norm(x), impl)
+          if lrn:
+            x = local_response_norm(x)
+          if last:
+            x = max_pool_2x2(x, impl)
 
     window = self.image_size // MIN_IMAGE_SIZE
     if self.head == 'small':
