@@ -40,7 +40,9 @@ _REPEATS = flags.DEFINE_integer('repeats', 3, 'Alternating JAX/torch pairs with 
 _CONV_IMPL = flags.DEFINE_enum('conv_impl', 'auto', list(models.CONV_IMPLS), 'JAX conv path.')
 _ACCUM = flags.DEFINE_integer('grad_accum_steps', 1, 'Micro-batches per step.')
 _REUSE_HOST_MEMORY = flags.DEFINE_bool(
-    'reuse_host_memory', True, 'host_memory.reuse_freed_memory() first (both frameworks).')
+    'reuse_host_memory', True,
+    'Where JAX computes on the CPU, host_memory.reuse_freed_memory() first (it applies to '
+    'both frameworks in the process).')
 _VS_TORCH = flags.DEFINE_bool('vs_torch', False, 'Also time an equivalent PyTorch VGG.')
 _TORCH_COMPILE = flags.DEFINE_bool('torch_compile', False, 'torch.compile the torch model.')
 
@@ -75,7 +77,8 @@ def timed(step, steps):
 
 def summarize(step_times, compile_s, flops, peak, memory, extra):
   median = statistics.median(step_times)
-  return {**extra, 'host_memory_reused': any(_HOST_MEMORY_REUSED), 'compile_s': round(compile_s, 3), 'median_step_s': round(median, 5),
+  return {**extra, 'host_memory_reused': any(_HOST_MEMORY_REUSED),
+          'compile_s': round(compile_s, 3), 'median_step_s': round(median, 5),
           'min_step_s': round(min(step_times), 5), 'max_step_s': round(max(step_times), 5),
           'images_per_second': round(_BATCH_SIZE.value / median, 2),
           'mfu': round(flops / median / peak, 4) if flops and peak else None,

