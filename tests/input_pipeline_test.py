@@ -246,6 +246,8 @@ def test_multi_crop_views_count_and_offsets():
   assert offsets[0] == (0, 0) and offsets[-1] == (8, 18) and offsets[12] == (4, 9)
   np.testing.assert_array_equal(views[24], image[8:40, 18:50])
   np.testing.assert_array_equal(views[25], image[0:32, 0:32][:, ::-1])
+  np.testing.assert_array_equal(
+      input_pipeline.multi_crop_views(image, image_size=32, flip=False), views[:25])
 
 
 def test_tfds_imagenet_mock_rescales_random_sizes(tmp_path):

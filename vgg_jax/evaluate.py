@@ -32,7 +32,8 @@ VIEWS_PER_SCALE = {'single': 1, 'dense': 2, 'multicrop': 50, 'dense+multicrop': 
 
 
 def views_per_scale(protocol: str, flip: bool = True) -> int:
-  return VIEWS_PER_SCALE[protocol] if flip or protocol == 'single' else VIEWS_PER_SCALE[protocol] // 2
+  views = VIEWS_PER_SCALE[protocol]
+  return views if flip or protocol == 'single' else views // 2
 
 
 def check_protocol(protocol: str, scales: Sequence[int], image_size: int):
@@ -117,11 +118,8 @@ def posteriors_at_scale(predictor: Predictor, rescaled: list[np.ndarray], protoc
   if protocol == 'single':
     parts.append(predictor(np.stack([centre_crop(im, image_size) for im in rescaled])))
   if 'multicrop' in protocol:
-    views = np.concatenate([input_pipeline.multi_crop_views(im, image_size=image_size)
-                            for im in rescaled])
-    if not flip:  # multi_crop_views puts the 25 crops first, then their flips.
-      views = views.reshape(len(rescaled), 2, -1, *views.shape[1:])[:, 0].reshape(
-          -1, *views.shape[1:])
+    views = np.concatenate([input_pipeline.multi_crop_views(im, image_size=image_size,
+                                                            flip=flip) for im in rescaled])
     probs = predictor(views).reshape(len(rescaled), -1, predictor.model.num_classes)
     parts.append(probs.mean(1))
   if 'dense' in protocol:  # Same-shape images share a batch; each shape compiles once.

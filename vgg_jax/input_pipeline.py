@@ -363,17 +363,18 @@ def multi_crop_offsets(height: int, width: int, crop: int, grid: int = 5):
   return [(int(r), int(c)) for r in rows for c in cols]
 
 
-def multi_crop_views(image, *, image_size: int, grid: int = 5):
-  """Sec. 3.2 multi-crop: grid x grid crops and their flips -> [2*grid^2, S, S, 3].
+def multi_crop_views(image, *, image_size: int, grid: int = 5, flip: bool = True):
+  """Sec. 3.2 multi-crop: grid x grid crops, then their flips -> [2*grid^2, S, S, 3].
 
   image: an already rescaled (and mean-subtracted) float image [h, w, 3] (numpy).
+  flip=False: the grid^2 crops only.
   """
   image = np.asarray(image)
   height, width = image.shape[:2]
   crops = [image[r:r + image_size, c:c + image_size]
            for r, c in multi_crop_offsets(height, width, image_size, grid)]
   crops = np.stack(crops)
-  return np.concatenate([crops, crops[:, :, ::-1]])
+  return np.concatenate([crops, crops[:, :, ::-1]]) if flip else crops
 
 
 # --------------------------------------------------------------------------- statistics
