@@ -39,6 +39,7 @@ _REUSE_HOST_MEMORY = flags.DEFINE_bool(
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir (cifar10, imagenet).')
 
 VARIANTS = tuple(models.CONFIGS)
+SCALE_VARIANTS = ('C', 'D', 'E')  # Trained at the further scales of Tables 3 and 4.
 # PAPER.md Tables 3 and 4: top-1 / top-5 error (%), ImageNet validation.
 PAPER_TABLE3 = {'A': (29.6, 10.4), 'A-LRN': (29.7, 10.5), 'B': (28.7, 9.9),
                 'C': (28.1, 9.4), 'D': (27.0, 8.8), 'E': (27.3, 9.0)}
@@ -135,7 +136,7 @@ def plan_runs(preset: Preset, root: str, seed: int):
     runs.append((variant, preset.scale_name, os.path.join(root, run_name(variant, seed)),
                  config, preset.single_scales, preset.multi_scales))
   for extra in preset.extra_scales:
-    for variant in ('C', 'D', 'E'):
+    for variant in SCALE_VARIANTS:
       config = preset.make_config(variant)
       config.seed = seed
       source = '' if extra.start_from == preset.scale_name else extra.start_from
@@ -306,7 +307,7 @@ def main(argv):
   main_rows = [r for r in rows if r['train_scale'] == preset.scale_name]
   table = summarize(main_rows, VARIANTS)
   extra_tables = {e.name: summarize([r for r in rows if r['train_scale'] == e.name],
-                                    ('C', 'D', 'E')) for e in preset.extra_scales}
+                                    SCALE_VARIANTS) for e in preset.extra_scales}
   seconds = time.time() - start
   write_markdown(os.path.join(root, 'ablation.md'), table, preset, name, seconds, extra_tables)
   write_plot(os.path.join(root, 'ablation.png'), main_rows, table,

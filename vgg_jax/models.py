@@ -150,7 +150,14 @@ class Conv(nn.Module):
     return y + bias
 
 
+def _even(x):
+  """x [B, H, W, C] without its last row/column where H/W is odd (VALID 2x2 pooling)."""
+  height, width = x.shape[1:3]
+  return x[:, :height // 2 * 2, :width // 2 * 2]
+
+
 def _window_max(y):
+  """y [B, H, W, C] (H, W even) -> its 2x2 windows [B, H/2, 2, W/2, 2, C] and their maxima."""
   batch, height, width, channels = y.shape
   windows = y.reshape(batch, height // 2, 2, width // 2, 2, channels)
   return windows, windows.max(axis=(2, 4), keepdims=True)
@@ -194,17 +201,14 @@ def bias_relu_max_pool(y, bias):
   ReLU run on the pooled map; the backward pass routes each window's gradient to its
   first maximum in one fused pass instead of JAX's generic max/ReLU derivatives.
   """
-  height, width = y.shape[1:3]
-  return _even_bias_relu_max_pool(y[:, :height // 2 * 2, :width // 2 * 2], bias)
+  return _even_bias_relu_max_pool(_even(y), bias)
 
 
 def max_pool_2x2(x, impl: str):
   """2x2 max-pool, stride 2, VALID (odd rows/columns dropped), Table 1."""
   if impl == 'xla':
     return nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
-  batch, height, width, channels = x.shape
-  x = x[:, :height // 2 * 2, :width // 2 * 2]
-  return x.reshape(batch, height // 2, 2, width // 2, 2, channels).max(axis=(2, 4))
+  return _window_max(_even(x))[1].squeeze((2, 4))
 
 
 class Fc6(nn.Module):
