@@ -1,19 +1,24 @@
 """vgg_jax entry point: absl flags -> config -> the chosen mode.
 
   python launch.py --workdir=DIR [--config=experiments/configs/NAME.py[:ARG]] \\
-      [--config.FIELD=VALUE ...] [--mode=train|table]
+      [--config.FIELD=VALUE ...] [--mode=train|evaluate|predict|table] [IMAGE ...]
 
 Without --config it trains a narrow VGG-D on the embedded digits set. Running the same
-command on the same DIR resumes.
+command on the same DIR resumes. evaluate and predict take every setting from DIR's
+stored config; only the --config.FIELD values given on the command line override it.
 """
 
+import json
 import os
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
+import ml_collections
 from ml_collections import config_flags
+
+from vgg_jax import host_memory
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # Before TensorFlow is imported.
 
@@ -24,9 +29,10 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
 _MODE = flags.DEFINE_enum(
     'mode', 'train', ['train', 'evaluate', 'predict', 'table'],
-    "'train' (or resume); 'evaluate' runs config.eval's protocol on DIR's checkpoint "
-    "(model and data from the checkpoint's config); 'predict' prints the top-5 classes of "
-    "the image files given as arguments; 'table' prints Table 2 reproduced.")
+    "'train' (or resume); 'evaluate' runs config.eval's protocol on DIR's checkpoint; "
+    "'predict' prints the top-5 classes of the image files given as arguments (both with "
+    "DIR's stored config, overridden by the --config.FIELD flags given); 'table' prints "
+    'Table 2 reproduced.')
 _DISTRIBUTED = flags.DEFINE_enum(
     'distributed', 'none', ['none', 'auto', 'explicit'],
     "Multi-process JAX: 'auto' lets jax.distributed.initialize detect TPU/SLURM/etc.; "
@@ -36,16 +42,14 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processe
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process: 0..num_processes-1.')
 _REUSE_HOST_MEMORY = flags.DEFINE_bool(
     'reuse_host_memory', True,
-    'Where JAX computes on the CPU, keep freed host memory for reuse (glibc): no page '
-    'faults on XLA\'s per-step buffers, 8-15% faster CPU steps, ~40% slower compiles; '
-    'see vgg_jax/host_memory.py.')
+    'Where JAX computes on the CPU, keep freed host memory for reuse (glibc): faster CPU '
+    'steps, slower compiles; see vgg_jax/host_memory.py and docs/performance.md.')
 _CPU_COLLECTIVES = flags.DEFINE_enum(
     'cpu_collectives', None, ['gloo', 'mpi'],
     'Collectives for multi-process runs on CPU devices (testing on one machine).')
 
 
-def initialize_distributed():
-  import jax  # pylint: disable=g-import-not-at-top
+def initialize_distributed(jax):
   if _CPU_COLLECTIVES.value:
     jax.config.update('jax_cpu_collectives_implementation', _CPU_COLLECTIVES.value)
   if _DISTRIBUTED.value == 'auto':
@@ -59,43 +63,80 @@ def initialize_distributed():
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
 
 
+def merge_config(defaults, stored: dict, overrides: dict):
+  """defaults, updated with a run's stored config, then with explicit overrides.
+
+  defaults: a ConfigDict (the --config file); stored: the run's config as saved in its
+  checkpoints (JSON); overrides: {'eval.protocol': 'dense', ...}, applied last.
+  """
+  config = defaults.copy_and_resolve_references()
+  config.unlock()
+
+  def update(node, values):
+    for key, value in values.items():
+      if isinstance(value, dict) and isinstance(node.get(key), ml_collections.ConfigDict):
+        update(node[key], value)
+        continue
+      if isinstance(node.get(key), tuple) and isinstance(value, list):
+        value = tuple(value)
+      with node.ignore_type():
+        node[key] = value
+
+  update(config, stored)
+  for path, value in overrides.items():
+    *parents, leaf = path.split('.')
+    node = config
+    for parent in parents:
+      node = node[parent]
+    with node.ignore_type():
+      node[leaf] = value
+  return config
+
+
+def run_config(stored: dict):
+  """The config evaluate/predict use: a run's stored one under the explicit overrides."""
+  overrides = config_flags.get_override_values(flags.FLAGS['config'])
+  return merge_config(_CONFIG.value, stored, overrides)
+
+
 def main(argv):
   if len(argv) > 1 and _MODE.value != 'predict':
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if _REUSE_HOST_MEMORY.value:
-    from vgg_jax import host_memory  # pylint: disable=g-import-not-at-top
-    if host_memory.reuse_freed_memory():  # Before JAX and TensorFlow start threads.
-      logging.info('Reusing freed host memory (--noreuse_host_memory turns this off).')
+  if _REUSE_HOST_MEMORY.value and host_memory.reuse_freed_memory():
+    logging.info('Reusing freed host memory (--noreuse_host_memory turns this off).')
+  # Imported only now: host memory must be set up before JAX and TensorFlow start threads.
+  import jax  # pylint: disable=g-import-not-at-top
   from vgg_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from vgg_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from vgg_jax import models  # pylint: disable=g-import-not-at-top
+  from vgg_jax import train  # pylint: disable=g-import-not-at-top
   checkpointing.quiet_orbax_logs()
   if _MODE.value == 'table':
-    from vgg_jax import models  # pylint: disable=g-import-not-at-top
     models.print_table2()
     return
   if not _WORKDIR.value:
     raise app.UsageError(f'--workdir is required for --mode={_MODE.value}.')
-  initialize_distributed()
+  initialize_distributed(jax)
   if _MODE.value == 'evaluate':
-    from vgg_jax import evaluate  # pylint: disable=g-import-not-at-top
-    eval_config = _CONFIG.value.eval
-    result = evaluate.run(eval_config, [_WORKDIR.value, *eval_config.fusion_workdirs],
-                          output_dir=_WORKDIR.value)
+    config = run_config(checkpointing.load_meta(_WORKDIR.value)['config'])
+    result = evaluate.run(config.eval, [_WORKDIR.value, *config.eval.fusion_workdirs],
+                          output_dir=_WORKDIR.value, data_config=config.data)
     print(evaluate.format_table([result]))
     print(f"Wrote {result.get('path')}")
     return
   if _MODE.value == 'predict':
-    from vgg_jax import evaluate  # pylint: disable=g-import-not-at-top
-    for path, top in evaluate.predict(_CONFIG.value.eval, _WORKDIR.value, argv[1:]):
+    config = run_config(checkpointing.load_meta(_WORKDIR.value)['config'])
+    for path, top in evaluate.predict(config.eval, _WORKDIR.value, argv[1:],
+                                      data_config=config.data):
       print(path)
       for name, probability in top:
         print(f'  {probability:7.2%}  {name}')
     return
-  from vgg_jax import train  # pylint: disable=g-import-not-at-top
   result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if result.get('preempted'):
     sys.exit(143)  # 128 + SIGTERM: not finished; rerun to resume.
   logging.info('Finished at step %d: %s', result['step'],
-               {k: v for k, v in result.items() if k.startswith('eval/')})
+               json.dumps({k: v for k, v in result.items() if k.startswith('eval/')}))
 
 
 if __name__ == '__main__':

@@ -22,6 +22,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from experiments.configs import base
 from experiments.configs import cifar10
 from experiments.configs import digits
 from experiments.configs import imagenet
@@ -83,7 +84,7 @@ class Preset:
 def digits_config(variant: str, quick: bool) -> ml_collections.ConfigDict:
   config = digits.get_config()
   config.model.variant = variant
-  config.model.width = 0.125  # 8..64 channels: 18 runs fit in ~30 min on 2 cores.
+  config.model.width = 0.125  # 8..64 channels, so the 18 runs fit a CPU budget.
   config.model.fc_width = 128
   config.num_epochs = 15.0
   config.eval_every_steps = 105
@@ -152,6 +153,7 @@ def plan_runs(preset: Preset, root: str, seed: int):
 
 def train_run(config, workdir: str) -> None:
   """Trains (or resumes, or skips when finished) one configuration."""
+  # Imported here, after main() set up host memory: TensorFlow starts threads on import.
   from vgg_jax import train  # pylint: disable=g-import-not-at-top
   done = os.path.join(workdir, 'done.json')
   if os.path.exists(done):
@@ -166,6 +168,7 @@ def train_run(config, workdir: str) -> None:
 
 def evaluate_run(workdir: str, protocol: str, scales, flip: bool) -> dict:
   """Cached evaluation of a run's best checkpoint with a protocol at scales."""
+  # Imported here, after main() set up host memory: TensorFlow starts threads on import.
   from vgg_jax import evaluate  # pylint: disable=g-import-not-at-top
   key = (f"eval_{protocol.replace('+', '_')}_{'_'.join(map(str, scales))}"
          f"{'' if flip else '_noflip'}.json")
@@ -173,9 +176,9 @@ def evaluate_run(workdir: str, protocol: str, scales, flip: bool) -> dict:
   if os.path.exists(path):
     with open(path) as f:
       return json.load(f)
-  config = ml_collections.ConfigDict(dict(protocol=protocol, scales=tuple(scales),
-                                          checkpoint='best', batch_size=256, split='',
-                                          max_examples=0, flip=flip))
+  config = base.eval_config()
+  config.protocol, config.scales, config.flip, config.batch_size = (protocol, tuple(scales),
+                                                                    flip, 256)
   result = evaluate.run(config, [workdir])
   with open(path, 'w') as f:
     json.dump(result, f)
@@ -250,7 +253,7 @@ def write_markdown(path, table, preset: Preset, name: str, seconds: float,
 
 
 def write_plot(path, rows, table, title: str):
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib  # pylint: disable=g-import-not-at-top  (optional: the ablation extra)
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))

@@ -16,6 +16,7 @@ import resource
 import statistics
 import sys
 import time
+import types
 
 from absl import app
 from absl import flags
@@ -25,6 +26,9 @@ import numpy as np
 
 from vgg_jax import host_memory
 from vgg_jax import models
+from vgg_jax import monitoring
+from vgg_jax import optim
+from vgg_jax import sharding
 from vgg_jax import train
 
 _VARIANT = flags.DEFINE_enum('variant', 'A', list(models.CONFIGS), 'Table 1 configuration.')
@@ -47,14 +51,15 @@ _VS_TORCH = flags.DEFINE_bool('vs_torch', False, 'Also time an equivalent PyTorc
 _TORCH_COMPILE = flags.DEFINE_bool('torch_compile', False, 'torch.compile the torch model.')
 
 
-class Config(dict):
-  """The optimizer fields train.create_optimizer reads, without ml_collections."""
-  __getattr__ = dict.__getitem__
+def optimizer_config() -> types.SimpleNamespace:
+  """The fields of base.optimizer_config() that optim.create_optimizer reads.
 
-
-def optimizer_config():
-  return Config(schedule='cosine', learning_rate=1e-2, momentum=0.9, weight_decay=5e-4,
-                decay_biases=False, step_decay_epochs=())
+  Spelled out because this path runs without ml_collections (base.py needs it).
+  """
+  return types.SimpleNamespace(
+      schedule='cosine', learning_rate=1e-2, momentum=0.9, weight_decay=5e-4,
+      decay_biases=False, step_decay_epochs=(), freeze_conv_base=False,
+      unfreeze_last_stage=False)
 
 
 _HOST_MEMORY_REUSED = []  # main() appends whether reuse_freed_memory() took effect.
@@ -93,24 +98,24 @@ class JaxRun:
                             width=_WIDTH.value, fc_width=_FC_WIDTH.value,
                             image_size=_IMAGE_SIZE.value, conv_impl=_CONV_IMPL.value,
                             dtype=jnp.bfloat16 if _DTYPE.value == 'bfloat16' else jnp.float32)
-    mesh = train.create_mesh()
-    train.check_batch_size(_BATCH_SIZE.value, mesh.size, _ACCUM.value, name='batch_size')
-    tx = train.create_optimizer(optimizer_config(), 100, 10_000)
+    mesh = sharding.create_mesh()
+    sharding.check_batch_size(_BATCH_SIZE.value, mesh.size, _ACCUM.value, name='batch_size')
+    tx = optim.create_optimizer(optimizer_config(), 100, 10_000)
     self.state = jax.jit(lambda r: train.create_train_state(self.model, tx, r),
-                         out_shardings=train.replicated(mesh))(jax.random.key(0))
+                         out_shardings=sharding.replicated(mesh))(jax.random.key(0))
     size = _IMAGE_SIZE.value
     self.batch = jax.jit(lambda r: {
         'images': jax.random.normal(r, (_BATCH_SIZE.value, size, size, 3)) * 60,
         'labels': jax.random.randint(r, (_BATCH_SIZE.value,), 0, _NUM_CLASSES.value)},
-        out_shardings=train.batch_sharding(mesh))(jax.random.key(1))
+        out_shardings=sharding.batch_sharding(mesh))(jax.random.key(1))
     self.rng = jax.random.key(2)
     start = time.perf_counter()
     self.step = train.jit_train_step(self.model, tx, mesh, _ACCUM.value).lower(
         self.state, self.batch, self.rng).compile()
     self.compile_s = time.perf_counter() - start
-    self.flops = train.step_flops(self.step)
+    self.flops = monitoring.step_flops(self.step)
     self.device = jax.devices()[0]
-    self.peak = train.peak_flops(self.device.device_kind)
+    self.peak = monitoring.peak_flops(self.device.device_kind)
     self.run(_WARMUP.value)
 
   def run(self, steps):

@@ -14,11 +14,12 @@ import time
 
 from absl import app
 from absl import flags
-import ml_collections
 import numpy as np
 from PIL import Image
 
-from vgg_jax import input_pipeline
+from experiments.configs import base
+from vgg_jax.data import iterators
+from vgg_jax.data import statistics
 
 _NUM_IMAGES = flags.DEFINE_integer('num_images', 256, 'JPEGs to generate.')
 _BATCHES = flags.DEFINE_integer('batches', 20, 'Batches to time (after 3 warm-up ones).')
@@ -39,12 +40,15 @@ def write_jpegs(root: str, count: int):
 
 
 def time_pipeline(root: str, scale_min: int, scale_max: int) -> float:
-  config = ml_collections.ConfigDict(dict(
-      source='folder', folder=root, train_split='train', scale_min=scale_min,
-      scale_max=scale_max, eval_scale=scale_min, random_flip=True, pca_stddev=0.1,
-      pca_eigval=None, pca_eigvec=None, mean_rgb=input_pipeline.IMAGENET_MEAN_RGB,
-      shuffle_buffer=1024))
-  batches = input_pipeline.create_train_iterator(
+  config = base.data_config()
+  config.source = 'folder'
+  config.folder = root
+  config.scale_min = scale_min
+  config.scale_max = scale_max
+  config.eval_scale = scale_min
+  config.mean_rgb = statistics.IMAGENET_MEAN_RGB
+  config.shuffle_buffer = 1024
+  batches = iterators.create_train_iterator(
       config, image_size=224, global_batch_size=_BATCH_SIZE.value, seed=0)
   for _ in range(3):
     next(batches)

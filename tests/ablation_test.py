@@ -5,11 +5,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_ablation(workdir):
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  # One CPU device as a user has; LLVM's optimisation off: the quick flow is compile-bound.
+  env = dict(os.environ, XLA_FLAGS='--xla_backend_optimization_level=0')
   return subprocess.run([sys.executable, '-m', 'experiments.ablation', '--preset=digits',
                          '--quick', f'--workdir={workdir}',
                          '--noreuse_host_memory'],  # Compile-bound: faster without it.
@@ -17,6 +20,7 @@ def run_ablation(workdir):
                         capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 def test_quick_ablation_writes_tables_and_plot_then_skips(tmp_path):
   first = run_ablation(tmp_path)
   assert first.returncode == 0, first.stderr[-3000:]

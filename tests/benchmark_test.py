@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_benchmark_path_imports_neither_tensorflow_nor_ml_collections():
   code = ('import sys, experiments.benchmark; '
           'bad = [m for m in ("tensorflow", "ml_collections") if m in sys.modules]; '
@@ -17,7 +20,9 @@ def test_benchmark_path_imports_neither_tensorflow_nor_ml_collections():
   assert result.returncode == 0, result.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_benchmark_prints_json_and_torch_ratios():
+  pytest.importorskip('torch', reason='--vs_torch needs torch')
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   result = subprocess.run(
       [sys.executable, '-m', 'experiments.benchmark', '--variant=C', '--width=0.125',

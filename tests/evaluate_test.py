@@ -6,33 +6,31 @@ import subprocess
 import sys
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
+from experiments.configs import base
+from vgg_jax import checkpointing
 from vgg_jax import evaluate
 from vgg_jax import models
 from vgg_jax import train
 
-sys.path.insert(0, os.path.dirname(__file__))
-import train_test  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def eval_config(**overrides):
-  config = ml_collections.ConfigDict(dict(
-      protocol='single', scales=(32,), checkpoint='best', fusion_workdirs=(), batch_size=64,
-      split='', max_examples=0))
+  """base.eval_config() at Q=32, then overrides."""
+  config = base.eval_config()
+  config.scales = (32,)
   config.update(overrides)
   return config
 
 
 @pytest.fixture(scope='module')
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, tiny_config):
   workdir = tmp_path_factory.mktemp('run')
-  config = train_test.tiny_config(num_train_steps=40, eval_every_steps=20, learning_rate=0.05,
-                                  schedule='cosine')
+  config = tiny_config(num_train_steps=16, eval_every_steps=8)
   result = train.train_and_evaluate(config, str(workdir))
   return workdir, result
 
@@ -40,7 +38,7 @@ def run_dir(tmp_path_factory):
 def random_predictor(num_classes=10):
   model = models.VGG(variant='A', width=1 / 16, fc_width=32, image_size=32,
                      num_classes=num_classes)
-  params = train.init_params(model, jax.random.key(0))
+  params = models.init_params(model, jax.random.key(0))
   return evaluate.Predictor(model, params, batch_size=16)
 
 
@@ -72,8 +70,8 @@ def test_dense_posterior_is_flip_invariant_and_handles_mixed_shapes():
 def test_multicrop_averages_fifty_views():
   predictor = random_predictor()
   image = np.random.default_rng(2).normal(0, 50, (40, 48, 3)).astype(np.float32)
-  from vgg_jax import input_pipeline
-  views = input_pipeline.multi_crop_views(image, image_size=32)
+  from vgg_jax.data import preprocessing
+  views = preprocessing.multi_crop_views(image, image_size=32)
   assert len(views) == 50
   expected = predictor(views).mean(0)
   got = evaluate.posteriors_at_scale(predictor, [image], 'multicrop', 32)[0]
@@ -108,12 +106,12 @@ def test_best_checkpoint_is_the_lowest_eval_error(run_dir):
   errors = {r['step']: r['eval/top1_error'] for r in rows if 'eval/top1_error' in r}
   best = min(errors, key=lambda step: (errors[step], -step))  # Later step on ties.
   assert evaluate.resolve_step(str(workdir), 'best') == best
-  assert evaluate.resolve_step(str(workdir), 'latest') == 40
+  assert evaluate.resolve_step(str(workdir), 'latest') == 16
   with pytest.raises(ValueError, match='No checkpoint at step 7'):
     evaluate.resolve_step(str(workdir), '7')
 
 
-def test_bad_input(run_dir, tmp_path):
+def test_bad_input(run_dir, tmp_path, tiny_config):
   workdir, _ = run_dir
   with pytest.raises(ValueError, match="Unknown evaluation protocol 'tencrop'"):
     evaluate.run(eval_config(protocol='tencrop'), [str(workdir)])
@@ -121,13 +119,20 @@ def test_bad_input(run_dir, tmp_path):
     evaluate.run(eval_config(scales=(32, 28)), [str(workdir)])
   with pytest.raises(FileNotFoundError, match='No checkpoints in'):
     evaluate.run(eval_config(), [str(tmp_path)])
-  other = tmp_path / 'other'
-  train.train_and_evaluate(train_test.tiny_config(num_train_steps=2, **{
-      'model.num_classes': 12}), str(other))
+  other = str(tmp_path / 'other')  # A 12-class checkpoint, saved without training.
+  config = tiny_config(**{'model.num_classes': 12})
+  model = models.create_model(config.model)
+  state = {'step': np.zeros((), np.int32),
+           'params': models.init_params(model, jax.random.key(0))}
+  meta = checkpointing.make_meta(config.to_dict(), 0, global_batch_size=16, num_classes=12,
+                                 class_names=[str(i) for i in range(12)])
+  with checkpointing.create_manager(other, async_save=False) as manager:
+    checkpointing.save(manager, 0, state, meta)
   with pytest.raises(ValueError, match='different class counts'):
     evaluate.run(eval_config(), [str(workdir), str(other)])
 
 
+@pytest.mark.slow
 def test_launch_evaluate_prints_a_table_and_writes_json(run_dir):
   workdir, _ = run_dir
   result = subprocess.run(
@@ -147,8 +152,8 @@ def test_flip_off_uses_only_unflipped_views():
   images = [rng.normal(0, 50, (40, 48, 3)).astype(np.float32)]
   dense = evaluate.posteriors_at_scale(predictor, images, 'dense', 32, flip=False)
   np.testing.assert_allclose(dense, predictor(np.stack(images), dense=True), rtol=1e-5, atol=1e-6)
-  from vgg_jax import input_pipeline
-  crops = input_pipeline.multi_crop_views(images[0], image_size=32)[:25]
+  from vgg_jax.data import preprocessing
+  crops = preprocessing.multi_crop_views(images[0], image_size=32)[:25]
   multi = evaluate.posteriors_at_scale(predictor, images, 'multicrop', 32, flip=False)
   np.testing.assert_allclose(multi[0], predictor(crops).mean(0), rtol=1e-5, atol=1e-6)
   assert evaluate.views_per_scale('dense+multicrop', flip=False) == 26

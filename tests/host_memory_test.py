@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Each call of f makes a fresh 64 MB output, freed before the next call.
@@ -42,6 +44,7 @@ def run(reuse: bool):
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_reuse_removes_page_faults_and_keeps_memory_bounded():
   default, reused = run(False), run(True)
   assert reused['reused'] and not default['reused']
@@ -54,6 +57,7 @@ def test_reuse_removes_page_faults_and_keeps_memory_bounded():
   assert reused['rss_growth_mb'] < 36 * 64 / 4, reused
 
 
+@pytest.mark.slow
 def test_respects_a_user_malloc_setting():
   env = dict(os.environ, PYTHONPATH=ROOT, MALLOC_ARENA_MAX='4')
   out = subprocess.run(
@@ -76,6 +80,7 @@ def test_only_where_jax_computes_on_the_cpu(monkeypatch):
   assert host_memory.jax_runs_on_cpu()
 
 
+@pytest.mark.slow
 def test_skipped_on_accelerator_hosts_unless_forced():
   code = ('from vgg_jax import host_memory; '
           'print(host_memory.reuse_freed_memory(), host_memory.reuse_freed_memory(force=True))')

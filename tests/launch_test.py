@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_default_command_reaches_97_percent_on_digits(tmp_path):
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # As a user runs it.
   result = subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'),

@@ -114,7 +114,8 @@ def test_dense_averages_the_score_map():
   images = jax.random.normal(jax.random.key(3), (1, 96, 96, 3))
   features = model.apply(variables, images, capture_intermediates=True,
                          dense=True, mutable=['intermediates'])[1]
-  pooled = features['intermediates']['conv5_2']['__call__'][0]  # Conv ends with ReLU, pool5.
+  conv5_2 = features['intermediates']['conv5_2']['__call__'][0]  # Conv output (plus bias).
+  pooled = models.max_pool_2x2(jax.nn.relu(conv5_2), 'xla')  # pool5.
   assert pooled.shape[1:3] == (3, 3)
   expected = []
   for i in range(2):
@@ -141,10 +142,10 @@ def test_bfloat16_computation_keeps_float32_params():
 
 
 def test_kernel_init_schemes():
-  images = jnp.zeros((1, 224, 224, 3))
+  images = jnp.zeros((1, 32, 32, 3))
   init = lambda model: jax.jit(model.init)(jax.random.key(0), images)['params']
-  paper = init(models.VGG(variant='A', kernel_init='paper', width=1 / 8))
-  glorot = init(models.VGG(variant='A', width=1 / 8))
+  paper = init(models.VGG(variant='A', kernel_init='paper', width=1 / 8, image_size=32))
+  glorot = init(models.VGG(variant='A', width=1 / 8, image_size=32))
   assert abs(float(jnp.std(paper['conv3_1']['kernel'])) - 0.01) < 1e-3
   assert float(jnp.abs(paper['conv3_1']['bias']).max()) == 0.0
   fan_in, fan_out = 3 * 3 * 16, 3 * 3 * 32  # conv3_1 at width 1/8: 16 -> 32 channels.
@@ -175,7 +176,7 @@ def test_bad_inputs_name_the_value():
     model.apply(variables, jnp.zeros((1, 3, 32, 32)))
 
 
-@pytest.mark.parametrize('variant', ['A-LRN', 'C'])
+@pytest.mark.parametrize('variant', [pytest.param('A-LRN', marks=pytest.mark.slow), 'C'])
 def test_matmul_convolution_equals_xla_outputs_and_gradients(variant):
   # 36x36: odd pooled sizes (18 -> 9 -> 4) exercise the VALID floor of both pools.
   kwargs = dict(variant=variant, width=1 / 16, fc_width=16, num_classes=5, image_size=36)
@@ -195,36 +196,26 @@ def test_matmul_convolution_equals_xla_outputs_and_gradients(variant):
                          *grads)
 
 
-@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
-def test_fused_bias_relu_pool_equals_xla_pool_with_ties(dtype):
-  # Few distinct values: most windows tie, and odd sizes (7, 9) drop a row and a column.
-  values = np.random.RandomState(0).choice([-1.0, 0.0, 1.0, 2.0], size=(2, 7, 9, 3))
-  y = jnp.asarray(values, dtype)
-  bias = jnp.asarray([0.5, -1.0, 0.0], dtype)
-  cotangent = jnp.asarray(np.random.RandomState(1).normal(size=(2, 3, 4, 3)), dtype)
-  reference = lambda y, b: models.max_pool_2x2(jax.nn.relu(y + b), 'xla')
-  fused = models.bias_relu_max_pool
-  np.testing.assert_array_equal(fused(y, bias), reference(y, bias))
-  grads = [jax.vjp(f, y, bias)[1](cotangent) for f in (reference, fused)]
-  # XLA's pool gives each window's gradient to one maximum; so must the fused pool.
-  np.testing.assert_array_equal(grads[1][0], grads[0][0])
-  # The bias gradient sums in float32 (XLA's reference sums in the input dtype).
-  exact = jax.vjp(reference, *(jnp.float32(a) for a in (y, bias)))[1](jnp.float32(cotangent))
-  np.testing.assert_allclose(np.float32(grads[1][1]), exact[1], rtol=1e-2)
-  assert grads[1][0].dtype == dtype and grads[1][1].dtype == dtype
-
-
-def test_rows_matmul_gradients_equal_plain_matmul():
-  x = jax.random.normal(jax.random.key(0), (2, 5, 6, 12))
-  w = jax.random.normal(jax.random.key(1), (12, 7))
-  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
-  ours = jax.grad(loss(models.rows_matmul), (0, 1))(x, w)
-  plain = jax.grad(loss(jnp.matmul), (0, 1))(x, w)
-  for a, b in zip(ours, plain):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-
-
 def test_conv_impl_auto_picks_matmul_on_cpu_and_rejects_unknown():
   assert models.resolve_conv_impl('auto') == 'matmul'  # Tests run on the CPU backend.
   with pytest.raises(ValueError, match="conv_impl='fft' is not one of"):
     models.VGG(conv_impl='fft')
+
+
+def test_captured_conv_intermediates_are_conv_outputs_on_both_paths():
+  kwargs = dict(variant='A-LRN', width=1 / 16, fc_width=16, num_classes=5, image_size=32)
+  xla, matmul = (models.VGG(conv_impl=impl, **kwargs) for impl in ('xla', 'matmul'))
+  images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3)) * 5
+  variables = xla.init(jax.random.key(0), images)
+  captured = [m.apply(variables, images, capture_intermediates=True,
+                      mutable=['intermediates'])[1]['intermediates'] for m in (xla, matmul)]
+  for layer in models.layer_names('A-LRN')[:-3]:
+    a, b = (c[layer]['__call__'][0] for c in captured)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  # conv1_1's output is the convolution plus bias, before ReLU: it has negative values.
+  p = variables['params']['conv1_1']
+  expected = jax.lax.conv_general_dilated(images, p['kernel'], (1, 1), 'SAME',
+                                          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  np.testing.assert_allclose(captured[1]['conv1_1']['__call__'][0], expected + p['bias'],
+                             rtol=1e-4, atol=1e-4)
+  assert float(captured[1]['conv1_1']['__call__'][0].min()) < 0

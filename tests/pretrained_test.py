@@ -18,8 +18,6 @@ from vgg_jax import models
 from vgg_jax import pretrained
 from vgg_jax import train
 
-sys.path.insert(0, os.path.dirname(__file__))
-import train_test  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,9 +39,9 @@ def our_logits(out_dir, images_rgb):
 
 @pytest.fixture(scope='module')
 def keras_vgg16(tmp_path_factory):
-  import keras  # pylint: disable=g-import-not-at-top
+  keras = pytest.importorskip('keras', reason='the Keras comparison needs keras')
+  h5py = pytest.importorskip('h5py', reason='Keras weight files need h5py')
   from keras.src.legacy.saving import legacy_h5_format  # pylint: disable=g-import-not-at-top
-  import h5py  # pylint: disable=g-import-not-at-top
   directory = tmp_path_factory.mktemp('keras')
   keras.utils.set_random_seed(0)
   model = keras.applications.VGG16(weights=None, classifier_activation=None)
@@ -59,6 +57,7 @@ def keras_vgg16(tmp_path_factory):
           'dir': directory}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('layout', ['new', 'classic'])
 def test_keras_vgg16_import_matches_keras_logits(keras_vgg16, layout, tmp_path):
   out = tmp_path / 'imported'
@@ -76,8 +75,9 @@ def test_keras_vgg16_import_matches_keras_logits(keras_vgg16, layout, tmp_path):
   assert np.abs(swapped - expected).max() > 1e-2 * scale  # The test sees a channel slip.
 
 
+@pytest.mark.slow
 def test_keras_vgg19_import_matches(tmp_path):
-  import keras  # pylint: disable=g-import-not-at-top
+  keras = pytest.importorskip('keras', reason='the Keras comparison needs keras')
   keras.utils.set_random_seed(1)
   model = keras.applications.VGG19(weights=None, classifier_activation=None)
   path = tmp_path / 'vgg19.weights.h5'
@@ -116,7 +116,8 @@ def torch_reference_logits(state, images_rgb):
 @pytest.fixture(scope='module')
 def torch_vgg11(tmp_path_factory):
   """A torchvision vgg11 state dict (random; classifier width 64) as .safetensors."""
-  from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
+  safetensors_numpy = pytest.importorskip(
+      'safetensors.numpy', reason='torchvision .safetensors files need safetensors')
   rng = np.random.default_rng(0)
   channels = [3, 64, 128, 256, 256, 512, 512, 512, 512]
   indices = [0, 3, 6, 8, 11, 13, 16, 18]  # torchvision vgg11's conv positions.
@@ -149,7 +150,7 @@ def test_torchvision_safetensors_import_matches_reference(torch_vgg11, tmp_path)
 
 
 def test_torch_model_built_by_hand_when_torch_is_installed(torch_vgg11, tmp_path):
-  torch = pytest.importorskip('torch')
+  torch = pytest.importorskip('torch', reason='the torch comparison needs torch')
   path, state = torch_vgg11
   layers, channels = [], 3
   for out in (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'):
@@ -177,8 +178,9 @@ def test_torch_model_built_by_hand_when_torch_is_installed(torch_vgg11, tmp_path
   np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max(), rtol=0)
 
 
+@pytest.mark.slow
 def test_bad_inputs_name_the_problem_and_leave_nothing(keras_vgg16, torch_vgg11, tmp_path):
-  import keras  # pylint: disable=g-import-not-at-top
+  keras = pytest.importorskip('keras', reason='the Keras comparison needs keras')
   out = tmp_path / 'out'
   with pytest.raises(ValueError, match="Unknown source 'caffe'"):
     pretrained.import_weights('caffe', str(keras_vgg16['new']), 'D', str(out))
@@ -209,8 +211,9 @@ def test_bad_inputs_name_the_problem_and_leave_nothing(keras_vgg16, torch_vgg11,
   assert [p for p in os.listdir(tmp_path) if p.startswith('.import-')] == []
 
 
+@pytest.mark.slow
 def test_notop_import_gives_the_conv_base(keras_vgg16, tmp_path):
-  import keras  # pylint: disable=g-import-not-at-top
+  keras = pytest.importorskip('keras', reason='the Keras comparison needs keras')
   notop = tmp_path / 'notop.weights.h5'
   keras.applications.VGG16(weights=None, include_top=False).save_weights(str(notop))
   pretrained.import_weights('keras', str(notop), 'D', str(tmp_path / 'out'), include_top=False)
@@ -230,15 +233,16 @@ def write_two_class_folder(root, size=40, count=16):
 
 
 @pytest.fixture(scope='module')
-def source(tmp_path_factory):
+def source(tmp_path_factory, tiny_config):
   """A small trained digits run standing in for imported weights."""
   workdir = tmp_path_factory.mktemp('pretrained')
-  train.train_and_evaluate(train_test.tiny_config(num_train_steps=2), str(workdir))
+  train.train_and_evaluate(tiny_config(num_train_steps=2), str(workdir))
   return workdir
 
 
 @pytest.mark.parametrize('head', ['fc8', 'small'])
-def test_finetune_freezes_the_conv_base_and_learns_the_head(tmp_path, head, source):
+def test_finetune_freezes_the_conv_base_and_learns_the_head(tmp_path, head, source,
+                                                            assert_trees_equal):
   folder = tmp_path / 'folder'
   write_two_class_folder(folder)
   from experiments.configs import finetune  # pylint: disable=g-import-not-at-top
@@ -256,14 +260,15 @@ def test_finetune_freezes_the_conv_base_and_learns_the_head(tmp_path, head, sour
   after, meta = checkpointing.load_params(str(tmp_path / 'run'))
   for layer in after:
     if layer.startswith('conv'):
-      train_test.assert_trees_equal(after[layer], before[layer])  # Bit-identical.
+      assert_trees_equal(after[layer], before[layer])  # Bit-identical.
   new_head = 'fc8' if head == 'fc8' else 'head2'
   assert after[new_head]['kernel'].shape[-1] == 2 and meta['class_names'] == ['a', 'b']
   assert result['eval/top1_error'] <= 0.25  # Chance is 0.5.
   assert meta['config']['data']['mean_rgb'] == [40.0, 40.0, 40.0]  # From the source.
 
 
-def test_predict_prints_names(tmp_path, source):
+@pytest.mark.slow
+def test_predict_prints_names(tmp_path, source, tiny_config):
   image = tmp_path / 'seven.png'
   Image.fromarray(np.full((48, 40, 3), 200, np.uint8)).save(image)
   result = subprocess.run(
@@ -277,4 +282,4 @@ def test_predict_prints_names(tmp_path, source):
   probabilities = [float(line.split('%')[0]) for line in lines[1:]]
   assert probabilities == sorted(probabilities, reverse=True)
   with pytest.raises(FileNotFoundError, match='No such image file'):
-    evaluate.predict(train_test.tiny_config().eval, str(source), [str(tmp_path / 'nope.jpg')])
+    evaluate.predict(tiny_config().eval, str(source), [str(tmp_path / 'nope.jpg')])

@@ -15,61 +15,26 @@ import numpy as np
 import optax
 import pytest
 
-from experiments.configs import digits
 from vgg_jax import checkpointing
-from vgg_jax import input_pipeline
+from vgg_jax import models
+from vgg_jax import optim
+from vgg_jax import sharding
 from vgg_jax import train
+from vgg_jax.data import iterators
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_OVERRIDES = {
-    'model.variant': 'A', 'model.width': 0.0625, 'model.fc_width': 32,
-    'data.mean_rgb': (40.0, 40.0, 40.0), 'data.scale_max': 32, 'global_batch_size': 16,
-    'eval_batch_size': 64, 'num_train_steps': 8, 'log_every_steps': 4,
-    'eval_every_steps': 4, 'checkpoint_every_steps': 4, 'schedule': 'step',
-    'step_decay_epochs': (0.5,),
-}
 
 
-def tiny_config(**overrides):
-  config = digits.get_config()
-  config.unlock()
-  for key, value in {**TINY_OVERRIDES, **overrides}.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
-  return config
-
-
-def launch_args(workdir, **overrides):
-  args = [sys.executable, os.path.join(ROOT, 'launch.py'), f'--workdir={workdir}']
-  for key, value in {**TINY_OVERRIDES, **overrides}.items():
-    if isinstance(value, tuple):
-      value = '(' + ','.join(map(str, value)) + ',)'
-    args.append(f'--config.{key}={value}')
-  return args
-
-
-def final_params(workdir):
-  return checkpointing.load_params(workdir)[0]
-
-
-def assert_trees_equal(a, b):
-  jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
-
-
-def digits_batch(size=16):
-  config = tiny_config()
-  return next(input_pipeline.create_train_iterator(
+def digits_batch(config, size=16):
+  return next(iterators.create_train_iterator(
       config.data, image_size=32, global_batch_size=size, seed=0))
 
 
 def setup(config, mesh):
-  model = train.create_model(config.model)
-  tx = train.create_optimizer(config, steps_per_epoch=10, total_steps=100)
+  model = models.create_model(config.model)
+  tx = optim.create_optimizer(config, steps_per_epoch=10, total_steps=100)
   state = jax.jit(lambda r: train.create_train_state(model, tx, r),
-                  out_shardings=train.replicated(mesh))(jax.random.key(0))
+                  out_shardings=sharding.replicated(mesh))(jax.random.key(0))
   return model, tx, state
 
 
@@ -77,27 +42,27 @@ def run_steps(config, mesh, batches, accum_steps=1):
   model, tx, state = setup(config, mesh)
   step = train.jit_train_step(model, tx, mesh, accum_steps)
   for batch in batches:
-    state, _ = step(state, train.make_global_batch(batch, mesh), jax.random.key(1))
+    state, _ = step(state, sharding.make_global_batch(batch, mesh), jax.random.key(1))
   return jax.device_get(state.params)
 
 
-def test_sharded_step_equals_single_device_step():
+def test_sharded_step_equals_single_device_step(tiny_config):
   assert jax.device_count() == 8
   config = tiny_config()
-  batches = [digits_batch() for _ in range(3)]
-  sharded = run_steps(config, train.create_mesh(), batches)
+  batches = [digits_batch(config) for _ in range(3)]
+  sharded = run_steps(config, sharding.create_mesh(), batches)
   single = run_steps(config, Mesh(np.asarray(jax.devices()[:1]), ('data',)), batches)
   # Same maths, different reduction order across devices: float32 round-off only.
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                          sharded, single)
-  fresh = setup(config, train.create_mesh())[2].params
+  fresh = setup(config, sharding.create_mesh())[2].params
   assert not np.allclose(sharded['conv1_1']['kernel'], jax.device_get(fresh)['conv1_1']['kernel'])
 
 
-def test_accumulation_equals_one_big_batch():
+def test_accumulation_equals_one_big_batch(tiny_config):
   config = tiny_config(**{'model.dropout_rate': 0.0})
-  mesh = train.create_mesh()
-  batches = [digits_batch(32) for _ in range(2)]
+  mesh = sharding.create_mesh()
+  batches = [digits_batch(config, 32) for _ in range(2)]
   big = run_steps(config, mesh, batches)
   accumulated = run_steps(config, mesh, batches, accum_steps=2)
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
@@ -114,29 +79,7 @@ def test_after_backward_keeps_gradients_and_spreads_non_finite_ones():
   assert all(np.isnan(g).all() for g in jax.tree_util.tree_leaves(poisoned))
 
 
-def test_weight_decay_skips_biases_unless_asked():
-  params = {'conv1_1': {'kernel': jnp.ones((3, 3, 3, 4)), 'bias': jnp.ones((4,))}}
-  grads = jax.tree_util.tree_map(jnp.zeros_like, params)
-  for decay_biases, bias_update in ((False, 0.0), (True, -5e-4)):
-    config = tiny_config(decay_biases=decay_biases, schedule='plateau', learning_rate=1.0)
-    tx = train.create_optimizer(config, 10, 100)
-    updates, _ = tx.update(grads, tx.init(params), params)
-    np.testing.assert_allclose(updates['conv1_1']['kernel'], -5e-4)
-    np.testing.assert_allclose(updates['conv1_1']['bias'], bias_update)
-
-
-def test_plateau_divides_by_ten_on_stall_at_most_three_times():
-  config = tiny_config(plateau_patience=2)
-  plateau = {'best_error': 2.0, 'bad_evals': 0, 'decays': 0}
-  decays = []
-  for error in [0.5, 0.4, 0.4, 0.45, 0.3, 0.3, 0.3] + [0.3] * 8:
-    plateau, decayed = train.update_plateau(plateau, error, config)
-    decays.append(decayed)
-  assert [i for i, d in enumerate(decays) if d] == [3, 6, 8]
-  assert plateau['decays'] == 3
-
-
-def test_plateau_schedule_in_training_lowers_the_lr(tmp_path):
+def test_plateau_schedule_in_training_lowers_the_lr(tmp_path, tiny_config):
   # lr 1e-9: the eval error cannot improve, so each eval after the first decays.
   config = tiny_config(schedule='plateau', learning_rate=1e-9, plateau_patience=1,
                        num_train_steps=24, eval_every_steps=4, log_every_steps=1,
@@ -149,7 +92,7 @@ def test_plateau_schedule_in_training_lowers_the_lr(tmp_path):
   assert distinct == [-12, -11, -10, -9]  # Three divisions by 10, no more.
 
 
-def test_train_writes_metrics_checkpoints_and_config(tmp_path):
+def test_train_writes_metrics_checkpoints_and_config(tmp_path, tiny_config):
   result = train.train_and_evaluate(tiny_config(), str(tmp_path))
   assert result['step'] == 8 and not result['preempted']
   rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
@@ -171,7 +114,7 @@ def test_train_writes_metrics_checkpoints_and_config(tmp_path):
   assert train.train_and_evaluate(tiny_config(), str(tmp_path))['step'] == 8
 
 
-def test_checkpoint_restores_with_plain_orbax(tmp_path):
+def test_checkpoint_restores_with_plain_orbax(tmp_path, tiny_config):
   import orbax.checkpoint as ocp
   train.train_and_evaluate(tiny_config(num_train_steps=4), str(tmp_path))
   with ocp.CheckpointManager(tmp_path / 'checkpoints', item_names=('state', 'meta')) as mngr:
@@ -181,7 +124,7 @@ def test_checkpoint_restores_with_plain_orbax(tmp_path):
   assert int(restored['state']['step']) == 4 and restored['meta']['step'] == 4
 
 
-def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog):
+def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog, tiny_config):
   config = tiny_config()
   train.train_and_evaluate(config, str(tmp_path))
   for root, _, files in os.walk(tmp_path / 'checkpoints' / '8' / 'state'):
@@ -197,7 +140,7 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog):
   assert os.path.isdir(tmp_path / 'checkpoints' / 'corrupt_step_8')  # Kept, set aside.
 
 
-def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, tiny_config):
   config = tiny_config(learning_rate=1e12, schedule='plateau', num_train_steps=30,
                        log_every_steps=1, checkpoint_every_steps=1, eval_every_steps=100)
   with pytest.raises(FloatingPointError, match=r'at step (\d+): training stopped') as error:
@@ -209,19 +152,20 @@ def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 @pytest.fixture(scope='module')
-def net_a(tmp_path_factory):
+def net_a(tmp_path_factory, tiny_config):
   """Workdir of a (2-step) finished net-A run."""
   workdir = tmp_path_factory.mktemp('net_a')
   train.train_and_evaluate(tiny_config(num_train_steps=2), str(workdir))
   return workdir
 
 
-def test_warm_start_copies_exactly_the_seven_layers(net_a):
+def test_warm_start_copies_exactly_the_seven_layers(net_a, tiny_config, final_params,
+                                                    assert_trees_equal):
   a_params = final_params(str(net_a))
   config = tiny_config(**{'model.variant': 'D', 'init_from': str(net_a)})
-  mesh = train.create_mesh()
-  model = train.create_model(config.model)
-  tx = train.create_optimizer(config, 10, 100)
+  mesh = sharding.create_mesh()
+  model = models.create_model(config.model)
+  tx = optim.create_optimizer(config, 10, 100)
   warm = jax.device_get(train.initial_state(config, model, tx, mesh, jax.random.key(0)).params)
   config.init_from = ''
   fresh = jax.device_get(train.initial_state(config, model, tx, mesh, jax.random.key(0)).params)
@@ -233,11 +177,11 @@ def test_warm_start_copies_exactly_the_seven_layers(net_a):
   assert not np.array_equal(a_params['conv1_1']['kernel'], fresh['conv1_1']['kernel'])
 
 
-def test_warm_start_errors(tmp_path, net_a):
-  mesh = train.create_mesh()
+def test_warm_start_errors(tmp_path, net_a, tiny_config):
+  mesh = sharding.create_mesh()
   config = tiny_config(**{'model.variant': 'D', 'model.width': 0.125, 'init_from': str(net_a)})
-  model = train.create_model(config.model)
-  tx = train.create_optimizer(config, 10, 100)
+  model = models.create_model(config.model)
+  tx = optim.create_optimizer(config, 10, 100)
   with pytest.raises(ValueError, match="layer 'conv1_1' has shapes"):
     train.initial_state(config, model, tx, mesh, jax.random.key(0))
   config.init_from = str(tmp_path / 'missing')
@@ -245,7 +189,7 @@ def test_warm_start_errors(tmp_path, net_a):
     train.initial_state(config, model, tx, mesh, jax.random.key(0))
 
 
-def test_restoring_another_model_is_refused_and_nothing_is_overwritten(tmp_path):
+def test_restoring_another_model_is_refused_and_nothing_is_overwritten(tmp_path, tiny_config):
   train.train_and_evaluate(tiny_config(num_train_steps=4), str(tmp_path))
   before = sorted(os.listdir(tmp_path / 'checkpoints'))
   config_before = open(tmp_path / 'config.json').read()
@@ -257,14 +201,15 @@ def test_restoring_another_model_is_refused_and_nothing_is_overwritten(tmp_path)
   assert open(tmp_path / 'config.json').read() == config_before
 
 
-def test_batch_not_divisible_by_devices(tmp_path):
+def test_batch_not_divisible_by_devices(tmp_path, tiny_config):
   with pytest.raises(ValueError, match='global_batch_size=12 is not divisible by the 8 devices'):
     train.train_and_evaluate(tiny_config(global_batch_size=12), str(tmp_path))
   with pytest.raises(ValueError, match='x 3 accumulation steps'):
     train.train_and_evaluate(tiny_config(grad_accum_steps=3), str(tmp_path))
 
 
-def test_misspelt_config_override_fails(tmp_path):
+@pytest.mark.slow
+def test_misspelt_config_override_fails(tmp_path, launch_args):
   result = subprocess.run(launch_args(tmp_path, learning_rat=0.1), capture_output=True,
                           text=True, timeout=120)
   assert result.returncode != 0
@@ -288,7 +233,9 @@ def finished_steps(workdir):
   return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
 
 
-def test_sigkill_and_resume_equals_uninterrupted_bitwise(tmp_path):
+@pytest.mark.slow
+def test_sigkill_and_resume_equals_uninterrupted_bitwise(tmp_path, tiny_config, launch_args,
+                                                         final_params, assert_trees_equal):
   overrides = dict(num_train_steps=120, checkpoint_every_steps=5, eval_every_steps=1000,
                    log_every_steps=10)
   killed = tmp_path / 'killed'
@@ -308,7 +255,8 @@ def test_sigkill_and_resume_equals_uninterrupted_bitwise(tmp_path):
   assert_trees_equal(final_params(str(killed)), final_params(str(uninterrupted)))
 
 
-def test_sigterm_saves_the_current_step(tmp_path):
+@pytest.mark.slow
+def test_sigterm_saves_the_current_step(tmp_path, launch_args):
   overrides = dict(num_train_steps=100_000, checkpoint_every_steps=50, eval_every_steps=10**6,
                    log_every_steps=10)
   process = subprocess.Popen(launch_args(tmp_path, **overrides), stdout=subprocess.PIPE,
@@ -333,7 +281,9 @@ def free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_equal_one_process_with_eight_devices(tmp_path):
+@pytest.mark.slow
+def test_two_processes_equal_one_process_with_eight_devices(tmp_path, tiny_config, launch_args,
+                                                            final_params):
   overrides = dict(num_train_steps=6, checkpoint_every_steps=6, eval_every_steps=6)
   port = free_port()
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')

@@ -2,8 +2,9 @@
 
 Layout of DIR/checkpoints/<step>/ (plain Orbax, restorable without this code):
   state/  StandardSave of {'step', 'params', 'opt_state'}: the train state.
-  meta/   JsonSave of {'config', 'step', 'data_position', 'class_names', 'plateau',
-          'eval'}: the run's config, where the input stream stands, schedule bookkeeping.
+  meta/   JsonSave of make_meta(): {'config', 'step', 'data_position', 'class_names',
+          'num_classes', 'plateau', 'eval', ...}: the run's config, where the input
+          stream stands, schedule bookkeeping, eval metrics (imports add their source).
 """
 
 import logging as std_logging
@@ -44,6 +45,34 @@ def create_manager(workdir: str, keep: int = 3, async_save: bool = True,
       create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only)
   return ocp.CheckpointManager(checkpoint_dir(workdir), item_names=('state', 'meta'),
                                options=options)
+
+
+def make_meta(config: dict[str, Any], step: int, *, global_batch_size: int,
+              num_classes: int, class_names: list[str], plateau: dict[str, Any] | None = None,
+              eval_metrics: dict[str, float] | None = None, **extra) -> dict[str, Any]:
+  """The JSON meta saved beside each state: the run's config and where it stands."""
+  return {'config': config, 'step': step, 'data_position': step * global_batch_size,
+          'plateau': plateau or {}, 'class_names': list(class_names),
+          'num_classes': num_classes, 'eval': eval_metrics or {}, **extra}
+
+
+def model_signature(model_config) -> dict[str, Any]:
+  """The fields a checkpoint's parameters depend on."""
+  return {k: model_config[k] for k in ('variant', 'num_classes', 'width', 'fc_width',
+                                       'image_size')}
+
+
+def check_compatible(workdir: str, stored_meta: dict[str, Any], model_config,
+                     num_classes: int):
+  """Raises if workdir's checkpoints are of another model than the config's."""
+  stored = model_signature(dict(stored_meta['config']['model'],
+                                num_classes=stored_meta['num_classes']))
+  wanted = model_signature(dict(model_config.items(), num_classes=num_classes))
+  diffs = [f'{k}: checkpoint {stored[k]!r} vs config {wanted[k]!r}'
+           for k in stored if stored[k] != wanted[k]]
+  if diffs:
+    raise ValueError(f'{workdir} holds checkpoints of another model ({"; ".join(diffs)}). '
+                     'Use another --workdir, or match the config to the checkpoint.')
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, meta: dict[str, Any],

@@ -22,10 +22,15 @@ from absl import logging
 import jax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import ml_collections
 import numpy as np
+import tensorflow as tf
 
 from vgg_jax import checkpointing
 from vgg_jax import models
+from vgg_jax.data import preprocessing
+from vgg_jax.data import sources
+from vgg_jax.data import statistics
 
 PROTOCOLS = ('single', 'dense', 'multicrop', 'dense+multicrop')
 VIEWS_PER_SCALE = {'single': 1, 'dense': 2, 'multicrop': 50, 'dense+multicrop': 52}
@@ -71,8 +76,7 @@ def load_model(workdir: str, which='best'):
   step = resolve_step(workdir, which)
   params, meta = checkpointing.load_params(workdir, step)
   fields = dict(meta['config']['model'], num_classes=meta['num_classes'])
-  from vgg_jax import train  # pylint: disable=g-import-not-at-top
-  return train.create_model(fields), params, meta, step
+  return models.create_model(fields), params, meta, step
 
 
 class Predictor:
@@ -113,13 +117,12 @@ def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
 def posteriors_at_scale(predictor: Predictor, rescaled: list[np.ndarray], protocol: str,
                         image_size: int, flip: bool = True) -> np.ndarray:
   """Posteriors [n, classes] of n images already rescaled to one Q."""
-  from vgg_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   parts = []
   if protocol == 'single':
     parts.append(predictor(np.stack([centre_crop(im, image_size) for im in rescaled])))
   if 'multicrop' in protocol:
-    views = np.concatenate([input_pipeline.multi_crop_views(im, image_size=image_size,
-                                                            flip=flip) for im in rescaled])
+    views = np.concatenate([preprocessing.multi_crop_views(im, image_size=image_size,
+                                                           flip=flip) for im in rescaled])
     probs = predictor(views).reshape(len(rescaled), -1, predictor.model.num_classes)
     parts.append(probs.mean(1))
   if 'dense' in protocol:  # Same-shape images share a batch; each shape compiles once.
@@ -141,18 +144,15 @@ def posteriors_at_scale(predictor: Predictor, rescaled: list[np.ndarray], protoc
 def rescaled_images(data_config, split: str, scales: Sequence[int], mean_rgb,
                     max_examples: int | None = None):
   """Yields (label, [image rescaled to each Q, mean subtracted]) for this process's shard."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from vgg_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  source = input_pipeline.load_source(data_config, split, jax.process_index(),
-                                      jax.process_count())
+  source = sources.load_source(data_config, split, jax.process_index(), jax.process_count())
   ds = source.make_dataset()
   if max_examples:
     ds = ds.take(max_examples)
 
   def prepare(ex):
-    image = input_pipeline.decode_image(ex['image'], source.encoded)
-    return ex['label'], tuple(input_pipeline.preprocess_for_dense(image, scale=q,
-                                                                  mean_rgb=mean_rgb)
+    image = preprocessing.decode_image(ex['image'], source.encoded)
+    return ex['label'], tuple(preprocessing.preprocess_for_dense(image, scale=q,
+                                                                 mean_rgb=mean_rgb)
                               for q in scales)
 
   ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(8)
@@ -205,8 +205,12 @@ def evaluate_checkpoints(predictors: Sequence[Predictor], data_config, *, protoc
           'num_models': len(predictors)}
 
 
-def run(eval_config, workdirs: Sequence[str], output_dir: str | None = None) -> dict[str, Any]:
-  """Evaluates (and fuses) the checkpoints of workdirs; writes eval_<protocol>.json."""
+def run(eval_config, workdirs: Sequence[str], output_dir: str | None = None,
+        data_config=None) -> dict[str, Any]:
+  """Evaluates (and fuses) the checkpoints of workdirs; writes eval_<protocol>.json.
+
+  data_config: the data section to test on; by default the first run's stored one.
+  """
   loaded = [load_model(w, eval_config.checkpoint) for w in workdirs]
   classes = {model.num_classes for model, *_ in loaded}
   if len(classes) > 1:
@@ -216,10 +220,9 @@ def run(eval_config, workdirs: Sequence[str], output_dir: str | None = None) -> 
   if len(sizes) > 1:
     raise ValueError(f'Cannot fuse models trained at different crop sizes: {sorted(sizes)}.')
   model, _, meta, _ = loaded[0]
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from vgg_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  data_config = ml_collections.ConfigDict(meta['config']['data'])
-  stats = input_pipeline.rgb_statistics(data_config, os.path.abspath(workdirs[0]))
+  if data_config is None:
+    data_config = ml_collections.ConfigDict(meta['config']['data'])
+  stats = statistics.rgb_statistics(data_config, os.path.abspath(workdirs[0]))
   scales = list(eval_config.scales) or [data_config.eval_scale]
   predictors = [Predictor(m, params, eval_config.batch_size) for m, params, _, _ in loaded]
   logging.info('Evaluating %s (steps %s) with protocol %s at Q=%s...', ', '.join(workdirs),
@@ -227,8 +230,8 @@ def run(eval_config, workdirs: Sequence[str], output_dir: str | None = None) -> 
   result = evaluate_checkpoints(
       predictors, data_config, protocol=eval_config.protocol, scales=scales,
       image_size=model.image_size, mean_rgb=stats['mean_rgb'],
-      split=eval_config.get('split') or None, max_examples=eval_config.get('max_examples') or None,
-      flip=eval_config.get('flip', True))
+      split=eval_config.split or None, max_examples=eval_config.max_examples or None,
+      flip=eval_config.flip)
   result.update(workdirs=[os.path.abspath(w) for w in workdirs],
                 steps=[step for *_, step in loaded],
                 variants=[m.variant for m, *_ in loaded])
@@ -252,15 +255,14 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
   return '\n'.join(lines)
 
 
-def predict(eval_config, workdir: str, paths: Sequence[str], top_k: int = 5):
+def predict(eval_config, workdir: str, paths: Sequence[str], top_k: int = 5,
+            data_config=None):
   """Top-k (class name, probability) per image file, with the checkpoint's preprocessing.
 
   Uses the dense protocol when eval.protocol says 'dense' (whole image and its flip),
   else the centre crop, at the first of eval.scales (default: the data's eval_scale).
+  data_config: the data section (mean RGB, eval_scale); by default the run's stored one.
   """
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from vgg_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   if not paths:
     raise ValueError('Give the image files to classify: launch.py --mode=predict '
                      '--workdir=DIR IMAGE [IMAGE ...].')
@@ -268,8 +270,9 @@ def predict(eval_config, workdir: str, paths: Sequence[str], top_k: int = 5):
   if missing:
     raise FileNotFoundError(f'No such image file: {missing[0]}')
   model, params, meta, _ = load_model(workdir, eval_config.checkpoint)
-  data_config = ml_collections.ConfigDict(meta['config']['data'])
-  stats = input_pipeline.rgb_statistics(data_config, os.path.abspath(workdir))
+  if data_config is None:
+    data_config = ml_collections.ConfigDict(meta['config']['data'])
+  stats = statistics.rgb_statistics(data_config, os.path.abspath(workdir))
   scale = (list(eval_config.scales) or [data_config.eval_scale])[0]
   dense = 'dense' in eval_config.protocol
   check_protocol('dense' if dense else 'single', [scale], model.image_size)
@@ -278,13 +281,13 @@ def predict(eval_config, workdir: str, paths: Sequence[str], top_k: int = 5):
   results = []
   for path in paths:
     try:
-      image = input_pipeline.decode_image(tf.io.read_file(path), encoded=True)
+      image = preprocessing.decode_image(tf.io.read_file(path), encoded=True)
     except tf.errors.InvalidArgumentError as error:
       raise ValueError(f'Could not decode image {path}: {error.message.splitlines()[0]}') from error
-    rescaled = input_pipeline.preprocess_for_dense(image, scale=scale,
-                                                   mean_rgb=stats['mean_rgb']).numpy()
+    rescaled = preprocessing.preprocess_for_dense(image, scale=scale,
+                                                  mean_rgb=stats['mean_rgb']).numpy()
     probs = posteriors_at_scale(predictor, [rescaled], 'dense' if dense else 'single',
-                                model.image_size, eval_config.get('flip', True))[0]
+                                model.image_size, eval_config.flip)[0]
     best = np.argsort(-probs)[:top_k]
     results.append((path, [(names[i], float(probs[i])) for i in best]))
   return results

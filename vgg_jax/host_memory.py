@@ -2,19 +2,16 @@
 
 XLA's CPU runtime allocates each step's temporary buffers afresh (posix_memalign on a
 worker thread). glibc serves such large blocks with mmap and gives them back on free,
-so every step touches hundreds of MB of new pages: VGG-A at 32x32, batch 64, faults in
-~69k pages (280 MB) per step, at 224x224 batch 4 ~510k (2.1 GB). reuse_freed_memory()
-tells glibc to serve all threads from the main heap, never mmap, and never trim it, so
-the same memory is reused from step to step. Measured (docs/performance.md): VGG-A
-train step 0.38 -> 0.34 s at 32x32 b64 and 1.22 -> 1.03 s at 224x224 b4; PyTorch in
-the same process gains too (it allocates the same way).
+so every step touches hundreds of MB of new pages. reuse_freed_memory() tells glibc to
+serve all threads from the main heap, never mmap, and never trim it, so the same memory
+is reused from step to step (docs/performance.md has the page faults and step times).
 
 The costs: the process keeps its peak heap until it exits, and all threads share one
-malloc arena, so malloc-heavy threads contend: XLA compiles ~40% slower (VGG-A's train
-step 2.8 -> 3.9 s) and tf.data decodes ~5% slower on 2 cores (more with more cores). So
-it is only applied where JAX will compute on the CPU (no GPU/TPU plugin installed, or
-JAX_PLATFORMS=cpu): long CPU runs gain, accelerator hosts keep glibc's defaults, and
-short compile-bound runs (tests, a --quick ablation) are better off without it.
+malloc arena, so malloc-heavy threads contend: XLA compiles and tf.data decodes more
+slowly. So it is only applied where JAX will compute on the CPU (no GPU/TPU plugin
+installed, or JAX_PLATFORMS=cpu): long CPU runs gain, accelerator hosts keep glibc's
+defaults, and short compile-bound runs (tests, a --quick ablation) are better off
+without it.
 
 Call it first thing in a program's main(), before JAX or TensorFlow start threads (a
 thread keeps the arena it first used). A no-op off Linux/glibc, and when

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vgg_jax import cpu_ops
+
 # Table 1: the kernel size of each conv layer, per stage (1 = C's 1x1 convs).
 CONFIGS = {
     'A': ((3,), (3,), (3, 3), (3, 3), (3, 3)),
@@ -27,6 +29,7 @@ MIN_IMAGE_SIZE = 2**NUM_POOLS  # 32: the smallest input five pools leave a pixel
 KERNEL_INITS = ('glorot', 'paper')
 HEADS = ('fc', 'small')  # fc6-fc8 of Table 1, or a small transfer-learning head.
 CONV_IMPLS = ('auto', 'xla', 'matmul')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 # Table 2 and PAPER.md: (params as printed in the paper, GMACs per 224x224 image).
 PAPER_TABLE2 = {
@@ -86,48 +89,21 @@ def resolve_conv_impl(conv_impl: str) -> str:
   return conv_impl
 
 
-@jax.custom_vjp
-def rows_matmul(x, w):
-  """x [..., K] @ w [K, N], whose weight gradient is computed as (dy^T @ x)^T.
-
-  XLA's CPU backend otherwise computes x^T @ dy with both operands transposed, the
-  slowest form of the three (measured in docs/performance.md).
-  """
-  return x @ w
-
-
-def _rows_matmul_fwd(x, w):
-  return x @ w, (x, w)
-
-
-def _rows_matmul_bwd(residuals, grad):
-  x, w = residuals
-  rows_x, rows_grad = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])
-  grad_w = (jnp.transpose(rows_grad) @ rows_x).T
-  return grad @ w.T, grad_w.astype(w.dtype)
-
-
-rows_matmul.defvjp(_rows_matmul_fwd, _rows_matmul_bwd)
-
-
 class Conv(nn.Module):
-  """A k x k, stride 1, 'same' convolution; kernel [k, k, Cin, Cout] (HWIO) and bias.
+  """A k x k, stride 1, 'same' convolution plus bias; kernel [k, k, Cin, Cout] (HWIO).
 
-  With pool=True it returns max_pool_2x2(relu(conv + bias)), fused on the matmul path.
-
-  'xla' calls XLA's convolution. 'matmul' concatenates the k*k shifted slices of the
-  zero-padded input and multiplies by the kernel reshaped to [k*k*Cin, Cout]: the same
-  numbers through XLA's fast CPU matmul. Parameters are identical either way.
+  impl 'xla' calls XLA's convolution; 'matmul' computes the same numbers as one matmul
+  (cpu_ops.conv_as_matmul), fast on XLA's CPU backend. Parameters are identical.
   """
   features: int
   kernel_size: int
   impl: str = 'xla'
   dtype: Any = jnp.float32
   kernel_init: Any = nn.initializers.xavier_uniform()
-  pool: bool = False  # Return max_pool_2x2(relu(conv(x) + bias)) instead of conv(x) + bias.
 
   @nn.compact
-  def __call__(self, x):
+  def _convolve(self, x):
+    """(conv(x) without bias, bias), both in self.dtype."""
     k, channels = self.kernel_size, x.shape[-1]
     kernel = self.param('kernel', self.kernel_init, (k, k, channels, self.features), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
@@ -135,80 +111,34 @@ class Conv(nn.Module):
     if self.impl == 'xla':
       y = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME',
                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    elif k == 1:
-      y = rows_matmul(x, kernel[0, 0])
     else:
-      before, after = (k - 1) // 2, k // 2
-      padded = jnp.pad(x, ((0, 0), (before, after), (before, after), (0, 0)))
-      height, width = x.shape[1:3]
-      patches = jnp.concatenate([padded[:, dy:dy + height, dx:dx + width]
-                                 for dy in range(k) for dx in range(k)], axis=-1)
-      y = rows_matmul(patches, kernel.reshape(k * k * channels, self.features))
-    if self.pool:
-      return bias_relu_max_pool(y, bias) if self.impl == 'matmul' else max_pool_2x2(
-          nn.relu(y + bias), self.impl)
+      y = cpu_ops.conv_as_matmul(x, kernel)
+    return y, bias
+
+  def __call__(self, x):
+    y, bias = self._convolve(x)
     return y + bias
 
+  def bias_relu_max_pool(self, x):
+    """A stage's last conv and its end, max_pool_2x2(relu(conv(x) + bias)) (Table 1).
 
-def _even(x):
-  """x [B, H, W, C] without its last row/column where H/W is odd (VALID 2x2 pooling)."""
-  height, width = x.shape[1:3]
-  return x[:, :height // 2 * 2, :width // 2 * 2]
-
-
-def _window_max(y):
-  """y [B, H, W, C] (H, W even) -> its 2x2 windows [B, H/2, 2, W/2, 2, C] and their maxima."""
-  batch, height, width, channels = y.shape
-  windows = y.reshape(batch, height // 2, 2, width // 2, 2, channels)
-  return windows, windows.max(axis=(2, 4), keepdims=True)
-
-
-@jax.custom_vjp
-def _even_bias_relu_max_pool(y, bias):
-  return nn.relu(_window_max(y)[1] + bias).squeeze((2, 4))
-
-
-def _bias_relu_max_pool_fwd(y, bias):
-  out = _even_bias_relu_max_pool(y, bias)
-  return out, (y, bias, out > 0)
-
-
-def _bias_relu_max_pool_bwd(residuals, grad):
-  """All of each window's gradient to its first maximum (row-major), as XLA's pool does."""
-  y, bias, positive = residuals
-  grad = jnp.where(positive, grad, 0)
-  windows, maxima = _window_max(y)
-  is_max = windows == maxima
-  top_left, top_right, bottom_left = (is_max[:, :, i:i + 1, :, j:j + 1]
-                                      for i, j in ((0, 0), (0, 1), (1, 0)))
-  row = jnp.arange(2).reshape(1, 1, 2, 1, 1, 1)
-  col = jnp.arange(2).reshape(1, 1, 1, 1, 2, 1)
-  # Whether a maximum comes earlier in the window, in row-major order.
-  earlier = jnp.where(row == 0, (col == 1) & top_left,
-                      top_left | top_right | ((col == 1) & bottom_left))
-  grad_y = jnp.where(is_max & ~earlier, grad[:, :, None, :, None], 0).reshape(y.shape)
-  grad_bias = grad.astype(jnp.float32).sum(axis=(0, 1, 2)).astype(bias.dtype)
-  return grad_y.astype(y.dtype), grad_bias
-
-
-_even_bias_relu_max_pool.defvjp(_bias_relu_max_pool_fwd, _bias_relu_max_pool_bwd)
-
-
-def bias_relu_max_pool(y, bias):
-  """max_pool_2x2(relu(y + bias)) as relu(max(y) + bias), one pass each way.
-
-  max commutes with adding a per-channel constant and with ReLU, so the bias and
-  ReLU run on the pooled map; the backward pass routes each window's gradient to its
-  first maximum in one fused pass instead of JAX's generic max/ReLU derivatives.
-  """
-  return _even_bias_relu_max_pool(_even(y), bias)
+    On the matmul path the bias, ReLU and pool run fused (cpu_ops.bias_relu_max_pool_2x2).
+    With capture_intermediates the conv output is recorded as this layer's __call__
+    output, as the unfused path records it.
+    """
+    if self.impl == 'xla':
+      return max_pool_2x2(nn.relu(self(x)), self.impl)
+    y, bias = self._convolve(x)
+    if self.is_mutable_collection('intermediates'):
+      self.sow('intermediates', '__call__', y + bias)
+    return cpu_ops.bias_relu_max_pool_2x2(y, bias)
 
 
 def max_pool_2x2(x, impl: str):
   """2x2 max-pool, stride 2, VALID (odd rows/columns dropped), Table 1."""
   if impl == 'xla':
     return nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
-  return _window_max(_even(x))[1].squeeze((2, 4))
+  return cpu_ops.max_pool_2x2(x)
 
 
 class Fc6(nn.Module):
@@ -299,17 +229,14 @@ class VGG(nn.Module):
     for stage, (kernel_sizes, channels) in enumerate(
         zip(CONFIGS[self.variant], stage_channels(self.width))):
       for i, k in enumerate(kernel_sizes):
-        last = i == len(kernel_sizes) - 1
-        lrn = stage == 0 and i == 0 and self.variant in LRN_VARIANTS
-        pool = last and not lrn  # The Conv then adds ReLU and the stage's pool itself.
-        x = Conv(channels, k, impl, dtype=self.dtype, kernel_init=init, pool=pool,
-                 name=f'conv{stage + 1}_{i + 1}')(x)
-        if not pool:
-          x = nn.relu(x)
-          if lrn:
-            x = local_response_norm(x)
-          if last:
-            x = max_pool_2x2(x, impl)
+        conv = Conv(channels, k, impl, dtype=self.dtype, kernel_init=init,
+                    name=f'conv{stage + 1}_{i + 1}')
+        if i < len(kernel_sizes) - 1:
+          x = nn.relu(conv(x))
+        elif stage == 0 and self.variant in LRN_VARIANTS:  # A-LRN: ReLU, LRN, pool.
+          x = max_pool_2x2(local_response_norm(nn.relu(conv(x))), impl)
+        else:  # The stage ends: conv, ReLU, 2x2 pool.
+          x = conv.bias_relu_max_pool(x)
 
     window = self.image_size // MIN_IMAGE_SIZE
     if self.head == 'small':
@@ -325,6 +252,23 @@ class VGG(nn.Module):
     if dense:  # Sec. 3.2: class-score map [B, h, w, classes] averaged over space.
       x = x.mean(axis=(1, 2))
     return x.astype(jnp.float32)
+
+
+def create_model(model_config, num_classes: int | None = None) -> VGG:
+  """VGG from config.model's fields (dtype given by name); num_classes overrides its own."""
+  fields = dict(model_config.items())
+  if fields['dtype'] not in DTYPES:
+    raise ValueError(f"config.model.dtype={fields['dtype']!r} is not one of {list(DTYPES)}.")
+  fields['dtype'] = DTYPES[fields['dtype']]
+  if num_classes is not None:
+    fields['num_classes'] = num_classes
+  return VGG(**fields)
+
+
+def init_params(model: VGG, rng):
+  """Fresh parameters of `model` for image_size x image_size inputs."""
+  size = model.image_size
+  return model.init(rng, jnp.zeros((1, size, size, 3), jnp.float32))['params']
 
 
 def count_params(params) -> int:

@@ -11,9 +11,12 @@ takes what our pipeline feeds every model, RGB in 0..255 minus `mean_rgb`:
 - torchvision: (x/255 - mean) / std per channel. Dividing conv1_1's input channel c by
   255 * std_c makes it x - 255 * mean. Zero padding means the same in both spaces.
 The checkpoint's meta records the source, its original preprocessing and mean_rgb.
+h5py (Keras files), safetensors and torch (torchvision files) are optional dependencies,
+imported only by the reader that needs them.
 """
 
-import json
+import dataclasses
+import importlib.resources
 import os
 import shutil
 import tempfile
@@ -21,7 +24,11 @@ from typing import Any
 
 from absl import app
 from absl import flags
+import jax
 import numpy as np
+
+from vgg_jax import checkpointing
+from vgg_jax import models
 
 KERAS_MEAN_BGR = (103.939, 116.779, 123.68)
 TORCH_MEAN = (0.485, 0.456, 0.406)
@@ -32,7 +39,6 @@ TORCH_NAMES = {'A': 'vgg11', 'B': 'vgg13', 'D': 'vgg16', 'E': 'vgg19'}
 
 
 def conv_names(variant: str) -> list[str]:
-  from vgg_jax import models  # pylint: disable=g-import-not-at-top
   return [n for n in models.layer_names(variant) if n.startswith('conv')]
 
 
@@ -51,6 +57,7 @@ def keras_layer_name(name: str) -> str:
 
 def read_keras_h5(path: str) -> dict[str, list[np.ndarray]]:
   """Keras layer name -> [kernel, bias], from either .h5 layout."""
+  # Optional: the `pretrained` extra.
   import h5py  # pylint: disable=g-import-not-at-top
   try:
     f = h5py.File(path, 'r')
@@ -104,13 +111,14 @@ def keras_params(path: str, variant: str, include_top: bool) -> dict[str, Any]:
 
 def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
   if path.endswith('.safetensors'):
+    # Optional: the `pretrained` extra.
     from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
     try:
       return safetensors_numpy.load_file(path)
     except Exception as error:  # pylint: disable=broad-except
       raise ValueError(f'{path} is not a readable safetensors file (truncated or corrupt?): '
                        f'{error}') from error
-  try:
+  try:  # Optional dependency, needed for pickled .pth files only.
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as error:
     raise ValueError(f'Reading {path} (a pickled PyTorch file) needs torch, which is not '
@@ -164,7 +172,6 @@ def as_float32(params):
 
 def imagenet_class_names() -> list[str]:
   """ImageNet's 1000 synset ids (n01440764, ...), as tensorflow-datasets ships them."""
-  import importlib.resources  # pylint: disable=g-import-not-at-top
   text = (importlib.resources.files('tensorflow_datasets') / 'datasets' / 'imagenet2012' /
           'labels.txt').read_text()
   return [line.strip() for line in text.splitlines() if line.strip()]
@@ -195,21 +202,20 @@ def import_weights(source: str, weights: str, variant: str, out: str,
   params = reader(weights, variant, include_top)
   num_classes = params['fc8']['kernel'].shape[1] if include_top else 1000
   fc_width = params['fc7']['kernel'].shape[0] if include_top else 4096
-  check_shapes(params, variant, num_classes, fc_width, include_top)
+  model = models.VGG(variant=variant, num_classes=num_classes, fc_width=fc_width)
+  check_shapes(params, model, include_top)
   prep = preprocessing(source)
   class_names = imagenet_class_names() if num_classes == 1000 else [
       str(i) for i in range(num_classes)]
-  write_checkpoint(out, params, variant, num_classes, fc_width, prep, class_names,
-                   include_top, source, weights)
+  write_checkpoint(out, params, model, prep, class_names, include_top, weights)
   return {'out': out, 'variant': variant, 'num_classes': num_classes,
           'layers': sorted(params), 'preprocessing': prep}
 
 
-def check_shapes(params, variant: str, num_classes: int, fc_width: int, include_top: bool):
-  """Every imported array has the shape our VGG of `variant` expects."""
-  from vgg_jax import models  # pylint: disable=g-import-not-at-top
-  expected = models.param_shapes(models.VGG(variant=variant, num_classes=num_classes,
-                                            fc_width=fc_width))
+def check_shapes(params, model: models.VGG, include_top: bool):
+  """Every imported array has the shape `model` expects."""
+  variant = model.variant
+  expected = models.param_shapes(model)
   for layer, arrays in params.items():
     for key, value in arrays.items():
       want = tuple(expected[layer][key].shape)
@@ -221,27 +227,35 @@ def check_shapes(params, variant: str, num_classes: int, fc_width: int, include_
     raise ValueError(f'The weights file lacks layers {missing} of variant {variant}.')
 
 
-def write_checkpoint(out, params, variant, num_classes, fc_width, prep, class_names,
-                     include_top, source, weights):
+def stored_config(model: models.VGG, mean_rgb) -> dict[str, Any]:
+  """meta['config'] of an imported checkpoint: what the import knows, nothing more.
+
+  'model' holds every field of the checked `model` (dtype by name); 'data' ImageNet from
+  TFDS at the paper's single-scale setting S = Q = 256 with the source's mean RGB.
+  Readers merge this over the base config's defaults.
+  """
+  fields = {field.name: getattr(model, field.name) for field in dataclasses.fields(models.VGG)
+            if field.name not in ('parent', 'name')}  # Flax's own fields, not the net's.
+  fields['dtype'] = np.dtype(fields['dtype']).name
+  data = {'source': 'tfds', 'name': 'imagenet2012', 'scale_min': 256, 'scale_max': 256,
+          'eval_scale': 256, 'mean_rgb': [float(m) for m in mean_rgb]}
+  return {'model': fields, 'data': data}
+
+
+def write_checkpoint(out, params, model: models.VGG, prep, class_names, include_top,
+                     weights):
   """Writes DIR/checkpoints/0 atomically: nothing half-written is left at out."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from experiments.configs import imagenet  # pylint: disable=g-import-not-at-top
-  from vgg_jax import checkpointing  # pylint: disable=g-import-not-at-top
   if os.path.exists(os.path.join(out, checkpointing.CHECKPOINT_SUBDIR)):
     raise FileExistsError(f'{out} already holds checkpoints; choose a new --out.')
-  config = imagenet.get_config(variant)
-  config.model.num_classes = num_classes
-  config.model.fc_width = fc_width
-  config.data.mean_rgb = tuple(prep['mean_rgb'])
   parent = os.path.dirname(os.path.abspath(out)) or '.'
   os.makedirs(parent, exist_ok=True)
   staging = tempfile.mkdtemp(prefix='.import-', dir=parent)
   try:
     state = {'step': np.zeros((), np.int32), 'params': params}
-    meta = {'config': json.loads(config.to_json_best_effort()), 'step': 0,
-            'data_position': 0, 'plateau': {}, 'class_names': class_names,
-            'num_classes': num_classes, 'eval': {}, 'include_top': include_top,
-            'preprocessing': prep, 'imported_from': os.path.abspath(weights)}
+    meta = checkpointing.make_meta(
+        stored_config(model, prep['mean_rgb']), 0, global_batch_size=0,
+        num_classes=model.num_classes, class_names=class_names, include_top=include_top,
+        preprocessing=prep, imported_from=os.path.abspath(weights))
     with checkpointing.create_manager(staging, async_save=False) as manager:
       checkpointing.save(manager, 0, jax.tree_util.tree_map(np.asarray, state), meta)
       manager.wait_until_finished()

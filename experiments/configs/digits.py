@@ -2,7 +2,7 @@
 
   python launch.py --workdir=workdirs/digits
 
-Expected (2-core CPU): about 2 minutes including compilation, >= 97% top-1 accuracy
+Expected (2-core CPU): a couple of minutes including compilation, >= 97% top-1 accuracy
 on the 450-image test split (see README for the measured figures).
 """
 

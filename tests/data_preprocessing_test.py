@@ -1,0 +1,97 @@
+"""Tests for vgg_jax.data.preprocessing against NumPy and decode-then-crop references."""
+
+import io
+
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+
+from vgg_jax.data import preprocessing
+from vgg_jax.data import statistics
+
+MEAN = (120.0, 110.0, 100.0)
+
+
+def test_rescale_smallest_side_is_isotropic():
+  image = tf.zeros([50, 100, 3], tf.uint8)
+  assert tuple(preprocessing.rescale_smallest_side(image, 32).shape) == (32, 64, 3)
+  image = tf.zeros([375, 500, 3], tf.uint8)
+  assert tuple(preprocessing.rescale_smallest_side(image, 256).shape) == (256, 341, 3)
+
+
+def test_train_crop_comes_from_the_rescaled_image():
+  # A horizontal ramp: after rescaling the smallest side to S and cropping, the column
+  # values must follow the rescaled ramp, whatever the crop offset.
+  ramp = np.tile(np.linspace(0, 255, 120).astype(np.uint8)[None, :, None], (60, 1, 3))
+  out = preprocessing.preprocess_for_train(
+      tf.constant(ramp), tf.constant([0, 7], tf.int64), image_size=32, scale_min=40,
+      scale_max=40, random_flip=False, pca_stddev=0.0, eigval=None, eigvec=None,
+      mean_rgb=(0, 0, 0)).numpy()
+  assert out.shape == (32, 32, 3)
+  steps = np.diff(out[0, :, 0])
+  assert np.all(steps > 0) and abs(steps.mean() - 255 / 80) < 0.5  # 120 wide -> 80 wide.
+
+
+def test_pca_lighting_shifts_along_eigenvectors():
+  image = tf.zeros([4, 4, 3])
+  out = preprocessing.pca_lighting(image, (1.0, 0.0, 0.0), np.eye(3)[:, [2, 0, 1]],
+                                   0.1, tf.constant([1, 2], tf.int64)).numpy()
+  # Only the first eigenvalue is non-zero; its eigenvector is the blue axis.
+  assert np.all(out[..., :2] == 0) and np.all(out[..., 2] == out[0, 0, 2])
+  assert out[0, 0, 2] != 0
+
+
+def test_multi_crop_views_count_and_offsets():
+  image = np.arange(40 * 50 * 3, dtype=np.float32).reshape(40, 50, 3)
+  views = preprocessing.multi_crop_views(image, image_size=32)
+  assert views.shape == (50, 32, 32, 3)
+  offsets = preprocessing.multi_crop_offsets(40, 50, 32)
+  assert offsets[0] == (0, 0) and offsets[-1] == (8, 18) and offsets[12] == (4, 9)
+  np.testing.assert_array_equal(views[24], image[8:40, 18:50])
+  np.testing.assert_array_equal(views[25], image[0:32, 0:32][:, ::-1])
+  np.testing.assert_array_equal(
+      preprocessing.multi_crop_views(image, image_size=32, flip=False), views[:25])
+
+
+def smooth_jpeg(width=500, height=375, seed=0):
+  """A smooth photo-like JPEG, the benchmark's kind of image."""
+  rng = np.random.default_rng(seed)
+  small = rng.integers(0, 256, size=(12, 16, 3), dtype=np.uint8)
+  buffer = io.BytesIO()
+  Image.fromarray(small).resize((width, height), Image.BICUBIC).save(buffer, 'JPEG', quality=95)
+  return buffer.getvalue()
+
+
+@pytest.mark.parametrize('size, scales', [((500, 375), (256, 512)), ((375, 500), (256, 256)),
+                                          ((90, 300), (64, 96))])
+def test_crop_before_decode_matches_decode_then_crop(size, scales):
+  jpeg = smooth_jpeg(*size)
+  kwargs = dict(image_size=scales[0] * 7 // 8, scale_min=scales[0], scale_max=scales[1],
+                random_flip=True, pca_stddev=0.1, eigval=statistics.IMAGENET_PCA_EIGVAL,
+                eigvec=statistics.IMAGENET_PCA_EIGVEC, mean_rgb=MEAN)
+  diffs = []
+  for i in range(6):
+    seed = tf.constant([3, i], tf.int64)
+    cropped_first = preprocessing.preprocess_for_train(tf.constant(jpeg), seed, encoded=True,
+                                                       **kwargs).numpy()
+    decoded = preprocessing.decode_image(tf.constant(jpeg), True)
+    reference = preprocessing.preprocess_for_train(decoded, seed, **kwargs).numpy()
+    assert cropped_first.shape == reference.shape == (kwargs['image_size'],) * 2 + (3,)
+    diffs.append(np.abs(cropped_first - reference).max())
+  # Same S, offset, flip, colour shift and resampling: equal up to float round-off.
+  assert max(diffs) < 1e-2, diffs
+
+
+def test_non_jpeg_bytes_are_decoded_whole():
+  buffer = io.BytesIO()
+  Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 60, 3), np.uint8)).save(
+      buffer, 'PNG')
+  kwargs = dict(image_size=32, scale_min=40, scale_max=48, random_flip=True, pca_stddev=0.0,
+                eigval=None, eigvec=None, mean_rgb=MEAN)
+  seed = tf.constant([1, 2], tf.int64)
+  from_bytes = preprocessing.preprocess_for_train(tf.constant(buffer.getvalue()), seed,
+                                                  encoded=True, **kwargs)
+  decoded = preprocessing.decode_image(tf.constant(buffer.getvalue()), True)
+  np.testing.assert_array_equal(from_bytes, preprocessing.preprocess_for_train(decoded, seed,
+                                                                               **kwargs))

@@ -1,0 +1,95 @@
+"""Checks a run's config once at start-up; each error names the field that is wrong.
+
+The fields are those of experiments/configs/base.py. Bad values stop the run before
+anything is written to the workdir.
+"""
+
+from vgg_jax import models
+from vgg_jax import optim
+
+SOURCES = ('digits', 'folder', 'tfds', 'fake')
+
+
+def _require(config, name: str, ok, want: str):
+  """Raises ValueError naming config.<name> unless ok(value)."""
+  value = config
+  for part in name.split('.'):
+    if part not in value:
+      raise ValueError(f'config.{name} is missing: the config must define every field of '
+                       'experiments/configs/base.py.')
+    value = value[part]
+  try:
+    good = ok(value)
+  except TypeError:
+    good = False
+  if not good:
+    raise ValueError(f'config.{name}={value!r}: {want}.')
+
+
+def _positive_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_model(config):
+  _require(config, 'model.variant', lambda v: v in models.CONFIGS,
+           f'must be one of {list(models.CONFIGS)}')
+  _require(config, 'model.dtype', lambda v: v in models.DTYPES,
+           f'must be one of {list(models.DTYPES)}')
+  _require(config, 'model.num_classes', lambda v: isinstance(v, int) and v >= 0,
+           'must be a class count (0: as many as the data has)')
+  _require(config, 'model.width', lambda v: v > 0, 'must be > 0')
+  _require(config, 'model.fc_width', _positive_int, 'must be a positive integer')
+  _require(config, 'model.dropout_rate', lambda v: 0 <= v < 1, 'must be in [0, 1)')
+  _require(config, 'model.image_size', lambda v: v >= models.MIN_IMAGE_SIZE,
+           f'must be at least {models.MIN_IMAGE_SIZE} (five 2x2 pools)')
+  _require(config, 'model.kernel_init', lambda v: v in models.KERNEL_INITS,
+           f'must be one of {models.KERNEL_INITS}')
+  _require(config, 'model.head', lambda v: v in models.HEADS, f'must be one of {models.HEADS}')
+  _require(config, 'model.conv_impl', lambda v: v in models.CONV_IMPLS,
+           f'must be one of {models.CONV_IMPLS}')
+
+
+def check_data(config):
+  size = config.model.image_size
+  _require(config, 'data.source', lambda v: v in SOURCES, f'must be one of {SOURCES}')
+  if config.data.source == 'folder':
+    _require(config, 'data.folder', bool, "must name the image folder root for source='folder'")
+  _require(config, 'data.scale_min', lambda v: v >= size,
+           f'the training scale S must be at least the crop model.image_size={size}')
+  _require(config, 'data.scale_max', lambda v: v >= config.data.scale_min,
+           f'must be at least data.scale_min={config.data.scale_min}')
+  _require(config, 'data.eval_scale', lambda v: v >= size,
+           f'the test scale Q must be at least the crop model.image_size={size}')
+  _require(config, 'data.pca_stddev', lambda v: v >= 0, 'must be >= 0 (0 disables)')
+
+
+def check_optimizer(config):
+  _require(config, 'schedule', lambda v: v in optim.SCHEDULES,
+           f'must be one of {optim.SCHEDULES}')
+  _require(config, 'learning_rate', lambda v: v > 0, 'must be > 0')
+  _require(config, 'momentum', lambda v: 0 <= v < 1, 'must be in [0, 1)')
+  _require(config, 'weight_decay', lambda v: v >= 0, 'must be >= 0')
+  _require(config, 'plateau_factor', lambda v: 0 < v < 1, 'must be in (0, 1)')
+  _require(config, 'plateau_patience', _positive_int, 'must be a positive integer')
+  _require(config, 'plateau_max_decays', lambda v: isinstance(v, int) and v >= 0,
+           'must be an integer >= 0')
+
+
+def check_loop(config):
+  for name in ('global_batch_size', 'eval_batch_size', 'grad_accum_steps', 'log_every_steps',
+               'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
+    _require(config, name, _positive_int, 'must be a positive integer')
+  if config.num_train_steps <= 0:
+    _require(config, 'num_epochs', lambda v: v > 0,
+             'must be > 0 (or set num_train_steps > 0)')
+  if config.init_from:
+    _require(config, 'init_layers', lambda v: len(v) > 0 and all(isinstance(n, str) for n in v),
+             'must name the layers to copy from init_from')
+
+
+def check_train_config(config):
+  """Every field train_and_evaluate reads, checked before anything runs."""
+  check_model(config)
+  check_data(config)
+  check_optimizer(config)
+  check_loop(config)

@@ -1,0 +1,114 @@
+"""The CPU-only kernels: convolutions as matmuls and a fused bias + ReLU + 2x2 max-pool.
+
+When and why: models.VGG uses these when conv_impl resolves to 'matmul', which 'auto'
+does on JAX's CPU backend only. XLA's CPU convolution is several times slower than its
+matmul, and JAX's generic derivatives of max-pooling and of a matmul's weight take
+XLA:CPU's slowest paths; each function here computes the same numbers as the plain
+JAX expression through a faster one (each is tested equal to it; the measurements are
+in docs/performance.md). GPU and TPU backends keep XLA's own convolution and pooling.
+"""
+
+import jax
+import jax.numpy as jnp
+
+
+@jax.custom_vjp
+def rows_matmul(x, w):
+  """x [..., K] @ w [K, N], whose weight gradient is computed as (dy^T @ x)^T.
+
+  XLA's CPU backend otherwise computes x^T @ dy with both operands transposed, the
+  slowest of its three forms.
+  """
+  return x @ w
+
+
+def _rows_matmul_fwd(x, w):
+  return x @ w, (x, w)
+
+
+def _rows_matmul_bwd(residuals, grad):
+  x, w = residuals
+  rows_x, rows_grad = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])
+  grad_w = (jnp.transpose(rows_grad) @ rows_x).T
+  return grad @ w.T, grad_w.astype(w.dtype)
+
+
+rows_matmul.defvjp(_rows_matmul_fwd, _rows_matmul_bwd)
+
+
+def conv_as_matmul(x, kernel):
+  """Stride-1 'same' convolution of x [B, H, W, Cin] by kernel [k, k, Cin, Cout] (HWIO).
+
+  Concatenates the k*k shifted slices of the zero-padded input and multiplies by the
+  kernel reshaped to [k*k*Cin, Cout]: XLA's convolution's numbers through its matmul.
+  """
+  k, _, channels, features = kernel.shape
+  if k == 1:
+    return rows_matmul(x, kernel[0, 0])
+  before, after = (k - 1) // 2, k // 2
+  padded = jnp.pad(x, ((0, 0), (before, after), (before, after), (0, 0)))
+  height, width = x.shape[1:3]
+  patches = jnp.concatenate([padded[:, dy:dy + height, dx:dx + width]
+                             for dy in range(k) for dx in range(k)], axis=-1)
+  return rows_matmul(patches, kernel.reshape(k * k * channels, features))
+
+
+def even_crop(x):
+  """x [B, H, W, C] without its last row/column where H/W is odd (VALID 2x2 pooling)."""
+  height, width = x.shape[1:3]
+  return x[:, :height // 2 * 2, :width // 2 * 2]
+
+
+def _window_max(y):
+  """y [B, H, W, C] (H, W even) -> its 2x2 windows [B, H/2, 2, W/2, 2, C] and their maxima."""
+  batch, height, width, channels = y.shape
+  windows = y.reshape(batch, height // 2, 2, width // 2, 2, channels)
+  return windows, windows.max(axis=(2, 4), keepdims=True)
+
+
+def max_pool_2x2(x):
+  """2x2 max-pool, stride 2, VALID, as a reshape and a max (JAX's generic gradient)."""
+  return _window_max(even_crop(x))[1].squeeze((2, 4))
+
+
+@jax.custom_vjp
+def _even_bias_relu_max_pool(y, bias):
+  return jnp.maximum(_window_max(y)[1] + bias, 0).squeeze((2, 4))
+
+
+def _bias_relu_max_pool_fwd(y, bias):
+  out = _even_bias_relu_max_pool(y, bias)
+  return out, (y, bias, out > 0)
+
+
+def _bias_relu_max_pool_bwd(residuals, grad):
+  """All of each window's gradient to its first maximum (row-major), as XLA's pool does."""
+  y, bias, positive = residuals
+  grad = jnp.where(positive, grad, 0)
+  windows, maxima = _window_max(y)
+  is_max = windows == maxima
+  top_left, top_right, bottom_left = (is_max[:, :, i:i + 1, :, j:j + 1]
+                                      for i, j in ((0, 0), (0, 1), (1, 0)))
+  row = jnp.arange(2).reshape(1, 1, 2, 1, 1, 1)
+  col = jnp.arange(2).reshape(1, 1, 1, 1, 2, 1)
+  # Whether a maximum comes earlier in the window, in row-major order.
+  earlier = jnp.where(row == 0, (col == 1) & top_left,
+                      top_left | top_right | ((col == 1) & bottom_left))
+  grad_y = jnp.where(is_max & ~earlier, grad[:, :, None, :, None], 0).reshape(y.shape)
+  grad_bias = grad.astype(jnp.float32).sum(axis=(0, 1, 2)).astype(bias.dtype)
+  return grad_y.astype(y.dtype), grad_bias
+
+
+_even_bias_relu_max_pool.defvjp(_bias_relu_max_pool_fwd, _bias_relu_max_pool_bwd)
+
+
+def bias_relu_max_pool_2x2(y, bias):
+  """max_pool_2x2(relu(y + bias)) as relu(max(y) + bias), one pass each way.
+
+  max commutes with adding a per-channel constant and with ReLU, so the bias and ReLU
+  run on the pooled map (a quarter of the elements); the backward pass routes each
+  window's gradient to its first maximum in one fused pass instead of JAX's generic
+  max/ReLU derivatives (which XLA:CPU runs as several passes with transposes).
+  y: [B, H, W, C] conv output without bias; bias: [C].
+  """
+  return _even_bias_relu_max_pool(even_crop(y), bias)

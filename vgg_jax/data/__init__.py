@@ -1,0 +1,14 @@
+"""Datasets -> tf.data -> numpy batches, with the paper's augmentation (Sec. 3.1, 3.2).
+
+Knows nothing of the model. One module each:
+  sources        digits (scikit-learn's 8x8 scans as 32x32 RGB, the offline default),
+                 fake (random pixels made in tf.data), image folders
+                 (root/<split>/<class>/*.jpg|png) and TFDS, sharded per process
+  preprocessing  decoding, rescaling, crops, flip, PCA colour shift; multi-crop views
+  statistics     the mean RGB and the RGB PCA basis, computed once and cached as JSON
+  iterators      the seeded, resumable train stream and the padded eval pass
+
+Batches are dicts of host-local numpy arrays: images [b, H, W, 3] float32 (mean RGB
+subtracted), labels [b] int32, and for evaluation mask [b] bool (False marks padding).
+b = global_batch_size / process_count; each process reads only its own examples.
+"""

@@ -1,0 +1,81 @@
+"""The mean RGB and the RGB covariance's eigenbasis (PCA colour shift), cached as JSON."""
+
+import json
+import os
+from typing import Any
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from vgg_jax.data import preprocessing
+from vgg_jax.data import sources
+
+# AlexNet's PCA lighting noise on ImageNet (0..255 RGB): eigenvalues and eigenvectors
+# (columns) of the training pixels' RGB covariance.
+IMAGENET_PCA_EIGVAL = (55.46, 4.794, 1.148)
+IMAGENET_PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009),
+                       (-0.5808, -0.0045, -0.8140),
+                       (-0.5836, -0.6948, 0.4203))
+IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)  # The mean the released VGG nets use.
+
+
+def compute_rgb_statistics(source: sources.Source,
+                           max_examples: int = 10_000) -> dict[str, Any]:
+  """Mean RGB and the eigen-decomposition of the RGB covariance, over training pixels."""
+
+  def pixels_of(ex):
+    image = preprocessing.decode_image(ex['image'], source.encoded)
+    return tf.reshape(tf.cast(image, tf.float64), [-1, 3])
+
+  ds = source.make_dataset().take(max_examples).map(
+      pixels_of, num_parallel_calls=tf.data.AUTOTUNE)
+  count, total, outer = 0, np.zeros(3), np.zeros((3, 3))
+  for pixels in ds.as_numpy_iterator():
+    count += len(pixels)
+    total += pixels.sum(0)
+    outer += pixels.T @ pixels
+  if count == 0:
+    raise ValueError('Cannot compute RGB statistics: the training split is empty.')
+  mean = total / count
+  cov = outer / count - np.outer(mean, mean)
+  eigval, eigvec = np.linalg.eigh(cov)
+  order = np.argsort(eigval)[::-1]
+  return {'mean_rgb': mean.tolist(), 'pca_eigval': eigval[order].tolist(),
+          'pca_eigvec': eigvec[:, order].tolist(), 'num_pixels': int(count)}
+
+
+def rgb_statistics(data_config, cache_dir: str | None) -> dict[str, Any]:
+  """Mean RGB and PCA basis from the config, or computed once and cached as JSON."""
+  stats = {'mean_rgb': data_config.mean_rgb,
+           'pca_eigval': data_config.pca_eigval,
+           'pca_eigvec': data_config.pca_eigvec}
+  if stats['pca_eigval'] is None:  # Default: ImageNet's published basis.
+    stats['pca_eigval'], stats['pca_eigvec'] = IMAGENET_PCA_EIGVAL, IMAGENET_PCA_EIGVEC
+  need_compute = stats['mean_rgb'] is None or stats['pca_eigval'] == 'compute'
+  if not need_compute:
+    return stats
+  cache = None
+  if cache_dir:
+    name = data_config.name or os.path.basename(
+        os.path.normpath(data_config.folder or '')) or data_config.source
+    cache = os.path.join(cache_dir, f'rgb_stats_{data_config.source}_{name}_'
+                         f'{data_config.train_split}.json')
+  if cache and os.path.exists(cache):
+    with open(cache) as f:
+      computed = json.load(f)
+  else:
+    logging.info('Computing the mean RGB and RGB covariance of the training set...')
+    computed = compute_rgb_statistics(sources.load_source(data_config, data_config.train_split),
+                                      data_config.stats_max_examples)
+    if cache:
+      os.makedirs(cache_dir, exist_ok=True)
+      tmp = cache + '.tmp'
+      with open(tmp, 'w') as f:
+        json.dump(computed, f)
+      os.replace(tmp, cache)
+  if stats['mean_rgb'] is None:
+    stats['mean_rgb'] = computed['mean_rgb']
+  if stats['pca_eigval'] == 'compute':
+    stats['pca_eigval'], stats['pca_eigvec'] = computed['pca_eigval'], computed['pca_eigvec']
+  return stats

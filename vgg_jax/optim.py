@@ -1,0 +1,100 @@
+"""The optimiser of Sec. 3.1: SGD with momentum, L2 weight decay, the lr schedules.
+
+`config` is anything with attribute access holding the optimizer fields of
+experiments/configs/base.py:optimizer_config() (a ConfigDict, or a plain namespace).
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+SCHEDULES = ('plateau', 'step', 'cosine')
+
+
+def decay_mask(params, decay_biases: bool = False):
+  """True where weight decay applies: every kernel, and biases only if asked."""
+  def applies(path, _):
+    name = path[-1].key if hasattr(path[-1], 'key') else str(path[-1])
+    return name != 'bias' or decay_biases
+  return jax.tree_util.tree_map_with_path(applies, params)
+
+
+def frozen_labels(params, config):
+  """'frozen' for conv layers when config.freeze_conv_base (conv5_* may stay trainable)."""
+  def label(layer):
+    frozen = config.freeze_conv_base and layer.startswith('conv')
+    if frozen and config.unfreeze_last_stage and layer.startswith('conv5_'):
+      frozen = False
+    return 'frozen' if frozen else 'train'
+  return {layer: jax.tree_util.tree_map(lambda _: label(layer), p)  # pylint: disable=cell-var-from-loop
+          for layer, p in params.items()}
+
+
+def learning_rate_schedule(config, steps_per_epoch: int, total_steps: int):
+  """A float (plateau: changed by the host after evals) or an optax schedule."""
+  if config.schedule == 'plateau':
+    return config.learning_rate
+  if config.schedule == 'step':
+    boundaries = {int(e * steps_per_epoch): 0.1 for e in config.step_decay_epochs}
+    return optax.piecewise_constant_schedule(config.learning_rate, boundaries)
+  if config.schedule == 'cosine':
+    return optax.cosine_decay_schedule(config.learning_rate, max(1, total_steps))
+  raise ValueError(f'config.schedule={config.schedule!r} is not one of {SCHEDULES}.')
+
+
+def create_optimizer(config, steps_per_epoch: int, total_steps: int):
+  """SGD with momentum; L2 weight decay added to the gradient (Sec. 3.1).
+
+  With config.freeze_conv_base the conv layers get zero updates (and no decay).
+  """
+  def sgd_with_decay(learning_rate):
+    sgd = optax.chain(
+        optax.add_decayed_weights(config.weight_decay, mask=functools.partial(
+            decay_mask, decay_biases=config.decay_biases)),
+        optax.sgd(learning_rate, momentum=config.momentum))
+    if not config.freeze_conv_base:
+      return sgd
+    return optax.multi_transform({'train': sgd, 'frozen': optax.set_to_zero()},
+                                 functools.partial(frozen_labels, config=config))
+  schedule = learning_rate_schedule(config, steps_per_epoch, total_steps)
+  return optax.inject_hyperparams(sgd_with_decay)(learning_rate=schedule)
+
+
+def current_learning_rate(opt_state) -> jax.Array:
+  return opt_state.hyperparams['learning_rate']
+
+
+def set_learning_rate(opt_state, value: float):
+  """opt_state with its learning rate set (the plateau schedule's lever)."""
+  old = current_learning_rate(opt_state)
+  new = jax.device_put(jnp.asarray(value, old.dtype), old.sharding)
+  return opt_state._replace(hyperparams=dict(opt_state.hyperparams, learning_rate=new))
+
+
+@dataclasses.dataclass(frozen=True)
+class Plateau:
+  """Bookkeeping of the plateau schedule (Sec. 3.1), saved in each checkpoint's meta."""
+  best_error: float = 2.0  # Best eval top-1 error so far (errors are <= 1).
+  bad_evals: int = 0  # Evals since the last improvement.
+  decays: int = 0  # Divisions by 10 so far.
+
+
+def update_plateau(plateau: Plateau, error: float, config) -> tuple[Plateau, bool]:
+  """Sec. 3.1: divide the lr by 10 when eval accuracy stops improving, at most 3 times.
+
+  Returns the new bookkeeping and whether to decay now.
+  """
+  if error < plateau.best_error - config.plateau_min_delta:
+    return Plateau(best_error=error, bad_evals=0, decays=plateau.decays), False
+  bad_evals = plateau.bad_evals + 1
+  if bad_evals >= config.plateau_patience and plateau.decays < config.plateau_max_decays:
+    return dataclasses.replace(plateau, bad_evals=0, decays=plateau.decays + 1), True
+  return dataclasses.replace(plateau, bad_evals=bad_evals), False
+
+
+def plateau_learning_rate(plateau: Plateau, config) -> float:
+  """The learning rate after plateau.decays divisions."""
+  return config.learning_rate * config.plateau_factor**plateau.decays
