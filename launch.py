@@ -49,18 +49,23 @@ _CPU_COLLECTIVES = flags.DEFINE_enum(
     'Collectives for multi-process runs on CPU devices (testing on one machine).')
 
 
-def initialize_distributed(jax):
+def initialize_distributed(jax, config):
+  """jax.distributed.initialize as the flags say, with the config's timeouts."""
   if _CPU_COLLECTIVES.value:
     jax.config.update('jax_cpu_collectives_implementation', _CPU_COLLECTIVES.value)
+  # JAX's heartbeat outlasts the loop's peer watchdog, which then reports a lost process.
+  timeouts = dict(heartbeat_timeout_seconds=3 * config.peer_timeout_seconds,
+                  shutdown_timeout_seconds=config.shutdown_timeout_seconds)
   if _DISTRIBUTED.value == 'auto':
-    jax.distributed.initialize()
+    jax.distributed.initialize(**timeouts)
   elif _DISTRIBUTED.value == 'explicit':
     missing = [name for name, flag in (('--coordinator_address', _COORDINATOR),
                                        ('--num_processes', _NUM_PROCESSES),
                                        ('--process_id', _PROCESS_ID)) if flag.value is None]
     if missing:
       raise app.UsageError(f'--distributed=explicit needs {", ".join(missing)}.')
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                               **timeouts)
 
 
 def merge_config(defaults, stored: dict, overrides: dict):
@@ -102,6 +107,8 @@ def run_config(stored: dict):
 def main(argv):
   if len(argv) > 1 and _MODE.value != 'predict':
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if _MODE.value in ('predict', 'table'):  # Print the answer only, not the progress log.
+    logging.set_verbosity(logging.WARNING)
   if _REUSE_HOST_MEMORY.value and host_memory.reuse_freed_memory():
     logging.info('Reusing freed host memory (--noreuse_host_memory turns this off).')
   # Imported only now: host memory must be set up before JAX and TensorFlow start threads.
@@ -116,7 +123,7 @@ def main(argv):
     return
   if not _WORKDIR.value:
     raise app.UsageError(f'--workdir is required for --mode={_MODE.value}.')
-  initialize_distributed(jax)
+  initialize_distributed(jax, _CONFIG.value)
   if _MODE.value == 'evaluate':
     config = run_config(checkpointing.load_meta(_WORKDIR.value)['config'])
     result = evaluate.run(config.eval, [_WORKDIR.value, *config.eval.fusion_workdirs],

@@ -29,6 +29,7 @@ from experiments.configs import imagenet
 from vgg_jax import checkpointing
 from vgg_jax import host_memory
 from vgg_jax import models
+from vgg_jax import monitoring
 
 _PRESET = flags.DEFINE_enum('preset', 'digits', ['digits', 'cifar10', 'imagenet'],
                             'Which study to run.')
@@ -162,8 +163,8 @@ def train_run(config, workdir: str) -> None:
   result = train.train_and_evaluate(config, workdir)
   if result.get('preempted'):
     raise SystemExit(143)
-  with open(done, 'w') as f:
-    json.dump({k: v for k, v in result.items() if isinstance(v, (int, float, bool))}, f)
+  monitoring.write_file_atomically(done, json.dumps(
+      {k: v for k, v in result.items() if isinstance(v, (int, float, bool))}))
 
 
 def evaluate_run(workdir: str, protocol: str, scales, flip: bool) -> dict:
@@ -180,8 +181,7 @@ def evaluate_run(workdir: str, protocol: str, scales, flip: bool) -> dict:
   config.protocol, config.scales, config.flip, config.batch_size = (protocol, tuple(scales),
                                                                     flip, 256)
   result = evaluate.run(config, [workdir])
-  with open(path, 'w') as f:
-    json.dump(result, f)
+  monitoring.write_file_atomically(path, json.dumps(result))
   return result
 
 

@@ -157,3 +157,25 @@ def test_flip_off_uses_only_unflipped_views():
   multi = evaluate.posteriors_at_scale(predictor, images, 'multicrop', 32, flip=False)
   np.testing.assert_allclose(multi[0], predictor(crops).mean(0), rtol=1e-5, atol=1e-6)
   assert evaluate.views_per_scale('dense+multicrop', flip=False) == 26
+
+
+@pytest.mark.slow
+def test_launch_evaluate_uses_the_runs_stored_config(tmp_path, folder, tiny_config):
+  # A folder run with test-time flips, evaluated without --config: the digits default
+  # (flips off) must not replace the run's own eval settings; explicit flags still win.
+  workdir = tmp_path / 'run'
+  config = tiny_config(num_train_steps=2, **{
+      'data.source': 'folder', 'data.folder': folder, 'data.eval_split': 'validation',
+      'model.num_classes': 0, 'eval.flip': True, 'eval_batch_size': 8})
+  train.train_and_evaluate(config, str(workdir))
+  def launch(*flags):
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'), '--mode=evaluate',
+                           f'--workdir={workdir}', '--config.eval.protocol=dense', *flags],
+                          capture_output=True, text=True, timeout=300)
+  result = launch()
+  assert result.returncode == 0, result.stderr[-3000:]
+  stored = json.load(open(workdir / 'eval_dense.json'))
+  assert stored['views_per_image'] == 2 and stored['num_images'] == 10  # Flips on; folder.
+  result = launch('--config.eval.flip=False')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.load(open(workdir / 'eval_dense.json'))['views_per_image'] == 1

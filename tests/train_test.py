@@ -140,6 +140,17 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog, tiny_config):
   assert os.path.isdir(tmp_path / 'checkpoints' / 'corrupt_step_8')  # Kept, set aside.
 
 
+def test_torn_metrics_line_is_dropped_on_resume(tmp_path, caplog, tiny_config):
+  train.train_and_evaluate(tiny_config(num_train_steps=4), str(tmp_path))
+  with open(tmp_path / 'metrics.jsonl', 'a') as f:
+    f.write('{"step": 5, "train/lo')  # A crash while the next line was written.
+  result = train.train_and_evaluate(tiny_config(num_train_steps=8), str(tmp_path))
+  assert result['step'] == 8
+  assert 'metrics.jsonl line 3 is torn' in caplog.text
+  rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  assert [r['step'] for r in rows if 'train/loss' in r] == [4, 8]
+
+
 def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, tiny_config):
   config = tiny_config(learning_rate=1e12, schedule='plateau', num_train_steps=30,
                        log_every_steps=1, checkpoint_every_steps=1, eval_every_steps=100)

@@ -22,10 +22,26 @@ CHECKPOINT_SUBDIR = 'checkpoints'
 BEST_METRIC = 'eval/top1_error'
 
 
+# Orbax warnings about what this code does on purpose: read-only managers for evaluate,
+# predict and warm starts, and reading a composite checkpoint's state item directly.
+INTENDED_ORBAX_WARNINGS = ('read_only=True', 'Given directory is read only',
+                           'Metadata file does not exist')
+
+
 def quiet_orbax_logs():
-  """Drops Orbax's per-save INFO chatter from absl's handler; warnings still show."""
-  logging.get_absl_handler().addFilter(
-      lambda record: record.levelno >= std_logging.WARNING or 'orbax' not in record.pathname)
+  """Drops Orbax's INFO chatter and its warnings about intended read-only use (absl's handler).
+
+  Other Orbax warnings still show. Also drops JAX's INFO line about backends it did not find.
+  """
+  def keep(record) -> bool:
+    if 'xla_bridge' in record.pathname and record.levelno < std_logging.WARNING:
+      return False
+    if 'orbax' not in record.pathname:
+      return True
+    if record.levelno < std_logging.WARNING:
+      return False
+    return not any(text in record.getMessage() for text in INTENDED_ORBAX_WARNINGS)
+  logging.get_absl_handler().addFilter(keep)
 
 
 def checkpoint_dir(workdir: str) -> str:

@@ -79,6 +79,8 @@ def check_loop(config):
   for name in ('global_batch_size', 'eval_batch_size', 'grad_accum_steps', 'log_every_steps',
                'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
     _require(config, name, _positive_int, 'must be a positive integer')
+  for name in ('peer_timeout_seconds', 'shutdown_timeout_seconds'):
+    _require(config, name, _positive_int, 'must be a positive integer (seconds)')
   if config.num_train_steps <= 0:
     _require(config, 'num_epochs', lambda v: v > 0,
              'must be > 0 (or set num_train_steps > 0)')

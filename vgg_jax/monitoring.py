@@ -3,11 +3,14 @@
 import json
 import os
 import signal
+import sys
+import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 import jax
+from jax._src import distributed  # The runtime client: JAX has no public handle to it.
 from jax.experimental import multihost_utils
 import numpy as np
 
@@ -16,6 +19,29 @@ PEAK_FLOPS = {
     'H200': 989e12, 'H100': 989e12, 'A100': 312e12, 'L4': 121e12, 'A10G': 125e12,
     'TPU v6': 918e12, 'TPU v5p': 459e12, 'TPU v5': 197e12, 'TPU v4': 275e12,
 }
+
+
+def write_file_atomically(path: str, text: str):
+  """Writes text to path via a temporary file and a rename: readers see all or nothing."""
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+  """The rows of a metrics.jsonl; a line a crash left half-written is dropped, with a warning."""
+  rows = []
+  with open(path) as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        logging.warning('%s line %d is torn (a crash while it was written): dropped.',
+                        path, number)
+  return rows
 
 
 class MetricWriter:
@@ -27,11 +53,9 @@ class MetricWriter:
     self.summary = None
     if not self.active:
       return
-    if os.path.exists(self.path):  # Drop lines a crash left beyond the checkpoint.
-      with open(self.path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line)['step'] <= resume_step]
-      with open(self.path, 'w') as f:
-        f.writelines(kept)
+    if os.path.exists(self.path):  # Drop rows a crash left beyond the checkpoint.
+      kept = [row for row in read_metrics(self.path) if row['step'] <= resume_step]
+      write_file_atomically(self.path, ''.join(json.dumps(row) + '\n' for row in kept))
     try:  # TensorFlow is optional here: the benchmark path runs without it.
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
       self.summary = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
@@ -122,3 +146,64 @@ class Throughput:
 
   def step_seconds(self) -> float:
     return (time.perf_counter() - self.start) / max(self.steps, 1)
+
+
+class PeerWatchdog:
+  """Stops this process cleanly when another process of a multi-process run is lost.
+
+  Every process bumps a counter in JAX's coordination key-value store each second; a
+  peer whose counter stands still for `timeout_seconds` (or a coordinator that no longer
+  answers) is lost. This process then logs one error line, saying what to rerun and from
+  which step training will resume, and exits with EXIT_PEER_LOST, instead of hanging in
+  a collective until JAX's runtime aborts it. Give jax.distributed.initialize a longer
+  heartbeat timeout than timeout_seconds, so that this check speaks first.
+  """
+
+  EXIT_PEER_LOST = 75
+
+  def __init__(self, resume_step: Callable[[], int | None], timeout_seconds: float,
+               poll_seconds: float = 1.0):
+    self._resume_step = resume_step
+    self._timeout, self._poll = timeout_seconds, poll_seconds
+    self._stop = threading.Event()
+    if jax.process_count() > 1 and distributed.global_state.client is not None:
+      threading.Thread(target=self._watch, daemon=True, name='peer-watchdog').start()
+
+  def _watch(self):
+    client, me = distributed.global_state.client, jax.process_index()
+    peers = [p for p in range(jax.process_count()) if p != me]
+    seen = {}  # Peer -> (its last counter, when that changed); timed from its first beat.
+    beat = 0
+    while not self._stop.wait(self._poll):
+      beat += 1
+      try:
+        client.key_value_set(f'vgg_jax/alive/{me}', str(beat), allow_overwrite=True)
+      except Exception:  # pylint: disable=broad-except  (the coordinator no longer answers)
+        self._exit([0])
+      now = time.monotonic()
+      for p in peers:
+        try:
+          value = client.key_value_try_get(f'vgg_jax/alive/{p}')
+        except Exception:  # pylint: disable=broad-except  (no beat from p yet)
+          continue
+        if p not in seen or value != seen[p][0]:
+          seen[p] = (value, now)
+      lost = [p for p, (_, changed) in seen.items() if now - changed > self._timeout]
+      if lost and not self._stop.is_set():
+        self._exit(lost)
+
+  def _exit(self, lost: list[int]):
+    try:
+      step = self._resume_step()
+    except Exception:  # pylint: disable=broad-except
+      step = None
+    where = f'step {step}' if step is not None else 'the start'
+    logging.error('Lost peer process(es) %s of %d: stopping. Rerun all %d processes with the '
+                  'same command to resume from %s (the last checkpoint).', lost,
+                  jax.process_count(), jax.process_count(), where)
+    logging.flush()
+    sys.stderr.flush()
+    os._exit(self.EXIT_PEER_LOST)  # pylint: disable=protected-access  (no clean-up can finish)
+
+  def close(self):
+    self._stop.set()

@@ -218,10 +218,8 @@ def write_config(config, workdir: str):
   if jax.process_index() != 0:
     return
   os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, 'config.json')
-  with open(path + '.tmp', 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
-  os.replace(path + '.tmp', path)
+  monitoring.write_file_atomically(os.path.join(workdir, 'config.json'),
+                                   config.to_json_best_effort(indent=2))
 
 
 def compile_train_step(model, tx, mesh, config, state, first_batch, rng):
@@ -303,6 +301,7 @@ def run_loop(loop: Loop, state, plateau: optim.Plateau, batch, dropout_rng):
   """Steps from state.step to total_steps; logs, evaluates and checkpoints on schedule."""
   config, step = loop.config, int(state.step)
   preemption, throughput = monitoring.Preemption(), monitoring.Throughput()
+  watchdog = monitoring.PeerWatchdog(loop.manager.latest_step, config.peer_timeout_seconds)
   pending_losses, summary, last_eval = [], {}, {}
   try:
     while step < loop.total_steps:
@@ -334,6 +333,7 @@ def run_loop(loop: Loop, state, plateau: optim.Plateau, batch, dropout_rng):
         return {'step': step, 'preempted': True, **summary, **last_eval}
   finally:
     loop.manager.wait_until_finished()
+    watchdog.close()
     loop.manager.close()
     preemption.close()
   return {'step': step, 'preempted': False, **summary, **last_eval}

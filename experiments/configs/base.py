@@ -110,4 +110,8 @@ def get_config():
   config.eval_every_steps = 5000
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3  # The latest k, plus the best by eval top-1 error.
+  # Multi-process runs: a process silent this long (seconds) is lost, and the others stop
+  # with one error line (exit status 75); JAX's own heartbeat gets three times as long.
+  config.peer_timeout_seconds = 10
+  config.shutdown_timeout_seconds = 30  # How long processes wait for each other at exit.
   return config

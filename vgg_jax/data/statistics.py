@@ -45,6 +45,28 @@ def compute_rgb_statistics(source: sources.Source,
           'pca_eigvec': eigvec[:, order].tolist(), 'num_pixels': int(count)}
 
 
+def statistics_key(data_config) -> dict[str, Any]:
+  """What the training set's RGB statistics depend on: the source, its location, the split."""
+  location = {'folder': os.path.abspath(data_config.folder) if data_config.folder else '',
+              'tfds': f'{data_config.name} in {data_config.data_dir or "the default data_dir"}',
+              'digits': 'scikit-learn digits', 'fake': str(tuple(data_config.fake_image_shape))}
+  return {'source': data_config.source, 'data': location.get(data_config.source, ''),
+          'split': data_config.train_split, 'max_examples': data_config.stats_max_examples}
+
+
+def read_cached_statistics(cache: str, key: dict[str, Any]) -> dict[str, Any] | None:
+  """The statistics cached at `cache` if they were computed for `key`, else None."""
+  if not os.path.exists(cache):
+    return None
+  with open(cache) as f:
+    cached = json.load(f)
+  if cached.get('key') != key:
+    logging.warning('The RGB statistics in %s were computed for other data (%s, now %s): '
+                    'recomputing.', cache, cached.get('key'), key)
+    return None
+  return cached
+
+
 def rgb_statistics(data_config, cache_dir: str | None) -> dict[str, Any]:
   """Mean RGB and PCA basis from the config, or computed once and cached as JSON."""
   stats = {'mean_rgb': data_config.mean_rgb,
@@ -55,24 +77,19 @@ def rgb_statistics(data_config, cache_dir: str | None) -> dict[str, Any]:
   need_compute = stats['mean_rgb'] is None or stats['pca_eigval'] == 'compute'
   if not need_compute:
     return stats
-  cache = None
-  if cache_dir:
-    name = data_config.name or os.path.basename(
-        os.path.normpath(data_config.folder or '')) or data_config.source
-    cache = os.path.join(cache_dir, f'rgb_stats_{data_config.source}_{name}_'
-                         f'{data_config.train_split}.json')
-  if cache and os.path.exists(cache):
-    with open(cache) as f:
-      computed = json.load(f)
-  else:
+  key = statistics_key(data_config)
+  cache = (os.path.join(cache_dir, f'rgb_stats_{data_config.train_split}.json')
+           if cache_dir else None)
+  computed = read_cached_statistics(cache, key) if cache else None
+  if computed is None:
     logging.info('Computing the mean RGB and RGB covariance of the training set...')
     computed = compute_rgb_statistics(sources.load_source(data_config, data_config.train_split),
                                       data_config.stats_max_examples)
     if cache:
       os.makedirs(cache_dir, exist_ok=True)
-      tmp = cache + '.tmp'
+      tmp = f'{cache}.tmp{os.getpid()}'
       with open(tmp, 'w') as f:
-        json.dump(computed, f)
+        json.dump({'key': key, **computed}, f)
       os.replace(tmp, cache)
   if stats['mean_rgb'] is None:
     stats['mean_rgb'] = computed['mean_rgb']
