@@ -3,7 +3,9 @@
 import os
 
 import numpy as np
+from PIL import Image
 import pytest
+import tensorflow as tf
 
 from vgg_jax.data import iterators
 from vgg_jax.data import preprocessing
@@ -155,12 +157,16 @@ def test_corrupt_image_fails_with_its_path(tmp_path, folder, data_config, write_
   bad = root / 'train' / 'b' / '1.jpg'
   bad.write_bytes(good[:len(good) // 3])  # Truncated.
   config = data_config(source='folder', folder=str(root), eval_split='train')
-  with pytest.raises(ValueError, match=f'Could not decode image {bad}'):
+  with pytest.raises(ValueError, match=f'cannot be decoded:\n  {bad}: '):
     take(iterators.create_train_iterator(config, image_size=32, global_batch_size=6,
                                          seed=0), 2)
+  # A file broken after the check still names its path.
+  bad.write_bytes(good)
+  source = sources.load_source(config, 'train')
   bad.write_bytes(b'this is not a jpeg')
   with pytest.raises(ValueError, match=f'Could not decode image {bad}'):
-    list(iterators.create_eval_iterator(config, image_size=32, global_batch_size=2))
+    list(iterators.create_eval_iterator(config, image_size=32, global_batch_size=2,
+                                        source=source))
 
 
 @pytest.mark.parametrize('overrides, message', [
@@ -172,3 +178,32 @@ def test_bad_scales_name_the_value(overrides, message, data_config):
   with pytest.raises(ValueError, match=message):
     iterators.create_train_iterator(data_config(**overrides), image_size=32,
                                     global_batch_size=8, seed=0)
+
+
+def test_folder_images_are_turned_upright_by_their_exif(tmp_path, data_config):
+  root = tmp_path / 'data'
+  os.makedirs(root / 'train' / 'a')
+  small = np.random.default_rng(0).integers(0, 256, size=(4, 12, 3), dtype=np.uint8)
+  exif = Image.Exif()
+  exif[0x0112] = 6  # Stored 96 wide x 32 high; seen 32 wide x 96 high.
+  path = root / 'train' / 'a' / 'wide.jpg'
+  Image.fromarray(small).resize((96, 32), Image.BICUBIC).save(path, 'JPEG', exif=exif)
+  config = data_config(source='folder', folder=str(root), eval_split='train', scale_min=32,
+                       scale_max=40, eval_scale=40)
+  stored = preprocessing.decode_image(tf.io.read_file(str(path)), True)
+  upright = preprocessing.apply_orientation(stored, 6)
+  assert upright.shape == (96, 32, 3)
+  train = next(iterators.create_train_iterator(config, image_size=32, global_batch_size=1,
+                                               seed=0))['images'][0]
+  kwargs = dict(image_size=32, scale_min=32, scale_max=40, random_flip=False, pca_stddev=0.0,
+                eigval=None, eigvec=None, mean_rgb=config.mean_rgb)
+  seed = tf.constant([0, 0], tf.int64)  # The first example of seed 0's stream.
+  np.testing.assert_allclose(
+      train, preprocessing.preprocess_for_train(upright, seed, **kwargs), atol=1e-3)
+  assert np.abs(train - preprocessing.preprocess_for_train(stored, seed, **kwargs)).max() > 1
+  evaluated = next(iterators.create_eval_iterator(config, image_size=32,
+                                                  global_batch_size=1))['images'][0]
+  eval_kwargs = dict(image_size=32, scale=40, mean_rgb=config.mean_rgb)
+  np.testing.assert_allclose(
+      evaluated, preprocessing.preprocess_for_eval(upright, **eval_kwargs), atol=1e-3)
+  assert np.abs(evaluated - preprocessing.preprocess_for_eval(stored, **eval_kwargs)).max() > 1

@@ -54,6 +54,7 @@ def check_data(config):
   _require(config, 'data.source', lambda v: v in SOURCES, f'must be one of {SOURCES}')
   if config.data.source == 'folder':
     _require(config, 'data.folder', bool, "must name the image folder root for source='folder'")
+  _require(config, 'data.skip_corrupt', lambda v: isinstance(v, bool), 'must be True or False')
   _require(config, 'data.scale_min', lambda v: v >= size,
            f'the training scale S must be at least the crop model.image_size={size}')
   _require(config, 'data.scale_max', lambda v: v >= config.data.scale_min,

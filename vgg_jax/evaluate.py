@@ -30,6 +30,7 @@ from vgg_jax import checkpointing
 from vgg_jax import models
 from vgg_jax import monitoring
 from vgg_jax.data import preprocessing
+from vgg_jax.data import scan
 from vgg_jax.data import sources
 from vgg_jax.data import statistics
 
@@ -151,7 +152,7 @@ def rescaled_images(data_config, split: str, scales: Sequence[int], mean_rgb,
     ds = ds.take(max_examples)
 
   def prepare(ex):
-    image = preprocessing.decode_image(ex['image'], source.encoded)
+    image = preprocessing.decode_example(ex, source.encoded)
     return ex['label'], tuple(preprocessing.preprocess_for_dense(image, scale=q,
                                                                  mean_rgb=mean_rgb)
                               for q in scales)
@@ -282,6 +283,7 @@ def predict(eval_config, workdir: str, paths: Sequence[str], top_k: int = 5,
   for path in paths:
     try:
       image = preprocessing.decode_image(tf.io.read_file(path), encoded=True)
+      image = preprocessing.apply_orientation(image, scan.read_orientation(path))
     except tf.errors.InvalidArgumentError as error:
       raise ValueError(f'Could not decode image {path}: {error.message.splitlines()[0]}') from error
     rescaled = preprocessing.preprocess_for_dense(image, scale=scale,

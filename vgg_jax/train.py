@@ -352,9 +352,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
   # Data sources; an imported or warm-start checkpoint supplies its mean RGB.
   config = with_warm_start_mean(config)
-  train_source = sources.load_train_source(config.data, process_index, process_count)
+  # Image folders are checked here, before anything is written to workdir.
+  train_source = sources.load_train_source(config.data, process_index, process_count,
+                                           cache_dir=workdir)
   eval_source = sources.load_source(config.data, config.data.eval_split, process_index,
-                                    process_count)
+                                    process_count, cache_dir=workdir)
   num_classes = config.model.num_classes or len(train_source.class_names)
   steps_per_epoch = max(1, train_source.total_examples // config.global_batch_size)
   total_steps = (config.num_train_steps if config.num_train_steps > 0 else

@@ -35,6 +35,7 @@ def data_config() -> ml_collections.ConfigDict:
   data.source = 'tfds'  # 'tfds', 'folder', 'digits' or 'fake'.
   data.name = 'imagenet2012'  # TFDS name.
   data.folder = ''  # Image folder root for source='folder'.
+  data.skip_corrupt = False  # Folders: leave undecodable images out (warning), not stop.
   data.data_dir = placeholder(str)  # TFDS data_dir.
   data.manual_dir = placeholder(str)  # ImageNet tars.
   data.download = False  # Let TFDS download (never for imagenet2012).

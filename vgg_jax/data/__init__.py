@@ -4,7 +4,10 @@ Knows nothing of the model. One module each:
   sources        digits (scikit-learn's 8x8 scans as 32x32 RGB, the offline default),
                  fake (random pixels made in tf.data), image folders
                  (root/<split>/<class>/*.jpg|png) and TFDS, sharded per process
-  preprocessing  decoding, rescaling, crops, flip, PCA colour shift; multi-crop views
+  scan           image folders checked once (every file decoded, EXIF orientation
+                 read), cached as JSON in the work dir
+  preprocessing  decoding, EXIF orientation, rescaling, crops, flip, PCA colour shift;
+                 multi-crop views
   statistics     the mean RGB and the RGB PCA basis, computed once and cached as JSON
   iterators      the seeded, resumable train stream and the padded eval pass
 

@@ -115,7 +115,8 @@ def create_train_iterator(data_config, *, image_size: int, global_batch_size: in
   check_scales(image_size, data_config.scale_min, data_config.scale_max,
                data_config.eval_scale)
   batch = local_batch_size(global_batch_size, process_count)
-  source = source or sources.load_train_source(data_config, process_index, process_count)
+  source = source or sources.load_train_source(data_config, process_index, process_count,
+                                               cache_dir)
   if source.num_examples == 0:
     raise ValueError(f'Training split {data_config.train_split!r} is empty for process '
                      f'{process_index}.')
@@ -136,7 +137,8 @@ def create_train_iterator(data_config, *, image_size: int, global_batch_size: in
         image, example_seed, image_size=image_size, scale_min=data_config.scale_min,
         scale_max=data_config.scale_max, random_flip=data_config.random_flip,
         pca_stddev=data_config.pca_stddev, eigval=stats['pca_eigval'],
-        eigvec=stats['pca_eigvec'], mean_rgb=stats['mean_rgb'], encoded=source.encoded)
+        eigvec=stats['pca_eigvec'], mean_rgb=stats['mean_rgb'], encoded=source.encoded,
+        orientation=ex.get('orientation', 1))
     return {'images': image, 'labels': ex['label']}
 
   ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -167,14 +169,15 @@ def create_eval_iterator(data_config, *, image_size: int, global_batch_size: int
   if scale < image_size:
     raise ValueError(f'The crop image_size={image_size} is larger than the test scale Q={scale}.')
   batch = local_batch_size(global_batch_size, process_count)
-  source = source or sources.load_source(data_config, split, process_index, process_count)
+  source = source or sources.load_source(data_config, split, process_index, process_count,
+                                         cache_dir)
   stats = statistics.rgb_statistics(data_config, cache_dir)
   batches = num_eval_batches(source.total_examples, global_batch_size, process_count)
   padding = batches * batch - source.num_examples
 
   def prepare(ex):
     image = preprocessing.preprocess_for_eval(
-        preprocessing.decode_image(ex['image'], source.encoded), image_size=image_size,
+        preprocessing.decode_example(ex, source.encoded), image_size=image_size,
         scale=scale, mean_rgb=stats['mean_rgb'])
     return {'images': image, 'labels': ex['label'], 'mask': True}
 

@@ -1,8 +1,8 @@
 """Per-image transforms of the paper (Sec. 3.1 training, Sec. 3.2 testing), in TensorFlow.
 
-Decoding, isotropic rescaling of the smallest side, the random crop (decoding only the
-JPEG window it needs), flip and PCA colour shift for training; centre crop, whole image
-(dense) and the 5x5 multi-crop grid for testing. Knows nothing of sources or the model.
+Decoding (EXIF orientation applied), isotropic rescaling of the smallest side, the random
+crop (decoding only the JPEG window it needs), flip and PCA colour shift for training;
+centre crop, whole image (dense) and the 5x5 multi-crop grid for testing. Knows nothing of sources or the model.
 """
 
 import numpy as np
@@ -16,6 +16,36 @@ def decode_image(image, encoded: bool):
     return tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1 else image
   image = tf.io.decode_image(image, channels=3, expand_animations=False)
   image.set_shape([None, None, 3])
+  return image
+
+
+def apply_orientation(image, orientation):
+  """image [h, w, c] turned upright by its EXIF orientation 1..8, as PIL's exif_transpose."""
+  if isinstance(orientation, int):  # Known when the graph is built: no switch.
+    orientation = orientation if 1 <= orientation <= 8 else 1
+    if orientation == 1:
+      return image
+  transpose = lambda x: tf.transpose(x, [1, 0, 2])
+  branches = [
+      lambda: image,  # 1: as stored.
+      lambda: image[:, ::-1],  # 2: mirrored left-right.
+      lambda: image[::-1, ::-1],  # 3: rotated 180.
+      lambda: image[::-1],  # 4: mirrored top-bottom.
+      lambda: transpose(image),  # 5: transposed.
+      lambda: tf.image.rot90(image, 3),  # 6: rotated 90 clockwise.
+      lambda: transpose(image[::-1, ::-1]),  # 7: transversed.
+      lambda: tf.image.rot90(image, 1),  # 8: rotated 90 counter-clockwise.
+  ]
+  orientation = tf.cast(orientation, tf.int32)
+  index = tf.where((orientation >= 1) & (orientation <= 8), orientation - 1, 0)
+  return tf.switch_case(index, branches)
+
+
+def decode_example(example, encoded: bool):
+  """example['image'] decoded to uint8 [h, w, 3], turned by example['orientation'] if any."""
+  image = decode_image(example['image'], encoded)
+  if 'orientation' in example:
+    image = apply_orientation(image, example['orientation'])
   return image
 
 
@@ -81,12 +111,13 @@ def _crop_before_decode(jpeg, shape_hw, new_hw, offset, image_size: int):
 
 def preprocess_for_train(image, seed, *, image_size: int, scale_min: int, scale_max: int,
                          random_flip: bool, pca_stddev: float, eigval, eigvec, mean_rgb,
-                         encoded: bool = False):
+                         encoded: bool = False, orientation=1):
   """Sec. 3.1: rescale to S (fixed or ~U[S_min, S_max]), random crop, flip, colour shift.
 
-  image: uint8 [h, w, 3], or encoded bytes if `encoded`: JPEGs then decode only the
-  window the crop needs (same S and offset, resampled from the window), other formats
-  are decoded whole. seed: [2] int64 stateless seed. Returns [S, S, 3] float32.
+  image: uint8 [h, w, 3], or encoded bytes if `encoded`: JPEGs stored upright
+  (orientation 1) then decode only the window the crop needs (same S and offset,
+  resampled from the window); others are decoded whole and turned by `orientation`
+  (EXIF 1..8) first. seed: [2] int64 stateless seed. Returns [S, S, 3] float32.
   """
   seeds = tf.random.experimental.stateless_split(seed, 4)
 
@@ -95,14 +126,15 @@ def preprocess_for_train(image, seed, *, image_size: int, scale_min: int, scale_
     return _crop_after_decode(pixels, new_hw, offset, image_size)
 
   if not encoded:
-    image = decoded_path(image)
+    image = decoded_path(apply_orientation(image, orientation))
   else:
     def jpeg_path():
       shape_hw = tf.image.extract_jpeg_shape(image)[:2]
       new_hw, offset = sample_crop(shape_hw, seeds, image_size, scale_min, scale_max)
       return _crop_before_decode(image, shape_hw, new_hw, offset, image_size)
-    image = tf.cond(tf.io.is_jpeg(image), jpeg_path,
-                    lambda: decoded_path(decode_image(image, encoded=True)))
+    upright = tf.io.is_jpeg(image) & tf.equal(tf.cast(orientation, tf.int32), 1)
+    image = tf.cond(upright, jpeg_path, lambda: decoded_path(
+        apply_orientation(decode_image(image, encoded=True), orientation)))
   image.set_shape([image_size, image_size, 3])
   if random_flip:
     image = tf.image.stateless_random_flip_left_right(image, seeds[2])

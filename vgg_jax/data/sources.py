@@ -1,18 +1,22 @@
 """Datasets as Sources: digits, fake, image folders and TFDS, sharded per process.
 
 A Source is one split of a dataset in a fixed order: examples {'image', 'label'}, the
-image encoded bytes or uint8 [h, w, 3]. Sources with random access (digits, folders,
-fake) also give a lookup by example index, which the iterators use for a global order.
+image encoded bytes or uint8 [h, w, 3]; image folders add 'orientation' (EXIF 1..8, see
+preprocessing.apply_orientation; absent means 1). Sources with random access (digits,
+folders, fake) also give a lookup by example index, which the iterators use for a global
+order. Image folders are checked once (scan.check_folder) before they are used.
 """
 
 import dataclasses
 import os
 from typing import Any, Callable, Sequence
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
 from vgg_jax.data import preprocessing
+from vgg_jax.data import scan
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 DIGITS_SIZE = 32
@@ -27,7 +31,7 @@ ImageNet (imagenet2012) cannot be downloaded automatically. To prepare it:
 
 @dataclasses.dataclass
 class Source:
-  """A split of a dataset: examples {'image': encoded bytes or uint8 [h,w,3], 'label'}."""
+  """A split of a dataset: examples {'image': bytes or uint8 [h,w,3], 'label'[, 'orientation']}."""
   make_dataset: Callable[[], tf.data.Dataset]  # This process's shard, fixed order.
   num_examples: int  # In this process's shard.
   total_examples: int  # In the whole split, over all processes.
@@ -110,33 +114,53 @@ def list_image_folder(root: str, split: str) -> tuple[list[str], np.ndarray, lis
                        if os.path.isdir(os.path.join(split_dir, d)))
   if not class_names:
     raise ValueError(f'{split_dir} has no class folders: expected {split_dir}/<class>/*.jpg.')
-  paths, labels = [], []
+  paths, labels, ignored = [], [], 0
   for label, name in enumerate(class_names):
     class_dir = os.path.join(split_dir, name)
-    files = sorted(f for f in os.listdir(class_dir)
-                   if f.lower().endswith(IMAGE_EXTENSIONS))
+    names = os.listdir(class_dir)
+    files = sorted(f for f in names if f.lower().endswith(IMAGE_EXTENSIONS))
+    ignored += len(names) - len(files)
     if not files:
       raise ValueError(f'Class folder {class_dir} holds no images '
                        f'({", ".join(IMAGE_EXTENSIONS)}).')
     paths += [os.path.join(class_dir, f) for f in files]
     labels += [label] * len(files)
+  if ignored:
+    logging.info('Ignored %d file(s) in %s without an image extension (%s).', ignored,
+                 split_dir, ', '.join(IMAGE_EXTENSIONS))
   return paths, np.asarray(labels, np.int32), class_names
 
 
 def load_folder_source(root: str, split: str, process_index: int = 0,
-                       process_count: int = 1) -> Source:
-  """An image folder: root/<split>/<class>/*.jpg|png; class names sorted."""
+                       process_count: int = 1, cache_dir: str | None = None,
+                       skip_corrupt: bool = False) -> Source:
+  """An image folder: root/<split>/<class>/*.jpg|png; class names sorted.
+
+  Every file is decoded once first (scan.check_folder, cached in cache_dir): undecodable
+  ones raise, or with skip_corrupt are left out. Every process sees the same list.
+  """
   paths, labels, class_names = list_image_folder(root, split)
+  checks = scan.check_folder(root, split, paths, cache_dir, skip_corrupt)
+  keep = [i for i, check in enumerate(checks) if not check['error']]
+  orientations = np.asarray([checks[i]['orientation'] for i in keep], np.int32)
+  paths, labels = [paths[i] for i in keep], labels[keep]
+  counts = ', '.join(f'{name} {n}' for name, n in
+                     zip(class_names, np.bincount(labels, minlength=len(class_names))))
+  dropped = len(checks) - len(keep)
+  note = f' ({dropped} unreadable file{"s" * (dropped > 1)} left out)' if dropped else ''
+  logging.info('Folder %s: %d classes, %s%s', os.path.join(root, split), len(class_names),
+               counts, note)
   # Interleave so every process gets examples of every class.
   order = np.random.default_rng(0).permutation(len(paths))
   start, end = shard_bounds(len(paths), process_index, process_count)
   mine = np.sort(order[start:end])
   my_paths = [paths[i] for i in mine]
-  my_labels = labels[mine]
+  my_labels, my_orientations = labels[mine], orientations[mine]
 
   def lookup(index):
     return {'image': tf.io.read_file(tf.gather(my_paths, index)),
-            'label': tf.gather(my_labels, index)}
+            'label': tf.gather(my_labels, index),
+            'orientation': tf.gather(my_orientations, index)}
 
   def make_dataset():
     return tf.data.Dataset.range(len(my_paths)).map(
@@ -189,7 +213,8 @@ def load_tfds_source(name: str, split: str, data_dir: str | None = None,
                 encoded=True, describe=lambda i: f'{name} {subsplit} example {i}')
 
 
-def load_train_source(data_config, process_index: int = 0, process_count: int = 1) -> Source:
+def load_train_source(data_config, process_index: int = 0, process_count: int = 1,
+                      cache_dir: str | None = None) -> Source:
   """The training split as create_train_iterator reads it.
 
   Indexable sources (digits, folders) are loaded whole: every process walks the same
@@ -197,20 +222,22 @@ def load_train_source(data_config, process_index: int = 0, process_count: int = 
   depend on the process count. TFDS splits are sharded per process and shuffled there.
   """
   if data_config.source == 'tfds':
-    return load_source(data_config, data_config.train_split, process_index, process_count)
-  return load_source(data_config, data_config.train_split)
+    return load_source(data_config, data_config.train_split, process_index, process_count,
+                       cache_dir)
+  return load_source(data_config, data_config.train_split, cache_dir=cache_dir)
 
 
 def load_source(data_config, split: str, process_index: int = 0,
-                process_count: int = 1) -> Source:
-  """The Source named by config.data.source for `split`."""
+                process_count: int = 1, cache_dir: str | None = None) -> Source:
+  """The Source named by config.data.source for `split`; cache_dir keeps folder checks."""
   kind = data_config.source
   if kind == 'digits':
     return load_digits_source(split, process_index, process_count)
   if kind == 'folder':
     if not data_config.folder:
       raise ValueError("config.data.folder must name the image folder root for source='folder'.")
-    return load_folder_source(data_config.folder, split, process_index, process_count)
+    return load_folder_source(data_config.folder, split, process_index, process_count,
+                              cache_dir, bool(data_config.get('skip_corrupt', False)))
   if kind == 'fake':
     return load_fake_source(split, data_config.fake_num_examples,
                             data_config.fake_image_shape,

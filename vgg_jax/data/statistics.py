@@ -25,7 +25,7 @@ def compute_rgb_statistics(source: sources.Source,
   """Mean RGB and the eigen-decomposition of the RGB covariance, over training pixels."""
 
   def pixels_of(ex):
-    image = preprocessing.decode_image(ex['image'], source.encoded)
+    image = preprocessing.decode_example(ex, source.encoded)
     return tf.reshape(tf.cast(image, tf.float64), [-1, 3])
 
   ds = source.make_dataset().take(max_examples).map(
@@ -83,8 +83,8 @@ def rgb_statistics(data_config, cache_dir: str | None) -> dict[str, Any]:
   computed = read_cached_statistics(cache, key) if cache else None
   if computed is None:
     logging.info('Computing the mean RGB and RGB covariance of the training set...')
-    computed = compute_rgb_statistics(sources.load_source(data_config, data_config.train_split),
-                                      data_config.stats_max_examples)
+    source = sources.load_source(data_config, data_config.train_split, cache_dir=cache_dir)
+    computed = compute_rgb_statistics(source, data_config.stats_max_examples)
     if cache:
       os.makedirs(cache_dir, exist_ok=True)
       tmp = f'{cache}.tmp{os.getpid()}'
