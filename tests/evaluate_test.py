@@ -174,6 +174,8 @@ def test_launch_evaluate_uses_the_runs_stored_config(tmp_path, folder, tiny_conf
                           capture_output=True, text=True, timeout=300)
   result = launch()
   assert result.returncode == 0, result.stderr[-3000:]
+  for warning in ('read_only=True', 'Given directory is read only', 'Metadata file does not'):
+    assert warning not in result.stderr  # Orbax's warnings about intended read-only use.
   stored = json.load(open(workdir / 'eval_dense.json'))
   assert stored['views_per_image'] == 2 and stored['num_images'] == 10  # Flips on; folder.
   result = launch('--config.eval.flip=False')

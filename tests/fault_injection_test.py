@@ -7,9 +7,11 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
+from vgg_jax import checkpointing
 from vgg_jax import train
 
 OVERRIDES = dict(num_train_steps=60, checkpoint_every_steps=3, eval_every_steps=1000,
@@ -100,3 +102,44 @@ def test_a_lost_peer_stops_the_other_cleanly_and_a_rerun_resumes(tmp_path, launc
   assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:]
   assert f'Resumed from step {resume_step}' in outputs[0]
   assert finished_steps(workdir)[-1] == resume_step + 4
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 24 MB tmpfs mounted under tmp_path (needs root, as CI has)."""
+  mount = tmp_path / 'disk'
+  mount.mkdir()
+  result = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=24m', 'tmpfs', str(mount)],
+                          capture_output=True, text=True)
+  if result.returncode != 0:
+    pytest.skip(f'mounting a tmpfs needs root here: {result.stderr.strip()}')
+  yield mount
+  subprocess.run(['umount', '-l', str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_full_disk_stops_the_run_and_the_last_checkpoint_restores(small_disk, launch_args):
+  workdir = small_disk / 'run'
+  overrides = dict(OVERRIDES, num_train_steps=100_000, checkpoint_every_steps=5)
+  process = subprocess.Popen(launch_args(workdir, **overrides), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+  try:
+    assert wait_for(lambda: finished_steps(workdir), timeout=240)
+    saved = finished_steps(workdir)[-1]
+    filler = small_disk / 'filler'
+    with open(filler, 'wb') as f:  # Fill the disk: the next write fails with ENOSPC.
+      try:
+        while True:
+          f.write(b'\0' * 2**20)
+          f.flush()
+      except OSError:
+        pass
+    output, _ = process.communicate(timeout=120)
+  finally:
+    process.kill()
+  assert process.returncode not in (0, None), output[-3000:]
+  assert 'No space left on device' in output, output[-3000:]
+  os.remove(filler)
+  params, meta = checkpointing.load_params(str(workdir))  # Restores after the failure.
+  assert meta['step'] >= saved and meta['step'] in finished_steps(workdir)
+  assert all(np.all(np.isfinite(p)) for p in jax.tree_util.tree_leaves(params))

@@ -277,6 +277,9 @@ def test_predict_prints_names(tmp_path, source, tiny_config):
   assert result.returncode == 0, result.stderr[-3000:]
   lines = result.stdout.strip().splitlines()
   assert lines[0] == str(image) and len(lines) == 6
+  # Only the answer: no Orbax read-only warnings, no progress log lines from our code.
+  assert 'read only' not in result.stderr and 'Metadata file' not in result.stderr
+  assert not [l for l in result.stderr.splitlines() if 'launch.py' in l or 'evaluate.py' in l]
   names = [line.split()[-1] for line in lines[1:]]
   assert set(names) <= {str(d) for d in range(10)} and len(set(names)) == 5
   probabilities = [float(line.split('%')[0]) for line in lines[1:]]
