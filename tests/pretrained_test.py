@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
+from PIL import ImageOps
 import pytest
 
 from vgg_jax import checkpointing
@@ -286,3 +287,22 @@ def test_predict_prints_names(tmp_path, source, tiny_config):
   assert probabilities == sorted(probabilities, reverse=True)
   with pytest.raises(FileNotFoundError, match='No such image file'):
     evaluate.predict(tiny_config().eval, str(source), [str(tmp_path / 'nope.jpg')])
+
+
+def test_predict_applies_exif_orientation(tmp_path, source, tiny_config):
+  # A phone photo stored sideways with orientation 6 ("rotate 90 clockwise to view").
+  upright = np.random.default_rng(3).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+  Image.fromarray(upright).save(tmp_path / 'upright.png')
+  stored = Image.fromarray(np.ascontiguousarray(np.rot90(upright, k=1)))  # As the camera wrote.
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  stored.save(tmp_path / 'sideways.png', exif=exif)
+  viewed = ImageOps.exif_transpose(Image.open(tmp_path / 'sideways.png'))
+  assert np.array_equal(np.asarray(viewed), upright)
+  config = tiny_config().eval
+  config.protocol, config.scales = 'dense', (32,)
+  (_, upright_top), (_, sideways_top) = evaluate.predict(
+      config, str(source), [str(tmp_path / 'upright.png'), str(tmp_path / 'sideways.png')])
+  np.testing.assert_allclose([p for _, p in sideways_top], [p for _, p in upright_top],
+                             rtol=1e-5)
+  assert [n for n, _ in sideways_top] == [n for n, _ in upright_top]
