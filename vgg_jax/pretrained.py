@@ -237,8 +237,9 @@ def stored_config(model: models.VGG, mean_rgb) -> dict[str, Any]:
   fields = {field.name: getattr(model, field.name) for field in dataclasses.fields(models.VGG)
             if field.name not in ('parent', 'name')}  # Flax's own fields, not the net's.
   fields['dtype'] = np.dtype(fields['dtype']).name
-  data = {'source': 'tfds', 'name': 'imagenet2012', 'scale_min': 256, 'scale_max': 256,
-          'eval_scale': 256, 'mean_rgb': [float(m) for m in mean_rgb]}
+  data = {'source': 'tfds', 'name': 'imagenet2012', 'train_split': 'train',
+          'eval_split': 'validation', 'scale_min': 256, 'scale_max': 256, 'eval_scale': 256,
+          'mean_rgb': [float(m) for m in mean_rgb]}
   return {'model': fields, 'data': data}
 
 
