@@ -237,7 +237,7 @@ def load_source(data_config, split: str, process_index: int = 0,
     if not data_config.folder:
       raise ValueError("config.data.folder must name the image folder root for source='folder'.")
     return load_folder_source(data_config.folder, split, process_index, process_count,
-                              cache_dir, bool(data_config.get('skip_corrupt', False)))
+                              cache_dir, data_config.skip_corrupt)
   if kind == 'fake':
     return load_fake_source(split, data_config.fake_num_examples,
                             data_config.fake_image_shape,
