@@ -22,14 +22,14 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vgg_jax import host_memory
+from vgg_jax import layers
 from vgg_jax import models
 from vgg_jax import monitoring
 from vgg_jax import optim
 from vgg_jax import sharding
-from vgg_jax import train
+from vgg_jax import steps
 
 _VARIANT = flags.DEFINE_enum('variant', 'A', list(models.CONFIGS), 'Table 1 configuration.')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 32, 'Input height and width.')
@@ -41,7 +41,7 @@ _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Computa
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per run.')
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Alternating JAX/torch pairs with --vs_torch.')
-_CONV_IMPL = flags.DEFINE_enum('conv_impl', 'auto', list(models.CONV_IMPLS), 'JAX conv path.')
+_CONV_IMPL = flags.DEFINE_enum('conv_impl', 'auto', list(layers.CONV_IMPLS), 'JAX conv path.')
 _ACCUM = flags.DEFINE_integer('grad_accum_steps', 1, 'Micro-batches per step.')
 _REUSE_HOST_MEMORY = flags.DEFINE_bool(
     'reuse_host_memory', True,
@@ -101,7 +101,7 @@ class JaxRun:
     mesh = sharding.create_mesh()
     sharding.check_batch_size(_BATCH_SIZE.value, mesh.size, _ACCUM.value, name='batch_size')
     tx = optim.create_optimizer(optimizer_config(), 100, 10_000)
-    self.state = jax.jit(lambda r: train.create_train_state(self.model, tx, r),
+    self.state = jax.jit(lambda r: steps.create_train_state(self.model, tx, r),
                          out_shardings=sharding.replicated(mesh))(jax.random.key(0))
     size = _IMAGE_SIZE.value
     self.batch = jax.jit(lambda r: {
@@ -110,7 +110,7 @@ class JaxRun:
         out_shardings=sharding.batch_sharding(mesh))(jax.random.key(1))
     self.rng = jax.random.key(2)
     start = time.perf_counter()
-    self.step = train.jit_train_step(self.model, tx, mesh, _ACCUM.value).lower(
+    self.step = steps.jit_train_step(self.model, tx, mesh, _ACCUM.value).lower(
         self.state, self.batch, self.rng).compile()
     self.compile_s = time.perf_counter() - start
     self.flops = monitoring.step_flops(self.step)
@@ -133,7 +133,7 @@ class JaxRun:
                          'device_kind': self.device.device_kind, 'devices': jax.device_count(),
                          'variant': _VARIANT.value, 'image_size': _IMAGE_SIZE.value,
                          'batch_size': _BATCH_SIZE.value, 'dtype': _DTYPE.value,
-                         'conv_impl': models.resolve_conv_impl(_CONV_IMPL.value),
+                         'conv_impl': layers.resolve_conv_impl(_CONV_IMPL.value),
                          'width': _WIDTH.value,
                          'page_faults_per_step': round(self.faults_per_step)})
 

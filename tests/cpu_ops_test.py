@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vgg_jax import cpu_ops
-from vgg_jax import models
+from vgg_jax import layers
 
 
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
@@ -21,7 +21,7 @@ def test_fused_bias_relu_pool_equals_xla_pool_with_ties(dtype):
                                        padding='VALID')
   fused = cpu_ops.bias_relu_max_pool_2x2
   np.testing.assert_array_equal(fused(y, bias), reference(y, bias))
-  np.testing.assert_array_equal(cpu_ops.max_pool_2x2(y), models.max_pool_2x2(y, 'xla'))
+  np.testing.assert_array_equal(cpu_ops.max_pool_2x2(y), layers.max_pool_2x2(y, 'xla'))
   grads = [jax.vjp(f, y, bias)[1](cotangent) for f in (reference, fused)]
   # XLA's pool gives each window's gradient to one maximum; so must the fused pool.
   np.testing.assert_array_equal(grads[1][0], grads[0][0])

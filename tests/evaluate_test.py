@@ -39,7 +39,7 @@ def random_predictor(num_classes=10):
   model = models.VGG(variant='A', width=1 / 16, fc_width=32, image_size=32,
                      num_classes=num_classes)
   params = models.init_params(model, jax.random.key(0))
-  return evaluate.Predictor(model, params, batch_size=16)
+  return evaluate.Predictor(model, {'params': params}, batch_size=16)
 
 
 def test_dense_equals_flip_averaged_centre_crop_on_square_images_at_q_equal_crop():

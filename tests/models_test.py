@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vgg_jax import layers
 from vgg_jax import models
 
 # PAPER.md Table 2, exact counts at 224x224x3 with 1000 classes.
@@ -61,7 +62,7 @@ def lrn_reference(a, k=2.0, n=5, alpha=1e-4, beta=0.75):
 def test_lrn_matches_numpy_reference():
   # Large activations so the alpha * sum term moves the result far from a / k^beta.
   a = np.random.default_rng(0).uniform(0, 60, size=(2, 3, 4, 11)).astype(np.float32)
-  got = np.asarray(models.local_response_norm(jnp.asarray(a)))
+  got = np.asarray(layers.local_response_norm(jnp.asarray(a)))
   np.testing.assert_allclose(got, lrn_reference(a), rtol=1e-5)
   caffe_like = a / (1 + 1e-4 / 5 * a**2) ** 0.75  # Not the formula we implement.
   assert not np.allclose(got, caffe_like, rtol=1e-2)
@@ -115,7 +116,7 @@ def test_dense_averages_the_score_map():
   features = model.apply(variables, images, capture_intermediates=True,
                          dense=True, mutable=['intermediates'])[1]
   conv5_2 = features['intermediates']['conv5_2']['__call__'][0]  # Conv output (plus bias).
-  pooled = models.max_pool_2x2(jax.nn.relu(conv5_2), 'xla')  # pool5.
+  pooled = layers.max_pool_2x2(jax.nn.relu(conv5_2), 'xla')  # pool5.
   assert pooled.shape[1:3] == (3, 3)
   expected = []
   for i in range(2):
@@ -197,7 +198,7 @@ def test_matmul_convolution_equals_xla_outputs_and_gradients(variant):
 
 
 def test_conv_impl_auto_picks_matmul_on_cpu_and_rejects_unknown():
-  assert models.resolve_conv_impl('auto') == 'matmul'  # Tests run on the CPU backend.
+  assert layers.resolve_conv_impl('auto') == 'matmul'  # Tests run on the CPU backend.
   with pytest.raises(ValueError, match="conv_impl='fft' is not one of"):
     models.VGG(conv_impl='fft')
 

@@ -5,20 +5,19 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 import numpy as np
-import optax
 import pytest
 
 from vgg_jax import checkpointing
 from vgg_jax import models
 from vgg_jax import optim
 from vgg_jax import sharding
+from vgg_jax import steps
 from vgg_jax import train
 from vgg_jax.data import iterators
 
@@ -33,14 +32,14 @@ def digits_batch(config, size=16):
 def setup(config, mesh):
   model = models.create_model(config.model)
   tx = optim.create_optimizer(config, steps_per_epoch=10, total_steps=100)
-  state = jax.jit(lambda r: train.create_train_state(model, tx, r),
+  state = jax.jit(lambda r: steps.create_train_state(model, tx, r),
                   out_shardings=sharding.replicated(mesh))(jax.random.key(0))
   return model, tx, state
 
 
 def run_steps(config, mesh, batches, accum_steps=1):
   model, tx, state = setup(config, mesh)
-  step = train.jit_train_step(model, tx, mesh, accum_steps)
+  step = steps.jit_train_step(model, tx, mesh, accum_steps)
   for batch in batches:
     state, _ = step(state, sharding.make_global_batch(batch, mesh), jax.random.key(1))
   return jax.device_get(state.params)
@@ -72,10 +71,10 @@ def test_accumulation_equals_one_big_batch(tiny_config):
 def test_after_backward_keeps_gradients_and_spreads_non_finite_ones():
   grads = {'conv1_1': {'bias': jnp.array([0.5, -2.0]), 'kernel': jnp.full((3, 3, 3, 2), 3.0)},
            'fc8': {'bias': jnp.array([1e-30, -7.0]), 'kernel': jnp.arange(6.0).reshape(3, 2)}}
-  same = train.after_backward(grads, 'conv1_1')
+  same = steps.after_backward(grads, 'conv1_1')
   jax.tree_util.tree_map(np.testing.assert_array_equal, same, grads)
   grads['conv1_1']['bias'] = jnp.array([jnp.nan, 1.0])
-  poisoned = train.after_backward(grads, 'conv1_1')
+  poisoned = steps.after_backward(grads, 'conv1_1')
   assert all(np.isnan(g).all() for g in jax.tree_util.tree_leaves(poisoned))
 
 

@@ -18,6 +18,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from vgg_jax import models
+
 CHECKPOINT_SUBDIR = 'checkpoints'
 BEST_METRIC = 'eval/top1_error'
 
@@ -73,9 +75,10 @@ def make_meta(config: dict[str, Any], step: int, *, global_batch_size: int,
 
 
 def model_signature(model_config) -> dict[str, Any]:
-  """The fields a checkpoint's parameters depend on."""
-  return {k: model_config[k] for k in ('variant', 'num_classes', 'width', 'fc_width',
-                                       'image_size')}
+  """The fields a checkpoint's parameters depend on (no batch_norm: saved before it)."""
+  signature = {k: model_config[k] for k in ('variant', 'num_classes', 'width', 'fc_width',
+                                            'image_size')}
+  return dict(signature, batch_norm=model_config.get('batch_norm', False))
 
 
 def check_compatible(workdir: str, stored_meta: dict[str, Any], model_config,
@@ -164,11 +167,12 @@ def load_meta(workdir: str, step: int | None = None) -> dict[str, Any]:
   return _find_step(workdir, step)[2]
 
 
-def load_params(workdir: str, step: int | None = None):
-  """(params as numpy arrays, meta) of a run's checkpoint (latest by default).
+def load_variables(workdir: str, step: int | None = None):
+  """(variables, meta) of a run's checkpoint (latest by default), as numpy arrays.
 
-  Works whatever device topology saved it: the target tree is built from the
-  checkpoint's own metadata, on this process's first device.
+  variables is {'params': ...}, plus 'batch_stats' for the batch-norm variants: what
+  model.apply takes. Works whatever device topology saved it: the target tree is built
+  from the checkpoint's own metadata, on this process's first device.
   """
   directory, step, meta = _find_step(workdir, step)
   state_dir = os.path.join(directory, str(step), 'state')
@@ -178,7 +182,41 @@ def load_params(workdir: str, step: int | None = None):
     target = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), tree)
     state = checkpointer.restore(state_dir, target)
-  return jax.tree_util.tree_map(np.asarray, state['params']), meta
+  variables = {k: state[k] for k in ('params', 'batch_stats') if k in state}
+  return jax.tree_util.tree_map(np.asarray, variables), meta
+
+
+def load_params(workdir: str, step: int | None = None):
+  """(params as numpy arrays, meta) of a run's checkpoint (latest by default)."""
+  variables, meta = load_variables(workdir, step)
+  return variables['params'], meta
+
+
+def resolve_step(workdir: str, which) -> int:
+  """'best', 'latest' or a step number -> a step with a checkpoint in workdir."""
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'No checkpoints in {workdir}: {directory} does not exist.')
+  with create_manager(workdir, read_only=True) as manager:
+    steps = list(manager.all_steps())
+    if not steps:
+      raise FileNotFoundError(f'No finished checkpoint in {directory}.')
+    if which == 'best':
+      return best_step(manager)
+    if which == 'latest':
+      return manager.latest_step()
+    step = int(which)
+    if step not in steps:
+      raise ValueError(f'No checkpoint at step {step} in {workdir}; it has {sorted(steps)}.')
+    return step
+
+
+def load_model(workdir: str, which='best'):
+  """(model, variables, meta, step) of a checkpoint, the model rebuilt from its config."""
+  step = resolve_step(workdir, which)
+  variables, meta = load_variables(workdir, step)
+  fields = dict(meta['config']['model'], num_classes=meta['num_classes'])
+  return models.create_model(fields), variables, meta, step
 
 
 def copy_layers(params, source_params, layers, source_name: str = 'source'):

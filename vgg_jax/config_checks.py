@@ -4,6 +4,7 @@ The fields are those of experiments/configs/base.py. Bad values stop the run bef
 anything is written to the workdir.
 """
 
+from vgg_jax import layers
 from vgg_jax import models
 from vgg_jax import optim
 
@@ -42,11 +43,12 @@ def check_model(config):
   _require(config, 'model.dropout_rate', lambda v: 0 <= v < 1, 'must be in [0, 1)')
   _require(config, 'model.image_size', lambda v: v >= models.MIN_IMAGE_SIZE,
            f'must be at least {models.MIN_IMAGE_SIZE} (five 2x2 pools)')
-  _require(config, 'model.kernel_init', lambda v: v in models.KERNEL_INITS,
-           f'must be one of {models.KERNEL_INITS}')
+  _require(config, 'model.kernel_init', lambda v: v in layers.KERNEL_INITS,
+           f'must be one of {layers.KERNEL_INITS}')
   _require(config, 'model.head', lambda v: v in models.HEADS, f'must be one of {models.HEADS}')
-  _require(config, 'model.conv_impl', lambda v: v in models.CONV_IMPLS,
-           f'must be one of {models.CONV_IMPLS}')
+  _require(config, 'model.conv_impl', lambda v: v in layers.CONV_IMPLS,
+           f'must be one of {layers.CONV_IMPLS}')
+  _require(config, 'model.batch_norm', lambda v: isinstance(v, bool), 'must be True or False')
 
 
 def check_data(config):

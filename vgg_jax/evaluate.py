@@ -54,47 +54,25 @@ def check_protocol(protocol: str, scales: Sequence[int], image_size: int):
                      f'{image_size}: every Q must be at least the training crop.')
 
 
-def resolve_step(workdir: str, which) -> int:
-  """'best', 'latest' or a step number -> a step with a checkpoint in workdir."""
-  directory = checkpointing.checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f'No checkpoints in {workdir}: {directory} does not exist.')
-  with checkpointing.create_manager(workdir, read_only=True) as manager:
-    steps = list(manager.all_steps())
-    if not steps:
-      raise FileNotFoundError(f'No finished checkpoint in {directory}.')
-    if which == 'best':
-      return checkpointing.best_step(manager)
-    if which == 'latest':
-      return manager.latest_step()
-    step = int(which)
-    if step not in steps:
-      raise ValueError(f'No checkpoint at step {step} in {workdir}; it has {sorted(steps)}.')
-    return step
-
-
-def load_model(workdir: str, which='best'):
-  """(model, params, meta, step) of a checkpoint, the model rebuilt from its config."""
-  step = resolve_step(workdir, which)
-  params, meta = checkpointing.load_params(workdir, step)
-  fields = dict(meta['config']['model'], num_classes=meta['num_classes'])
-  return models.create_model(fields), params, meta, step
+resolve_step = checkpointing.resolve_step
+load_model = checkpointing.load_model
 
 
 class Predictor:
   """Softmax posteriors of one model over batches of views, on the local devices."""
 
-  def __init__(self, model: models.VGG, params, batch_size: int):
+  def __init__(self, model: models.VGG, variables, batch_size: int):
+    """variables: {'params': ...} (and 'batch_stats' for the batch-norm variants)."""
     self.mesh = Mesh(np.asarray(jax.local_devices()), ('data',))
     self.model = model
-    self.params = jax.device_put(params, NamedSharding(self.mesh, P()))
+    self.variables = jax.device_put(variables, NamedSharding(self.mesh, P()))
     per_device = max(1, batch_size // self.mesh.size)
     self.batch_size = per_device * self.mesh.size
     self.views = NamedSharding(self.mesh, P('data'))
 
     @functools.partial(jax.jit, static_argnames='dense')
-    def posteriors(params, images, dense):
-      logits = model.apply({'params': params}, images, train=False, dense=dense)
+    def posteriors(variables, images, dense):
+      logits = model.apply(variables, images, train=False, dense=dense)
       return jax.nn.softmax(logits)
     self._posteriors = posteriors
 
@@ -106,7 +84,7 @@ class Predictor:
       pad = (-len(chunk)) % self.mesh.size  # Equal shares per device.
       if pad:
         chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-      probs = self._posteriors(self.params, jax.device_put(chunk, self.views), dense)
+      probs = self._posteriors(self.variables, jax.device_put(chunk, self.views), dense)
       out.append(np.asarray(probs)[:len(chunk) - pad])
     return np.concatenate(out)
 
@@ -226,7 +204,8 @@ def run(eval_config, workdirs: Sequence[str], output_dir: str | None = None,
     data_config = ml_collections.ConfigDict(meta['config']['data'])
   stats = statistics.rgb_statistics(data_config, os.path.abspath(workdirs[0]))
   scales = list(eval_config.scales) or [data_config.eval_scale]
-  predictors = [Predictor(m, params, eval_config.batch_size) for m, params, _, _ in loaded]
+  predictors = [Predictor(m, variables, eval_config.batch_size)
+                for m, variables, _, _ in loaded]
   logging.info('Evaluating %s (steps %s) with protocol %s at Q=%s...', ', '.join(workdirs),
                [step for *_, step in loaded], eval_config.protocol, scales)
   result = evaluate_checkpoints(
@@ -270,14 +249,14 @@ def predict(eval_config, workdir: str, paths: Sequence[str], top_k: int = 5,
   missing = [p for p in paths if not os.path.isfile(p)]
   if missing:
     raise FileNotFoundError(f'No such image file: {missing[0]}')
-  model, params, meta, _ = load_model(workdir, eval_config.checkpoint)
+  model, variables, meta, _ = load_model(workdir, eval_config.checkpoint)
   if data_config is None:
     data_config = ml_collections.ConfigDict(meta['config']['data'])
   stats = statistics.rgb_statistics(data_config, os.path.abspath(workdir))
   scale = (list(eval_config.scales) or [data_config.eval_scale])[0]
   dense = 'dense' in eval_config.protocol
   check_protocol('dense' if dense else 'single', [scale], model.image_size)
-  predictor = Predictor(model, params, eval_config.batch_size)
+  predictor = Predictor(model, variables, eval_config.batch_size)
   names = meta.get('class_names') or [str(i) for i in range(model.num_classes)]
   results = []
   for path in paths:

@@ -3,14 +3,14 @@
 `python -m vgg_jax.models` prints Table 2 (weight layers, parameters, GMACs) reproduced.
 """
 
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vgg_jax import cpu_ops
+from vgg_jax import layers
 
 # Table 1: the kernel size of each conv layer, per stage (1 = C's 1x1 convs).
 CONFIGS = {
@@ -26,9 +26,8 @@ FC_WIDTH = 4096  # Table 1, fc6 and fc7.
 LRN_VARIANTS = ('A-LRN',)  # LRN after conv1_1's ReLU.
 NUM_POOLS = len(STAGE_CHANNELS)  # One 2x2/2 max-pool after each stage.
 MIN_IMAGE_SIZE = 2**NUM_POOLS  # 32: the smallest input five pools leave a pixel of.
-KERNEL_INITS = ('glorot', 'paper')
 HEADS = ('fc', 'small')  # fc6-fc8 of Table 1, or a small transfer-learning head.
-CONV_IMPLS = ('auto', 'xla', 'matmul')
+BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5  # torchvision's BatchNorm2d (its momentum 0.1).
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 # Table 2 and PAPER.md: (params as printed in the paper, GMACs per 224x224 image).
@@ -36,36 +35,6 @@ PAPER_TABLE2 = {
     'A': ('133M', 7.61), 'A-LRN': ('133M', 7.61), 'B': ('133M', 11.31),
     'C': ('134M', 11.77), 'D': ('138M', 15.47), 'E': ('144M', 19.63),
 }
-
-
-def local_response_norm(x, k=2.0, n=5, alpha=1e-4, beta=0.75):
-  """AlexNet's LRN across channels: b = a / (k + alpha * sum_{n nearest} a^2)^beta.
-
-  The sum runs over the n channels centred on each channel (fewer at the edges) and
-  alpha is NOT divided by n. Caffe's LRN layer computes k + alpha/n * sum(a^2) with
-  k=1 by default, so its output differs from this one for the same numbers.
-  x: [..., C]; computed in float32, returned in x's dtype.
-  """
-  squares = jnp.square(x.astype(jnp.float32))
-  half = n // 2
-  padded = jnp.pad(squares, [(0, 0)] * (x.ndim - 1) + [(half, n - 1 - half)])
-  channels = x.shape[-1]
-  window_sum = sum(padded[..., i:i + channels] for i in range(n))
-  return (x.astype(jnp.float32) / (k + alpha * window_sum)**beta).astype(x.dtype)
-
-
-def kernel_initializer(scheme: str):
-  """'glorot': Glorot/Xavier uniform. 'paper': N(0, 0.01^2), Sec. 3.1.
-
-  The paper says "variance 1e-2"; its Caffe release and every reproduction use a
-  standard deviation of 0.01 (variance 1e-4). A standard deviation of 0.1 blows the
-  activations up through eleven layers, so std 0.01 is what 'paper' means here.
-  """
-  if scheme == 'glorot':
-    return nn.initializers.xavier_uniform()
-  if scheme == 'paper':
-    return nn.initializers.normal(stddev=0.01)
-  raise ValueError(f'kernel_init={scheme!r} is not one of {KERNEL_INITS}.')
 
 
 def stage_channels(width: float) -> tuple[int, ...]:
@@ -80,92 +49,23 @@ def layer_names(variant: str) -> tuple[str, ...]:
   return tuple(convs) + ('fc6', 'fc7', 'fc8')
 
 
-def resolve_conv_impl(conv_impl: str) -> str:
-  """'auto' -> 'matmul' on the CPU backend (XLA's CPU convolution is slow), else 'xla'."""
-  if conv_impl not in CONV_IMPLS:
-    raise ValueError(f'conv_impl={conv_impl!r} is not one of {CONV_IMPLS}.')
-  if conv_impl == 'auto':
-    return 'matmul' if jax.default_backend() == 'cpu' else 'xla'
-  return conv_impl
+def feature_names(variant: str, batch_norm: bool = False, head: str = 'fc') -> tuple[str, ...]:
+  """Every named activation of the net in order, as the original release names them.
 
-
-class Conv(nn.Module):
-  """A k x k, stride 1, 'same' convolution plus bias; kernel [k, k, Cin, Cout] (HWIO).
-
-  impl 'xla' calls XLA's convolution; 'matmul' computes the same numbers as one matmul
-  (cpu_ops.conv_as_matmul), fast on XLA's CPU backend. Parameters are identical.
+  conv1_1, (bn1_1,) relu1_1, ..., pool1, ..., pool5, then fc6, relu6, fc7, relu7, fc8
+  (head='small': head1, relu_head1, head2). A-LRN adds norm1 after relu1_1.
   """
-  features: int
-  kernel_size: int
-  impl: str = 'xla'
-  dtype: Any = jnp.float32
-  kernel_init: Any = nn.initializers.xavier_uniform()
-
-  @nn.compact
-  def _convolve(self, x):
-    """(conv(x) without bias, bias), both in self.dtype."""
-    k, channels = self.kernel_size, x.shape[-1]
-    kernel = self.param('kernel', self.kernel_init, (k, k, channels, self.features), jnp.float32)
-    bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
-    x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
-    if self.impl == 'xla':
-      y = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME',
-                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    else:
-      y = cpu_ops.conv_as_matmul(x, kernel)
-    return y, bias
-
-  def __call__(self, x):
-    y, bias = self._convolve(x)
-    return y + bias
-
-  def bias_relu_max_pool(self, x):
-    """A stage's last conv and its end, max_pool_2x2(relu(conv(x) + bias)) (Table 1).
-
-    On the matmul path the bias, ReLU and pool run fused (cpu_ops.bias_relu_max_pool_2x2).
-    With capture_intermediates the conv output is recorded as this layer's __call__
-    output, as the unfused path records it.
-    """
-    if self.impl == 'xla':
-      return max_pool_2x2(nn.relu(self(x)), self.impl)
-    y, bias = self._convolve(x)
-    if self.is_mutable_collection('intermediates'):
-      self.sow('intermediates', '__call__', y + bias)
-    return cpu_ops.bias_relu_max_pool_2x2(y, bias)
-
-
-def max_pool_2x2(x, impl: str):
-  """2x2 max-pool, stride 2, VALID (odd rows/columns dropped), Table 1."""
-  if impl == 'xla':
-    return nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
-  return cpu_ops.max_pool_2x2(x)
-
-
-class Fc6(nn.Module):
-  """fc6 over the last conv map: a dense layer, or the same weights as a conv (Sec. 3.2).
-
-  The kernel is stored [window*window*C, features] in H,W,C flatten order, so
-  reshaping it to [window, window, C, features] gives the equivalent HWIO conv.
-  """
-  features: int
-  window: int
-  dtype: Any = jnp.float32
-  kernel_init: Any = nn.initializers.xavier_uniform()
-
-  @nn.compact
-  def __call__(self, x, dense: bool):
-    channels = x.shape[-1]
-    kernel = self.param('kernel', self.kernel_init,
-                        (self.window * self.window * channels, self.features), jnp.float32)
-    bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
-    kernel, bias, x = kernel.astype(self.dtype), bias.astype(self.dtype), x.astype(self.dtype)
-    if dense:
-      kernel = kernel.reshape(self.window, self.window, channels, self.features)
-      y = jax.lax.conv_general_dilated(
-          x, kernel, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    else:
-      y = x.reshape(x.shape[0], -1) @ kernel
-    return y + bias
+  names = []
+  for s, stage in enumerate(CONFIGS[variant]):
+    for i in range(len(stage)):
+      index = f'{s + 1}_{i + 1}'
+      names += [f'conv{index}'] + ([f'bn{index}'] if batch_norm else []) + [f'relu{index}']
+      if s == 0 and i == len(stage) - 1 and variant in LRN_VARIANTS:
+        names.append('norm1')
+    names.append(f'pool{s + 1}')
+  if head == 'small':
+    return tuple(names) + ('head1', 'relu_head1', 'head2')
+  return tuple(names) + ('fc6', 'relu6', 'fc7', 'relu7', 'fc8')
 
 
 class VGG(nn.Module):
@@ -176,6 +76,12 @@ class VGG(nn.Module):
   head_width over the flattened conv map), ReLU, dropout, head2 (Dense num_classes).
   With dense=True the same parameters run fully-convolutionally on any image at least
   image_size on each side, and the class-score map is spatially averaged (Sec. 3.2).
+  batch_norm=True: BatchNorm after every conv, before its ReLU, as torchvision's vgg*_bn
+  (not in the paper); its running statistics live in the 'batch_stats' collection.
+  capture=(names, ...): returns {name: activation [B, h, w, C]} for those feature_names
+  instead of the logits, computing only as far as the deepest of them; FC layers then run
+  fully-convolutionally (fc6 as a window x window conv), on images of any size >= 32 (at
+  least image_size when an FC layer is asked for).
   """
   variant: str = 'D'
   num_classes: int = 1000
@@ -188,6 +94,7 @@ class VGG(nn.Module):
   head: str = 'fc'
   head_width: int = 256
   conv_impl: str = 'auto'  # 'xla', 'matmul' (fast on CPU), 'auto': by backend.
+  batch_norm: bool = False
 
   def __post_init__(self):
     if self.variant not in CONFIGS:
@@ -202,11 +109,17 @@ class VGG(nn.Module):
       raise ValueError(f'width and fc_width must be positive, got {self.width}, {self.fc_width}.')
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f'dropout_rate must be in [0, 1), got {self.dropout_rate}.')
-    kernel_initializer(self.kernel_init)  # Raises on an unknown scheme.
-    resolve_conv_impl(self.conv_impl)  # Raises on an unknown implementation.
+    layers.kernel_initializer(self.kernel_init)  # Raises on an unknown scheme.
+    layers.resolve_conv_impl(self.conv_impl)  # Raises on an unknown implementation.
     if self.head not in HEADS:
       raise ValueError(f'head={self.head!r} is not one of {HEADS}.')
+    if not isinstance(self.batch_norm, (bool, np.bool_)):
+      raise ValueError(f'batch_norm must be True or False, got {self.batch_norm!r}.')
     super().__post_init__()
+
+  @property
+  def feature_names(self) -> tuple[str, ...]:
+    return feature_names(self.variant, self.batch_norm, self.head)
 
   def _check_input(self, images, dense):
     if images.ndim != 4 or images.shape[-1] != 3:
@@ -220,35 +133,107 @@ class VGG(nn.Module):
                        f'image_size={self.image_size}: pass {self.image_size}x'
                        f'{self.image_size} crops, set image_size, or use dense=True.')
 
+  def check_capture(self, images_shape, capture) -> tuple[str, ...]:
+    """The requested feature names, checked against this variant and the image size."""
+    if isinstance(capture, str):
+      capture = (capture,)
+    capture, valid = tuple(capture), self.feature_names
+    unknown = [name for name in capture if name not in valid]
+    if unknown or not capture:
+      raise ValueError(f'Layer(s) {unknown} are not in VGG-{self.variant}'
+                       f'{"_bn" if self.batch_norm else ""}; its layers are: {", ".join(valid)}.')
+    if len(images_shape) != 4 or images_shape[-1] != 3:
+      raise ValueError(f'images must be [B, H, W, 3] (NHWC), got shape {tuple(images_shape)}.')
+    smallest = min(images_shape[1:3])
+    if smallest < MIN_IMAGE_SIZE:
+      raise ValueError(f'Feature extraction needs images of at least {MIN_IMAGE_SIZE}x'
+                       f'{MIN_IMAGE_SIZE}, got {images_shape[1]}x{images_shape[2]}.')
+    deepest = max(valid.index(name) for name in capture)
+    if deepest > valid.index('pool5') and smallest < self.image_size:
+      raise ValueError(f'Layer {valid[deepest]} (FC) needs images of at least image_size='
+                       f'{self.image_size} on each side, got {images_shape[1]}x'
+                       f'{images_shape[2]}.')
+    return capture
+
   @nn.compact
-  def __call__(self, images, train: bool = False, dense: bool = False):
-    self._check_input(images, dense)
-    init = kernel_initializer(self.kernel_init)
-    impl = resolve_conv_impl(self.conv_impl)
+  def __call__(self, images, train: bool = False, dense: bool = False, capture=None):
+    if capture is None:
+      self._check_input(images, dense)
+      return self._logits(self._conv_stages(images, train, None), train, dense)
+    capture = self.check_capture(images.shape, capture)
+    out, valid = {}, self.feature_names
+    deepest = valid[max(valid.index(name) for name in capture)]
+
+    def keep(name, x) -> bool:  # Records x if asked for; True once the deepest is reached.
+      if name in capture:
+        out[name] = x
+      return name == deepest
+
+    x = self._conv_stages(images, train, keep)
+    if deepest in out:
+      return out
+    self._logits(x, train, True, keep)
+    return out
+
+  def _conv_stages(self, images, train, keep):
+    """conv1_1 .. pool5 (or up to the deepest captured layer, keep() saying when)."""
+    init = layers.kernel_initializer(self.kernel_init)
+    impl = layers.resolve_conv_impl(self.conv_impl)
+    fused = keep is None and not self.batch_norm
     x = images.astype(self.dtype)
     for stage, (kernel_sizes, channels) in enumerate(
         zip(CONFIGS[self.variant], stage_channels(self.width))):
       for i, k in enumerate(kernel_sizes):
-        conv = Conv(channels, k, impl, dtype=self.dtype, kernel_init=init,
-                    name=f'conv{stage + 1}_{i + 1}')
-        if i < len(kernel_sizes) - 1:
-          x = nn.relu(conv(x))
-        elif stage == 0 and self.variant in LRN_VARIANTS:  # A-LRN: ReLU, LRN, pool.
-          x = max_pool_2x2(local_response_norm(nn.relu(conv(x))), impl)
-        else:  # The stage ends: conv, ReLU, 2x2 pool.
-          x = conv.bias_relu_max_pool(x)
+        index = f'{stage + 1}_{i + 1}'
+        conv = layers.Conv(channels, k, impl, dtype=self.dtype, kernel_init=init,
+                           name=f'conv{index}')
+        lrn = stage == 0 and i == len(kernel_sizes) - 1 and self.variant in LRN_VARIANTS
+        if fused and i == len(kernel_sizes) - 1 and not lrn:
+          x = conv.bias_relu_max_pool(x)  # The stage ends: conv, ReLU, 2x2 pool, fused.
+          break
+        x = conv(x)
+        if keep and keep(f'conv{index}', x):
+          return x
+        if self.batch_norm:
+          x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
+                           epsilon=BN_EPSILON, dtype=self.dtype, name=f'bn{index}')(x)
+          if keep and keep(f'bn{index}', x):
+            return x
+        x = nn.relu(x)
+        if keep and keep(f'relu{index}', x):
+          return x
+        if lrn:
+          x = layers.local_response_norm(x)  # A-LRN: ReLU, LRN, pool.
+          if keep and keep('norm1', x):
+            return x
+      else:  # No fused stage end: pool here.
+        x = layers.max_pool_2x2(x, impl)
+      if keep and keep(f'pool{stage + 1}', x):
+        return x
+    return x
 
+  def _logits(self, x, train, dense, keep=None):
+    """fc6-fc8 (or the small head) over the last conv map; keep() as in _conv_stages."""
+    init = layers.kernel_initializer(self.kernel_init)
     window = self.image_size // MIN_IMAGE_SIZE
     if self.head == 'small':
-      x = Fc6(self.head_width, window, dtype=self.dtype, kernel_init=init, name='head1')(x, dense)
-      x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
-      x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=init, name='head2')(x)
+      names, widths = ('head1', 'head2'), (self.head_width,)
     else:
-      x = Fc6(self.fc_width, window, dtype=self.dtype, kernel_init=init, name='fc6')(x, dense)
-      x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
-      x = nn.Dense(self.fc_width, dtype=self.dtype, kernel_init=init, name='fc7')(x)
-      x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
-      x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=init, name='fc8')(x)
+      names, widths = ('fc6', 'fc7', 'fc8'), (self.fc_width, self.fc_width)
+    x = layers.Fc6(widths[0], window, dtype=self.dtype, kernel_init=init,
+                   name=names[0])(x, dense)
+    for name, features in zip(names[1:], widths[1:] + (self.num_classes,)):
+      if keep and keep(names[names.index(name) - 1], x):
+        return x
+      x = nn.relu(x)
+      relu = 'relu_head1' if self.head == 'small' else f'relu{names.index(name) + 5}'
+      if keep and keep(relu, x):
+        return x
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+      x = nn.Dense(features, dtype=self.dtype, kernel_init=init, name=name)(x)
+    if keep:
+      keep(names[-1], x)
+      return x
     if dense:  # Sec. 3.2: class-score map [B, h, w, classes] averaged over space.
       x = x.mean(axis=(1, 2))
     return x.astype(jnp.float32)
@@ -265,10 +250,15 @@ def create_model(model_config, num_classes: int | None = None) -> VGG:
   return VGG(**fields)
 
 
+def init_variables(model: VGG, rng) -> dict[str, Any]:
+  """Fresh {'params'} (and 'batch_stats' if batch_norm) for image_size inputs."""
+  size = model.image_size
+  return dict(model.init(rng, jnp.zeros((1, size, size, 3), jnp.float32)))
+
+
 def init_params(model: VGG, rng):
   """Fresh parameters of `model` for image_size x image_size inputs."""
-  size = model.image_size
-  return model.init(rng, jnp.zeros((1, size, size, 3), jnp.float32))['params']
+  return init_variables(model, rng)['params']
 
 
 def count_params(params) -> int:

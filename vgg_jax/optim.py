@@ -15,18 +15,27 @@ SCHEDULES = ('plateau', 'step', 'cosine')
 
 
 def decay_mask(params, decay_biases: bool = False):
-  """True where weight decay applies: every kernel, and biases only if asked."""
+  """True where weight decay applies: every kernel, and biases only if asked.
+
+  BatchNorm's scale and bias (batch-norm variants) are never decayed.
+  """
   def applies(path, _):
     name = path[-1].key if hasattr(path[-1], 'key') else str(path[-1])
+    layer = path[0].key if hasattr(path[0], 'key') else str(path[0])
+    if layer.startswith('bn'):
+      return False
     return name != 'bias' or decay_biases
   return jax.tree_util.tree_map_with_path(applies, params)
 
 
 def frozen_labels(params, config):
-  """'frozen' for conv layers when config.freeze_conv_base (conv5_* may stay trainable)."""
+  """'frozen' for conv (and BatchNorm) layers when config.freeze_conv_base.
+
+  With unfreeze_last_stage, conv5_* (and bn5_*) stay trainable.
+  """
   def label(layer):
-    frozen = config.freeze_conv_base and layer.startswith('conv')
-    if frozen and config.unfreeze_last_stage and layer.startswith('conv5_'):
+    frozen = config.freeze_conv_base and layer.startswith(('conv', 'bn'))
+    if frozen and config.unfreeze_last_stage and layer.startswith(('conv5_', 'bn5_')):
       frozen = False
     return 'frozen' if frozen else 'train'
   return {layer: jax.tree_util.tree_map(lambda _: label(layer), p)  # pylint: disable=cell-var-from-loop

@@ -17,12 +17,9 @@ import time
 from typing import Any, Callable, Iterator, NamedTuple
 
 from absl import logging
-import flax
 import jax
-import jax.numpy as jnp
 from jax.sharding import Mesh
 import numpy as np
-import optax
 
 from vgg_jax import checkpointing
 from vgg_jax import config_checks
@@ -30,133 +27,7 @@ from vgg_jax import models
 from vgg_jax import monitoring
 from vgg_jax import optim
 from vgg_jax import sharding
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array  # Updates done so far.
-  params: Any
-  opt_state: Any
-
-
-def create_train_state(model: models.VGG, tx, rng) -> TrainState:
-  params = models.init_params(model, rng)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
-
-# --------------------------------------------------------------------------- steps
-
-
-def classification_metrics(logits, labels):
-  """Per-example cross-entropy, top-1 and top-5 mistakes (floats)."""
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  top1_wrong = (jnp.argmax(logits, -1) != labels).astype(jnp.float32)
-  k = min(5, logits.shape[-1])
-  top5 = jax.lax.top_k(logits, k)[1]
-  top5_wrong = 1.0 - jnp.any(top5 == labels[:, None], axis=-1).astype(jnp.float32)
-  return loss, top1_wrong, top5_wrong
-
-
-def after_backward(grads, first_layer: str):
-  """grads, each plus 0 * an element of first_layer's gradient (backprop's last).
-
-  That makes every parameter update depend on the whole backward pass, so XLA can
-  update the donated parameters in place instead of first copying all of them
-  (the backward pass still reads the old weights). Same values: x + 0 * y == x for
-  finite y; a non-finite gradient already poisons the update. Applied on the CPU
-  backend only, where it was measured to help (docs/performance.md); GPU/TPU
-  schedulers were not measured and keep XLA's own order.
-  """
-  zero = jax.tree_util.tree_leaves(grads[first_layer])[0].ravel()[0] * 0
-  return jax.tree_util.tree_map(lambda g: g + zero.astype(g.dtype), grads)
-
-
-def train_step(state: TrainState, batch, rng, *, model, tx, accum_steps: int = 1,
-               in_place_updates: bool = False):
-  """One SGD update on the global batch; dropout keys from fold_in(rng, step).
-
-  With accum_steps > 1 the batch is split into that many micro-batches whose
-  gradients are averaged: the same update as one big batch, in less memory.
-  in_place_updates: apply after_backward (same values; faster on the CPU backend).
-  """
-  step_rng = jax.random.fold_in(rng, state.step)
-
-  def loss_fn(params, images, labels, dropout_rng):
-    logits = model.apply({'params': params}, images, train=True,
-                         rngs={'dropout': dropout_rng})
-    loss, top1_wrong, _ = classification_metrics(logits, labels)
-    return loss.mean(), top1_wrong.mean()
-
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  if accum_steps == 1:
-    (loss, top1_error), grads = grad_fn(state.params, batch['images'], batch['labels'],
-                                        step_rng)
-  else:
-    def split(x):  # [B, ...] -> [k, B/k, ...]: micro-batch j holds examples j::k.
-      x = x.reshape((x.shape[0] // accum_steps, accum_steps) + x.shape[1:])
-      return jnp.moveaxis(x, 1, 0)
-
-    def accumulate(carry, micro):
-      index, images, labels = micro
-      (loss, err), grads = grad_fn(state.params, images, labels,
-                                   jax.random.fold_in(step_rng, index))
-      sums = jax.tree_util.tree_map(jnp.add, carry, (loss, err, grads))
-      return sums, None
-
-    zeros = (0.0, 0.0, jax.tree_util.tree_map(jnp.zeros_like, state.params))
-    micro = (jnp.arange(accum_steps), split(batch['images']), split(batch['labels']))
-    sums, _ = jax.lax.scan(accumulate, zeros, micro)
-    loss, top1_error, grads = jax.tree_util.tree_map(lambda x: x / accum_steps, sums)
-
-  if in_place_updates:
-    grads = after_backward(grads, models.layer_names(model.variant)[0])
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-  metrics = {'loss': loss, 'top1_error': top1_error,
-             'learning_rate': opt_state.hyperparams['learning_rate']}  # Used in this update.
-  return new_state, metrics
-
-
-def eval_step(params, batch, *, model):
-  """Sums over the real (mask=True) examples: loss, top-1 and top-5 mistakes, count."""
-  logits = model.apply({'params': params}, batch['images'], train=False)
-  loss, top1_wrong, top5_wrong = classification_metrics(logits, batch['labels'])
-  mask = batch['mask'].astype(jnp.float32)
-  return {'loss': jnp.sum(loss * mask), 'top1_wrong': jnp.sum(top1_wrong * mask),
-          'top5_wrong': jnp.sum(top5_wrong * mask), 'count': jnp.sum(mask)}
-
-
-# --------------------------------------------------------------------------- compiled steps
-
-
-def jit_train_step(model, tx, mesh: Mesh, accum_steps: int = 1):
-  """train_step compiled over the mesh: params replicated, batch split, state donated."""
-  step = functools.partial(train_step, model=model, tx=tx, accum_steps=accum_steps,
-                           in_place_updates=jax.default_backend() == 'cpu')
-  replicated, split = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-  return jax.jit(step, in_shardings=(replicated, split, replicated),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
-
-
-def jit_eval_step(model, mesh: Mesh):
-  step = functools.partial(eval_step, model=model)
-  return jax.jit(step, in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
-                 out_shardings=sharding.replicated(mesh))
-
-
-def compute_eval_metrics(eval_fn, params, batches, mesh: Mesh) -> dict[str, float]:
-  """Runs eval_fn over the batches; returns loss and top-1/top-5 errors."""
-  totals = None
-  for batch in batches:
-    sums = eval_fn(params, sharding.make_global_batch(batch, mesh))
-    totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
-  totals = jax.device_get(totals)
-  count = max(float(totals['count']), 1.0)
-  return {'eval/loss': float(totals['loss']) / count,
-          'eval/top1_error': float(totals['top1_wrong']) / count,
-          'eval/top5_error': float(totals['top5_wrong']) / count,
-          'eval/num_examples': int(totals['count'])}
+from vgg_jax import steps
 
 
 # --------------------------------------------------------------------------- set-up stages
@@ -164,19 +35,27 @@ def compute_eval_metrics(eval_fn, params, batches, mesh: Mesh) -> dict[str, floa
 
 def initial_state(config, model, tx, mesh, rng):
   """Fresh train state on the mesh, with the Sec. 3.1 warm start if config.init_from."""
-  state = jax.jit(functools.partial(create_train_state, model, tx),
+  state = jax.jit(functools.partial(steps.create_train_state, model, tx),
                   out_shardings=sharding.replicated(mesh))(rng)
   if not config.init_from:
     return state
-  source_params, source_meta = checkpointing.load_params(config.init_from)
-  source_variant = source_meta['config']['model']['variant']
-  params = checkpointing.copy_layers(jax.device_get(state.params), source_params,
-                                     config.init_layers,
-                                     f'{config.init_from} (variant {source_variant})')
-  logging.info('Warm start: copied %s from %s.', ', '.join(config.init_layers),
-               config.init_from)
+  source, source_meta = checkpointing.load_variables(config.init_from)
+  name = f"{config.init_from} (variant {source_meta['config']['model']['variant']})"
+  layers = list(config.init_layers)
+  # A batch-norm net also takes each copied conv's BatchNorm (scale, bias, running stats).
+  norms = [f'bn{layer[4:]}' for layer in layers if layer.startswith('conv')
+           and f'bn{layer[4:]}' in source.get('batch_stats', {})
+           and f'bn{layer[4:]}' in (state.batch_stats or {})]
+  params = checkpointing.copy_layers(jax.device_get(state.params), source['params'],
+                                     layers + norms, name)
+  logging.info('Warm start: copied %s from %s.', ', '.join(layers + norms), config.init_from)
   params = jax.device_put(params, sharding.replicated(mesh))
-  return state.replace(params=params, opt_state=tx.init(params))
+  state = state.replace(params=params, opt_state=tx.init(params))
+  if norms:
+    batch_stats = checkpointing.copy_layers(jax.device_get(state.batch_stats),
+                                            source['batch_stats'], norms, name)
+    state = state.replace(batch_stats=jax.device_put(batch_stats, sharding.replicated(mesh)))
+  return state
 
 
 def with_warm_start_mean(config):
@@ -201,14 +80,16 @@ def restore_or_init(config, workdir, manager, model, tx, mesh, rng, num_classes)
   if latest is not None:
     checkpointing.check_compatible(workdir, checkpointing.read_meta(manager, latest),
                                    config.model, num_classes)
-  abstract = jax.eval_shape(functools.partial(create_train_state, model, tx), rng)
+  abstract = jax.eval_shape(functools.partial(steps.create_train_state, model, tx), rng)
   replicated = sharding.replicated(mesh)
   abstract = jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+      abstract.checkpoint_tree())
   restored = checkpointing.restore_latest(manager, abstract)
   if restored is None:
     return initial_state(config, model, tx, mesh, rng), optim.Plateau()
-  state, meta = restored
+  tree, meta = restored
+  state = steps.TrainState(**tree)
   logging.info('Resumed from step %d in %s.', int(state.step), workdir)
   return state, optim.Plateau(**meta['plateau'])
 
@@ -225,7 +106,7 @@ def write_config(config, workdir: str):
 def compile_train_step(model, tx, mesh, config, state, first_batch, rng):
   """The train step compiled for these shapes, its compile time and FLOPs per step."""
   start = time.perf_counter()
-  compiled = jit_train_step(model, tx, mesh, config.grad_accum_steps).lower(
+  compiled = steps.jit_train_step(model, tx, mesh, config.grad_accum_steps).lower(
       state, first_batch, rng).compile()
   return compiled, time.perf_counter() - start, monitoring.step_flops(compiled)
 
@@ -272,7 +153,8 @@ def log_progress(loop: Loop, step: int, metrics, throughput: monitoring.Throughp
 
 def evaluate_and_adjust(loop: Loop, step: int, state, plateau: optim.Plateau):
   """Eval metrics at `step`, and the plateau schedule's decision (Sec. 3.1)."""
-  metrics = compute_eval_metrics(loop.eval_fn, state.params, loop.make_eval_iter(), loop.mesh)
+  metrics = steps.compute_eval_metrics(loop.eval_fn, state.variables, loop.make_eval_iter(),
+                                 loop.mesh)
   loop.writer.write(step, metrics)
   logging.info('eval at step %d: loss %.4f  top1_err %.4f  top5_err %.4f  (%d images)',
                step, metrics['eval/loss'], metrics['eval/top1_error'],
@@ -294,7 +176,7 @@ def save_checkpoint(loop: Loop, step: int, state, plateau: optim.Plateau, eval_m
       class_names=loop.class_names, plateau=dataclasses.asdict(plateau),
       eval_metrics=eval_metrics)
   best = eval_metrics and {checkpointing.BEST_METRIC: eval_metrics[checkpointing.BEST_METRIC]}
-  checkpointing.save(loop.manager, step, state, meta, best or None)
+  checkpointing.save(loop.manager, step, state.checkpoint_tree(), meta, best or None)
 
 
 def run_loop(loop: Loop, state, plateau: optim.Plateau, batch, dropout_rng):
@@ -388,7 +270,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   logging.info('Compiled the train step in %.1fs (%s devices, %d processes); %d steps/epoch, '
                '%d steps in all.', compile_s, mesh.size, process_count, steps_per_epoch,
                total_steps)
-  loop = Loop(config, workdir, mesh, total_steps, train_fn, jit_eval_step(model, mesh),
+  loop = Loop(config, workdir, mesh, total_steps, train_fn, steps.jit_eval_step(model, mesh),
               train_iter, make_eval_iter, manager,
               monitoring.MetricWriter(workdir, int(state.step)), flops,
               train_source.class_names, num_classes)
