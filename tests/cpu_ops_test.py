@@ -31,6 +31,18 @@ def test_fused_bias_relu_pool_equals_xla_pool_with_ties(dtype):
   assert grads[1][0].dtype == dtype and grads[1][1].dtype == dtype
 
 
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_max_pool_gradient_goes_to_the_first_maximum_as_xlas(dtype):
+  """The unfused pool (A-LRN's first stage, batch-norm nets, features) after a ReLU's ties."""
+  values = np.random.RandomState(2).choice([-1.0, 0.0, 1.0], size=(2, 7, 9, 3))
+  y = jax.nn.relu(jnp.asarray(values, dtype))  # Many windows of tied zeros.
+  cotangent = jnp.asarray(np.random.RandomState(3).normal(size=(2, 3, 4, 3)), dtype)
+  ours = jax.vjp(cpu_ops.max_pool_2x2, y)[1](cotangent)[0]
+  xla = jax.vjp(lambda v: layers.max_pool_2x2(v, 'xla'), y)[1](cotangent)[0]
+  np.testing.assert_array_equal(ours, xla)
+  assert ours.dtype == dtype
+
+
 def test_rows_matmul_gradients_equal_plain_matmul():
   x = jax.random.normal(jax.random.key(0), (2, 5, 6, 12))
   w = jax.random.normal(jax.random.key(1), (12, 7))

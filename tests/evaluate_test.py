@@ -181,3 +181,22 @@ def test_launch_evaluate_uses_the_runs_stored_config(tmp_path, folder, tiny_conf
   result = launch('--config.eval.flip=False')
   assert result.returncode == 0, result.stderr[-3000:]
   assert json.load(open(workdir / 'eval_dense.json'))['views_per_image'] == 1
+
+
+def test_batch_norm_run_evaluates_and_predicts_with_its_running_statistics(tmp_path,
+                                                                          tiny_config):
+  config = tiny_config(**{'model.batch_norm': True, 'num_train_steps': 8})
+  result = train.train_and_evaluate(config, str(tmp_path))
+  out = evaluate.run(eval_config(checkpoint='latest'), [str(tmp_path)])
+  assert out['top1_error'] == pytest.approx(result['eval/top1_error'], abs=1e-6)
+  model, variables, _, _ = evaluate.load_model(str(tmp_path), 'latest')
+  assert model.batch_norm and set(variables) == {'params', 'batch_stats'}
+  # The predictor uses the running statistics: the same as model.apply in eval mode, and
+  # unlike the statistics of the batch itself.
+  x = np.random.default_rng(0).normal(0, 40, (4, 32, 32, 3)).astype(np.float32)
+  probs = evaluate.Predictor(model, variables, batch_size=8)(x)
+  expected = jax.nn.softmax(model.apply(variables, x))
+  np.testing.assert_allclose(probs, expected, rtol=1e-4, atol=1e-6)
+  batch_mode, _ = model.apply(variables, x, train=True, mutable=['batch_stats'],
+                              rngs={'dropout': jax.random.key(0)})
+  assert not np.allclose(probs, jax.nn.softmax(batch_mode), atol=1e-3)

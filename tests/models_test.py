@@ -25,6 +25,24 @@ def test_param_count_matches_table2(variant):
   assert models.count_params(shapes) == EXACT_PARAMS[variant]
 
 
+# torchvision's documented sizes of vgg11_bn, vgg13_bn, vgg16_bn, vgg19_bn.
+TORCHVISION_BN_PARAMS = {'A': 132_868_840, 'B': 133_053_736, 'D': 138_365_992,
+                         'E': 143_678_248}
+
+
+@pytest.mark.parametrize('variant', TORCHVISION_BN_PARAMS)
+def test_batch_norm_param_count_matches_torchvision(variant):
+  shapes = models.param_shapes(models.VGG(variant=variant, batch_norm=True))
+  assert models.count_params(shapes) == TORCHVISION_BN_PARAMS[variant]
+
+
+def test_table2_prints_the_batch_norm_rows(capsys):
+  models.print_table2()
+  out = capsys.readouterr().out
+  assert '138,357,544' in out and 'D_bn' in out and '138,365,992' in out
+  assert out.count('_bn ') == len(models.CONFIGS)
+
+
 @pytest.mark.parametrize('variant', models.CONFIGS)
 def test_weight_layers_and_names(variant):
   shapes = models.param_shapes(models.VGG(variant=variant))

@@ -38,24 +38,46 @@ def setup(config, mesh):
 
 
 def run_steps(config, mesh, batches, accum_steps=1):
+  """The variables ({'params'} and, for batch-norm nets, 'batch_stats') after the steps."""
   model, tx, state = setup(config, mesh)
   step = steps.jit_train_step(model, tx, mesh, accum_steps)
   for batch in batches:
     state, _ = step(state, sharding.make_global_batch(batch, mesh), jax.random.key(1))
-  return jax.device_get(state.params)
+  return jax.device_get(state.variables)
 
 
-def test_sharded_step_equals_single_device_step(tiny_config):
+@pytest.mark.parametrize('batch_norm', [False, True])
+def test_sharded_step_equals_single_device_step(tiny_config, batch_norm):
   assert jax.device_count() == 8
-  config = tiny_config()
+  config = tiny_config(**{'model.batch_norm': batch_norm})
   batches = [digits_batch(config) for _ in range(3)]
   sharded = run_steps(config, sharding.create_mesh(), batches)
   single = run_steps(config, Mesh(np.asarray(jax.devices()[:1]), ('data',)), batches)
-  # Same maths, different reduction order across devices: float32 round-off only.
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+  # Same maths, different reduction order across devices: float32 round-off only. With
+  # batch norm this also says the batch statistics are the global batch's, not each
+  # device's 2 examples'.
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                          sharded, single)
-  fresh = setup(config, sharding.create_mesh())[2].params
-  assert not np.allclose(sharded['conv1_1']['kernel'], jax.device_get(fresh)['conv1_1']['kernel'])
+  fresh = jax.device_get(setup(config, sharding.create_mesh())[2].variables)
+  assert not np.allclose(sharded['params']['conv1_1']['kernel'],
+                         fresh['params']['conv1_1']['kernel'])
+  assert ('batch_stats' in sharded) == batch_norm
+  if batch_norm:  # Running statistics moved from their initial 0 / 1.
+    assert set(sharded['batch_stats']) == {n for n in sharded['params'] if n.startswith('bn')}
+    assert not np.allclose(sharded['batch_stats']['bn2_1']['mean'], 0)
+    assert not np.allclose(sharded['batch_stats']['bn2_1']['var'], 1)
+
+
+def test_batch_norm_statistics_are_the_global_batchs(tiny_config):
+  """One step from fresh state: running mean = 0.1 * the batch mean of conv1_1's output."""
+  config = tiny_config(**{'model.batch_norm': True})
+  batch = digits_batch(config)
+  variables = run_steps(config, sharding.create_mesh(), [batch])
+  model, _, state = setup(config, sharding.create_mesh())
+  conv = model.apply(jax.device_get(state.variables), batch['images'],
+                     capture='conv1_1')['conv1_1']
+  np.testing.assert_allclose(variables['batch_stats']['bn1_1']['mean'],
+                             0.1 * np.mean(conv, axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)
 
 
 def test_accumulation_equals_one_big_batch(tiny_config):
@@ -113,6 +135,21 @@ def test_train_writes_metrics_checkpoints_and_config(tmp_path, tiny_config):
   assert train.train_and_evaluate(tiny_config(), str(tmp_path))['step'] == 8
 
 
+def test_batch_norm_run_checkpoints_its_statistics_and_resumes_bitwise(tmp_path, tiny_config,
+                                                                        assert_trees_equal):
+  config = tiny_config(**{'model.batch_norm': True, 'model.variant': 'B'})
+  straight = train.train_and_evaluate(config, str(tmp_path / 'straight'))
+  train.train_and_evaluate(tiny_config(**{'model.batch_norm': True, 'model.variant': 'B',
+                                          'num_train_steps': 4}), str(tmp_path / 'resumed'))
+  resumed = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  assert resumed['eval/top1_error'] == straight['eval/top1_error']
+  a, meta = checkpointing.load_variables(str(tmp_path / 'straight'))
+  b, _ = checkpointing.load_variables(str(tmp_path / 'resumed'))
+  assert set(a) == {'params', 'batch_stats'} and meta['config']['model']['batch_norm']
+  assert set(a['batch_stats']) == {f'bn{n[4:]}' for n in a['params'] if n.startswith('conv')}
+  assert_trees_equal(a, b)
+
+
 def test_checkpoint_restores_with_plain_orbax(tmp_path, tiny_config):
   import orbax.checkpoint as ocp
   train.train_and_evaluate(tiny_config(num_train_steps=4), str(tmp_path))
@@ -121,6 +158,8 @@ def test_checkpoint_restores_with_plain_orbax(tmp_path, tiny_config):
                                                        meta=ocp.args.JsonRestore()))
   assert restored['state']['params']['fc8']['kernel'].shape == (32, 10)
   assert int(restored['state']['step']) == 4 and restored['meta']['step'] == 4
+  # A plain net saves the tree it saved before batch norm existed: old checkpoints restore.
+  assert set(restored['state']) == {'step', 'params', 'opt_state'}
 
 
 def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog, tiny_config):

@@ -66,9 +66,47 @@ def _window_max(y):
   return windows, windows.max(axis=(2, 4), keepdims=True)
 
 
+def _first_max_gradient(y, grad):
+  """Each 2x2 window's gradient to its first maximum (row-major), as XLA's pool does.
+
+  y [B, H, W, C] (H, W even), grad [B, H/2, W/2, C] -> the gradient with respect to y.
+  """
+  windows, maxima = _window_max(y)
+  is_max = windows == maxima
+  top_left, top_right, bottom_left = (is_max[:, :, i:i + 1, :, j:j + 1]
+                                      for i, j in ((0, 0), (0, 1), (1, 0)))
+  row = jnp.arange(2).reshape(1, 1, 2, 1, 1, 1)
+  col = jnp.arange(2).reshape(1, 1, 1, 1, 2, 1)
+  # Whether a maximum comes earlier in the window, in row-major order.
+  earlier = jnp.where(row == 0, (col == 1) & top_left,
+                      top_left | top_right | ((col == 1) & bottom_left))
+  grad_y = jnp.where(is_max & ~earlier, grad[:, :, None, :, None], 0).reshape(y.shape)
+  return grad_y.astype(y.dtype)
+
+
+@jax.custom_vjp
+def _even_max_pool(y):
+  return _window_max(y)[1].squeeze((2, 4))
+
+
+def _max_pool_fwd(y):
+  return _even_max_pool(y), y
+
+
+def _max_pool_bwd(y, grad):
+  return (_first_max_gradient(y, grad),)
+
+
+_even_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
 def max_pool_2x2(x):
-  """2x2 max-pool, stride 2, VALID, as a reshape and a max (JAX's generic gradient)."""
-  return _window_max(even_crop(x))[1].squeeze((2, 4))
+  """2x2 max-pool, stride 2, VALID, as a reshape and a max.
+
+  Its gradient goes to each window's first maximum, as XLA's pool's does (JAX's generic
+  derivative of max would split it between tied maxima, e.g. the zeros after a ReLU).
+  """
+  return _even_max_pool(even_crop(x))
 
 
 @jax.custom_vjp
@@ -85,18 +123,8 @@ def _bias_relu_max_pool_bwd(residuals, grad):
   """All of each window's gradient to its first maximum (row-major), as XLA's pool does."""
   y, bias, positive = residuals
   grad = jnp.where(positive, grad, 0)
-  windows, maxima = _window_max(y)
-  is_max = windows == maxima
-  top_left, top_right, bottom_left = (is_max[:, :, i:i + 1, :, j:j + 1]
-                                      for i, j in ((0, 0), (0, 1), (1, 0)))
-  row = jnp.arange(2).reshape(1, 1, 2, 1, 1, 1)
-  col = jnp.arange(2).reshape(1, 1, 1, 1, 2, 1)
-  # Whether a maximum comes earlier in the window, in row-major order.
-  earlier = jnp.where(row == 0, (col == 1) & top_left,
-                      top_left | top_right | ((col == 1) & bottom_left))
-  grad_y = jnp.where(is_max & ~earlier, grad[:, :, None, :, None], 0).reshape(y.shape)
   grad_bias = grad.astype(jnp.float32).sum(axis=(0, 1, 2)).astype(bias.dtype)
-  return grad_y.astype(y.dtype), grad_bias
+  return _first_max_gradient(y, grad), grad_bias
 
 
 _even_bias_relu_max_pool.defvjp(_bias_relu_max_pool_fwd, _bias_relu_max_pool_bwd)

@@ -290,8 +290,8 @@ def forward_macs(variant: str, image_size: int = 224, num_classes: int = 1000,
 
 
 def print_table2():
-  """Prints Table 2 reproduced beside the paper's figures."""
-  header = (f'{"config":<7}{"weight layers":>14}{"params (ours, exact)":>22}'
+  """Prints Table 2 reproduced beside the paper's figures, then the batch-norm variants."""
+  header = (f'{"config":<9}{"weight layers":>14}{"params (ours, exact)":>22}'
             f'{"params (paper)":>16}{"GMACs (ours)":>14}{"GMACs (paper)":>15}')
   print('Table 2 reproduced: 224x224x3 input, 1000 classes. Parameters from '
         'jax.eval_shape of VGG.init;\nGMACs counted from the layer shapes '
@@ -302,8 +302,15 @@ def print_table2():
     params = count_params(param_shapes(VGG(variant=variant)))
     gmacs = forward_macs(variant) / 1e9
     paper_params, paper_gmacs = PAPER_TABLE2[variant]
-    print(f'{variant:<7}{len(layer_names(variant)):>14}{params:>22,}{paper_params:>16}'
+    print(f'{variant:<9}{len(layer_names(variant)):>14}{params:>22,}{paper_params:>16}'
           f'{gmacs:>14.2f}{paper_gmacs:>15.2f}')
+  print('\nNot in the paper: batch_norm=True (BatchNorm after every conv, as torchvision\'s '
+        'vgg*_bn).\nParameters include BatchNorm\'s scale and bias (2 per channel), not its '
+        'running statistics;\nBatchNorm adds no MACs.')
+  for variant in CONFIGS:
+    params = count_params(param_shapes(VGG(variant=variant, batch_norm=True)))
+    print(f'{variant + "_bn":<9}{len(layer_names(variant)):>14}{params:>22,}{"-":>16}'
+          f'{forward_macs(variant) / 1e9:>14.2f}{"-":>15}')
 
 
 if __name__ == '__main__':
