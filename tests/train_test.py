@@ -236,6 +236,27 @@ def test_warm_start_errors(tmp_path, net_a, tiny_config):
   config.init_from = str(tmp_path / 'missing')
   with pytest.raises(FileNotFoundError, match='No checkpoints in'):
     train.initial_state(config, model, tx, mesh, jax.random.key(0))
+  config = tiny_config(**{'model.batch_norm': True, 'init_from': str(net_a)})
+  with pytest.raises(ValueError, match='is not a batch-norm net but config.model.batch_norm'):
+    train.initial_state(config, models.create_model(config.model), tx, mesh,
+                        jax.random.key(0))
+
+
+def test_batch_norm_warm_start_copies_each_convs_norm_and_statistics(tmp_path, tiny_config):
+  train.train_and_evaluate(tiny_config(**{'model.batch_norm': True, 'num_train_steps': 2}),
+                           str(tmp_path / 'a'))
+  source, _ = checkpointing.load_variables(str(tmp_path / 'a'))
+  config = tiny_config(**{'model.batch_norm': True, 'model.variant': 'B',
+                          'init_from': str(tmp_path / 'a'), 'init_layers': ('conv1_1',)})
+  model = models.create_model(config.model)
+  tx = optim.create_optimizer(config, 10, 100)
+  state = jax.device_get(train.initial_state(config, model, tx, sharding.create_mesh(),
+                                             jax.random.key(0)))
+  for collection, layer in (('params', 'conv1_1'), ('params', 'bn1_1'),
+                            ('batch_stats', 'bn1_1')):
+    jax.tree_util.tree_map(np.testing.assert_array_equal, state.variables[collection][layer],
+                           source[collection][layer])
+  np.testing.assert_array_equal(state.batch_stats['bn1_2']['mean'], 0)  # Not copied: fresh.
 
 
 def test_restoring_another_model_is_refused_and_nothing_is_overwritten(tmp_path, tiny_config):

@@ -41,6 +41,11 @@ def initial_state(config, model, tx, mesh, rng):
     return state
   source, source_meta = checkpointing.load_variables(config.init_from)
   name = f"{config.init_from} (variant {source_meta['config']['model']['variant']})"
+  source_bn = source_meta['config']['model'].get('batch_norm', False)  # Saved before BN: no.
+  if source_bn != model.batch_norm:
+    raise ValueError(f'Warm start: {name} is {"a" if source_bn else "not a"} batch-norm net '
+                     f'but config.model.batch_norm={model.batch_norm}: set '
+                     f'--config.model.batch_norm={source_bn}.')
   layers = list(config.init_layers)
   # A batch-norm net also takes each copied conv's BatchNorm (scale, bias, running stats).
   norms = [f'bn{layer[4:]}' for layer in layers if layer.startswith('conv')
