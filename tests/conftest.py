@@ -21,6 +21,11 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
 # pylint: disable=wrong-import-position
 import sys
 
+# TensorFlow >= 2.20 puts its LLVM in the global symbol table, and libtriton, which
+# torchvision and timm load through torch._dynamo, then segfaults on load (TensorFlow
+# issue 124205). torch runs on the CPU here and needs no triton: it is taken as absent.
+sys.modules.setdefault('triton', None)
+
 import numpy as np
 from PIL import Image
 import pytest

@@ -1,5 +1,6 @@
-"""Tests for vgg_jax.pretrained: Keras and torchvision imports, fine-tuning, predict."""
+"""Tests for vgg_jax.pretrained: Keras, torchvision and timm imports, fine-tuning, predict."""
 
+import json
 import os
 import subprocess
 import sys
@@ -31,11 +32,21 @@ def rgb_images(n=2, size=224, seed=0):
 
 
 def our_logits(out_dir, images_rgb):
-  params, meta = checkpointing.load_params(str(out_dir))
-  model = models.VGG(variant=meta['config']['model']['variant'],
-                     num_classes=meta['num_classes'], fc_width=meta['config']['model']['fc_width'])
-  mean = np.asarray(meta['preprocessing']['mean_rgb'], np.float32)
-  return np.asarray(jax.jit(model.apply)({'params': params}, images_rgb - mean))
+  """Logits of an import's directory as pretrained.load rebuilds it (batch norm included)."""
+  model, variables, mean_rgb = pretrained.load(str(out_dir))
+  return np.asarray(jax.jit(model.apply)(variables, images_rgb - mean_rgb))
+
+
+def assert_close(got, expected):
+  """float32 through 11-16 layers: agreement to 1e-4 of the logit scale."""
+  np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max(), rtol=0)
+
+
+def torch_logits(net, images_rgb, torch):
+  """net's eval-mode logits of RGB 0..255 images under torchvision's normalisation."""
+  x = (images_rgb / 255.0 - np.asarray(pretrained.TORCH_MEAN)) / np.asarray(pretrained.TORCH_STD)
+  with torch.no_grad():
+    return net.eval()(torch.from_numpy(x.transpose(0, 3, 1, 2)).float()).numpy()
 
 
 @pytest.fixture(scope='module')
@@ -142,8 +153,7 @@ def test_torchvision_safetensors_import_matches_reference(torch_vgg11, tmp_path)
   images = rgb_images(2, seed=5)
   expected = torch_reference_logits(state, images)
   pretrained.import_weights('torchvision', str(path), 'A', str(tmp_path / 'out'))
-  got = our_logits(tmp_path / 'out', images)
-  np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max(), rtol=0)
+  assert_close(our_logits(tmp_path / 'out', images), expected)
   # A C,H,W vs H,W,C flatten slip would be caught: the two orders differ here.
   params, _ = checkpointing.load_params(str(tmp_path / 'out'))
   naive = state['classifier.0.weight'].T
@@ -177,6 +187,128 @@ def test_torch_model_built_by_hand_when_torch_is_installed(torch_vgg11, tmp_path
   pretrained.import_weights('torchvision', str(tmp_path / 'v.pth'), 'A', str(tmp_path / 'out'))
   got = our_logits(tmp_path / 'out', images)
   np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max(), rtol=0)
+
+
+def randomize_batch_norm(net, torch):
+  """BN affine parameters and running statistics far from the identity."""
+  with torch.no_grad():
+    for module in net.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.uniform_(-0.5, 0.5)
+        module.running_mean.uniform_(-0.5, 0.5)
+        module.running_var.uniform_(0.5, 2.0)
+
+
+def shrink_head(net, torch):
+  """fc6/fc7 64 wide (fc6 still over the 7x7x512 map), so the files stay small."""
+  if hasattr(net, 'classifier'):  # torchvision: Linear layers in classifier.0/3/6.
+    net.classifier[0], net.classifier[3] = torch.nn.Linear(25088, 64), torch.nn.Linear(64, 64)
+    net.classifier[6] = torch.nn.Linear(64, 1000)
+  else:  # timm: fc6/fc7 as 7x7 and 1x1 convs, then head.fc.
+    net.pre_logits.fc1, net.pre_logits.fc2 = torch.nn.Conv2d(512, 64, 7), torch.nn.Conv2d(64, 64, 1)
+    net.head.fc = torch.nn.Linear(64, 1000)
+  randomize_batch_norm(net, torch)
+  return net.eval()
+
+
+def save_state(net, path, torch):
+  """net's state dict as .safetensors or a pickled .pth, by path's extension."""
+  state = {k: v.contiguous() for k, v in net.state_dict().items()}
+  if path.suffix == '.safetensors':
+    pytest.importorskip('safetensors.torch', reason='writes .safetensors').save_file(
+        state, str(path))
+  else:
+    torch.save(state, path)
+  return path
+
+
+@pytest.fixture(scope='module')
+def torchvision_vgg11_bn(tmp_path_factory):
+  """torchvision's vgg11_bn (random, BN stats set, fc6/fc7 64 wide): files and logits."""
+  torch = pytest.importorskip('torch', reason='the torchvision comparison needs torch')
+  torchvision = pytest.importorskip('torchvision', reason='the comparison needs torchvision')
+  torch.manual_seed(0)
+  net = shrink_head(torchvision.models.vgg11_bn(weights=None), torch)
+  directory = tmp_path_factory.mktemp('torchvision_bn')
+  images = rgb_images(2, seed=11)
+  return {'.safetensors': save_state(net, directory / 'vgg11_bn.safetensors', torch),
+          '.pth': save_state(net, directory / 'vgg11_bn.pth', torch),
+          'images': images, 'logits': torch_logits(net, images, torch)}
+
+
+@pytest.fixture(scope='module')
+def timm_nets(tmp_path_factory):
+  """timm's vgg11 (as .safetensors) and vgg11_bn (as .pth), random: files and logits."""
+  torch = pytest.importorskip('torch', reason='the timm comparison needs torch')
+  timm = pytest.importorskip('timm', reason='the timm comparison needs timm')
+  torch.manual_seed(1)
+  directory = tmp_path_factory.mktemp('timm')
+  images = rgb_images(2, seed=12)
+  nets = {}
+  for name, ext in (('vgg11', '.safetensors'), ('vgg11_bn', '.pth')):
+    net = shrink_head(timm.create_model(name, pretrained=False), torch)
+    nets[name] = {'path': save_state(net, directory / f'{name}{ext}', torch),
+                  'images': images, 'logits': torch_logits(net, images, torch)}
+  return nets
+
+
+def test_torchvision_vgg11_bn_import_matches_torchvision(torchvision_vgg11_bn, tmp_path,
+                                                         assert_trees_equal):
+  safetensors_numpy = pytest.importorskip('safetensors.numpy', reason='reads .safetensors')
+  summary = pretrained.import_weights(
+      'torchvision', str(torchvision_vgg11_bn['.safetensors']), 'A', str(tmp_path / 'st'))
+  assert summary['batch_norm'] and 'bn4_2' in summary['layers']
+  assert_close(our_logits(tmp_path / 'st', torchvision_vgg11_bn['images']),
+               torchvision_vgg11_bn['logits'])
+  variables, meta = checkpointing.load_variables(str(tmp_path / 'st'))
+  assert sorted(variables) == ['batch_stats', 'params']
+  assert meta['config']['model']['batch_norm'] is True
+  # Eval mode uses running_var itself (eps is added at run time): stored as is.
+  state = safetensors_numpy.load_file(str(torchvision_vgg11_bn['.safetensors']))
+  np.testing.assert_array_equal(variables['batch_stats']['bn1_1']['var'],
+                                state['features.1.running_var'])
+  pretrained.import_weights('torchvision', str(torchvision_vgg11_bn['.pth']), 'A',
+                            str(tmp_path / 'pth'))
+  assert_trees_equal(checkpointing.load_variables(str(tmp_path / 'pth'))[0], variables)
+
+
+@pytest.mark.parametrize('name', ['vgg11', 'vgg11_bn'])
+def test_timm_import_matches_timm(timm_nets, name, tmp_path):
+  net = timm_nets[name]
+  summary = pretrained.import_weights('timm', str(net['path']), 'A', str(tmp_path / 'out'))
+  assert summary['batch_norm'] == name.endswith('_bn')
+  assert_close(our_logits(tmp_path / 'out', net['images']), net['logits'])
+  meta = checkpointing.load_meta(str(tmp_path / 'out'))
+  assert meta['preprocessing']['source'] == 'timm'
+  assert meta['preprocessing']['mean_rgb'] == [255.0 * m for m in pretrained.TORCH_MEAN]
+
+
+def test_torch_bad_inputs_name_the_problem_and_leave_nothing(torchvision_vgg11_bn, timm_nets,
+                                                             tmp_path):
+  safetensors_numpy = pytest.importorskip('safetensors.numpy', reason='writes .safetensors')
+  out, bn_file = tmp_path / 'out', str(torchvision_vgg11_bn['.safetensors'])
+  timm_file = str(timm_nets['vgg11']['path'])
+  with pytest.raises(ValueError, match="Unknown source 'onnx'"):
+    pretrained.import_weights('onnx', bn_file, 'A', str(out))
+  with pytest.raises(ValueError, match=r'holds 8 conv layers, a VGG of variant A '
+                     r'\(torchvision vgg11_bn\); variant D \(vgg16_bn\) has 13'):
+    pretrained.import_weights('torchvision', bn_file, 'D', str(out))
+  with pytest.raises(ValueError, match=r'holds 8 conv layers, a VGG of variant A '
+                     r'\(timm vgg11\); variant E \(vgg19\) has 16'):
+    pretrained.import_weights('timm', timm_file, 'E', str(out))
+  with pytest.raises(ValueError, match='pass --source=torchvision'):
+    pretrained.import_weights('timm', bn_file, 'A', str(out))
+  with pytest.raises(ValueError, match='pass --source=timm'):
+    pretrained.import_weights('torchvision', timm_file, 'A', str(out))
+  state = safetensors_numpy.load_file(bn_file)
+  del state['features.1.running_var']
+  safetensors_numpy.save_file(state, str(tmp_path / 'no_var.safetensors'))
+  with pytest.raises(ValueError, match=r"incomplete BatchNorm layers: "
+                     r"\['features.1.running_var'\] missing"):
+    pretrained.import_weights('torchvision', str(tmp_path / 'no_var.safetensors'), 'A', str(out))
+  assert not os.path.exists(out)
+  assert [p for p in os.listdir(tmp_path) if p.startswith('.import-')] == []
 
 
 @pytest.mark.slow
@@ -306,3 +438,26 @@ def test_predict_applies_exif_orientation(tmp_path, source, tiny_config):
   np.testing.assert_allclose([p for _, p in sideways_top], [p for _, p in upright_top],
                              rtol=1e-5)
   assert [n for n, _ in sideways_top] == [n for n, _ in upright_top]
+
+
+def test_load_gives_a_training_runs_model_and_its_computed_mean(tmp_path, tiny_config):
+  """pretrained.load of a run: the best checkpoint, and the mean RGB it computed at train time."""
+  workdir = tmp_path / 'run'
+  config = tiny_config(**{'data.mean_rgb': None, 'num_train_steps': 8})
+  train.train_and_evaluate(config, str(workdir))
+  model, variables, mean_rgb = pretrained.load(str(workdir))
+  cached = json.load(open(workdir / 'rgb_stats_train.json'))['mean_rgb']
+  np.testing.assert_allclose(mean_rgb, cached, rtol=1e-6)
+  assert mean_rgb.shape == (3,) and 0 < mean_rgb.min() < 255
+  best = checkpointing.resolve_step(str(workdir), 'best')
+  expected_model, expected, _, _ = evaluate.load_model(str(workdir), best)
+  assert model == expected_model and set(variables) == {'params'}
+  jax.tree_util.tree_map(np.testing.assert_array_equal, variables, expected)
+  images = rgb_images(3, size=32, seed=3)
+  logits = model.apply(variables, images - mean_rgb)
+  assert logits.shape == (3, 10) and np.all(np.isfinite(logits))
+  latest = pretrained.load(str(workdir), checkpoint='latest')[1]
+  assert set(latest) == {'params'}
+  os.remove(workdir / 'rgb_stats_train.json')
+  with pytest.raises(FileNotFoundError, match='computed mean RGB, but its cache'):
+    pretrained.load(str(workdir))

@@ -1,0 +1,204 @@
+"""Reads VGG weight files (Keras .h5, torchvision and timm state dicts) into our layout.
+
+Each reader returns {'params': {layer: {name: array}}}, plus 'batch_stats' for the
+batch-norm VGGs (vgg*_bn), under our layer names (conv1_1, bn1_1, ..., fc6, fc7, fc8):
+kernels HWIO, fc6's kernel [window*window*C, out] in H,W,C flatten order, BatchNorm's
+weight/bias/running_mean/running_var as scale/bias (params) and mean/var (batch_stats).
+The arrays still expect the source's own input convention; vgg_jax.pretrained folds it
+into conv1_1. h5py, safetensors and torch are optional dependencies (the `pretrained`
+extra), imported only by the reader that needs them.
+"""
+
+from typing import Any
+
+import numpy as np
+
+from vgg_jax import models
+
+# Conv layers per variant, in order, as torchvision's and timm's vgg11/13/16/19 hold them.
+TORCH_NAMES = {'A': 'vgg11', 'B': 'vgg13', 'D': 'vgg16', 'E': 'vgg19'}
+# fc6, fc7, fc8 in each torch layout. timm stores fc6/fc7 as 7x7 and 1x1 convs.
+TORCH_HEADS = {'torchvision': ('classifier.0', 'classifier.3', 'classifier.6'),
+               'timm': ('pre_logits.fc1', 'pre_logits.fc2', 'head.fc')}
+BN_KEYS = ('weight', 'bias', 'running_mean', 'running_var')  # num_batches_tracked: unused.
+
+
+def conv_names(variant: str) -> list[str]:
+  return [n for n in models.layer_names(variant) if n.startswith('conv')]
+
+
+def variant_with_convs(count: int) -> str:
+  by_count = {len(conv_names(v)): v for v in ('A', 'B', 'D', 'E')}
+  return by_count.get(count, f'none of A/B/D/E ({count} conv layers)')
+
+
+def as_float32(tree):
+  """Contiguous float32 copies of every array of {layer: {name: array}}."""
+  return {layer: {k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()}
+          for layer, arrays in tree.items()}
+
+
+def keras_layer_name(name: str) -> str:
+  """Our conv3_2 / fc6 -> Keras's block3_conv2 / fc1."""
+  if name.startswith('conv'):
+    stage, index = name[4:].split('_')
+    return f'block{stage}_conv{index}'
+  return {'fc6': 'fc1', 'fc7': 'fc2', 'fc8': 'predictions'}[name]
+
+
+def read_keras_h5(path: str) -> dict[str, list[np.ndarray]]:
+  """Keras layer name -> [kernel, bias], from either .h5 layout."""
+  # Optional: the `pretrained` extra.
+  import h5py  # pylint: disable=g-import-not-at-top
+  try:
+    f = h5py.File(path, 'r')
+  except OSError as error:
+    raise ValueError(f'{path} is not a readable HDF5 file (truncated or corrupt?): '
+                     f'{error}') from error
+  with f:
+    layers = {}
+    if 'layers' in f:  # Keras 3 .weights.h5: layers/<class key>/vars/{0,1}, name in attrs.
+      for key, group in f['layers'].items():
+        vars_group = group.get('vars')
+        if vars_group is None or not len(vars_group):
+          continue
+        name = vars_group.attrs.get('name', key)
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        layers[name] = [np.asarray(vars_group[str(i)]) for i in range(len(vars_group))]
+    else:  # Classic layout: attrs layer_names, each group's attrs weight_names.
+      root = f['model_weights'] if 'model_weights' in f else f
+      if 'layer_names' not in root.attrs:
+        raise ValueError(f'{path} is neither a Keras 3 .weights.h5 nor a classic Keras '
+                         'weights file (no layers/ group, no layer_names attribute).')
+      for name in root.attrs['layer_names']:
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        group = root[name]
+        weight_names = [w.decode() if isinstance(w, bytes) else str(w)
+                        for w in group.attrs.get('weight_names', [])]
+        if weight_names:
+          layers[name] = [np.asarray(group[w]) for w in weight_names]
+  return layers
+
+
+def keras_variables(path: str, variant: str, include_top: bool) -> dict[str, Any]:
+  """{'params'} of a Keras VGG16/19 weights file; conv1_1 still takes BGR."""
+  layers = read_keras_h5(path)
+  convs = [n for n in layers if n.startswith('block') and '_conv' in n]
+  if len(convs) != len(conv_names(variant)):
+    raise ValueError(f'{path} holds {len(convs)} conv layers, a VGG of variant '
+                     f'{variant_with_convs(len(convs))}; variant {variant} has '
+                     f'{len(conv_names(variant))}.')
+  has_top = all(n in layers for n in ('fc1', 'fc2', 'predictions'))
+  if include_top and not has_top:
+    raise ValueError(f'{path} has no fc1/fc2/predictions layers (an include_top=False '
+                     '"notop" file): it can give the conv base only; pass --notop.')
+  names = conv_names(variant) + (['fc6', 'fc7', 'fc8'] if include_top else [])
+  params = {}
+  for name in names:
+    kernel, bias = layers[keras_layer_name(name)]
+    params[name] = {'kernel': kernel, 'bias': bias}
+  return {'params': as_float32(params)}
+
+
+def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
+  """name -> array of a .safetensors file or a pickled (.pth) state dict."""
+  if path.endswith('.safetensors'):
+    # Optional: the `pretrained` extra.
+    from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
+    try:
+      return safetensors_numpy.load_file(path)
+    except Exception as error:  # pylint: disable=broad-except
+      raise ValueError(f'{path} is not a readable safetensors file (truncated or corrupt?): '
+                       f'{error}') from error
+  try:  # Optional dependency, needed for pickled .pth files only.
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as error:
+    raise ValueError(f'Reading {path} (a pickled PyTorch file) needs torch, which is not '
+                     'installed: pip install torch, or convert it to .safetensors '
+                     '(safetensors.torch.save_file(state_dict, "vgg.safetensors")).') from error
+  try:
+    state = torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as error:  # pylint: disable=broad-except
+    raise ValueError(f'{path} could not be read by torch.load (truncated or corrupt?): '
+                     f'{error}') from error
+  return {k: v.float().numpy() for k, v in state.items()}
+
+
+def check_torch_layout(state, path: str, source: str):
+  """Raises if the state dict is the other torch layout than --source says."""
+  other = {'torchvision': 'timm', 'timm': 'torchvision'}[source]
+  prefix = TORCH_HEADS[other][0].split('.')[0] + '.'
+  if any(k.startswith(prefix) for k in state):
+    raise ValueError(f'{path} is a {other} VGG state dict ({prefix}* keys), not a {source} '
+                     f'one: pass --source={other}.')
+
+
+def torch_conv_indices(state, path: str, variant: str, source: str) -> tuple[list[int], bool]:
+  """(features.N index of each conv, whether a BN follows each), checked against variant."""
+  conv_ids = sorted({int(k.split('.')[1]) for k, v in state.items()
+                     if k.startswith('features.') and k.endswith('.weight') and v.ndim == 4})
+  others = {int(k.split('.')[1]) for k in state if k.startswith('features.')} - set(conv_ids)
+  bn = '_bn' if others else ''
+  if len(conv_ids) != len(conv_names(variant)):
+    found = variant_with_convs(len(conv_ids))
+    raise ValueError(f'{path} holds {len(conv_ids)} conv layers, a VGG of variant {found} '
+                     f'({source} {TORCH_NAMES.get(found, "?")}{bn}); variant {variant} '
+                     f'({TORCH_NAMES[variant]}{bn}) has {len(conv_names(variant))}.')
+  if not others:
+    return conv_ids, False
+  # vgg*_bn: features.N conv, features.N+1 BatchNorm2d, features.N+2 ReLU.
+  missing = [f'features.{i + 1}.{key}' for i in conv_ids for key in BN_KEYS
+             if f'features.{i + 1}.{key}' not in state]
+  if missing:
+    raise ValueError(f'{path} is a batch-norm VGG ({TORCH_NAMES[variant]}_bn) with incomplete '
+                     f'BatchNorm layers: {missing} missing (each conv features.N needs '
+                     f'features.N+1.{{{",".join(BN_KEYS)}}}).')
+  stray = sorted(others - {i + 1 for i in conv_ids})
+  if stray:
+    raise ValueError(f'{path} has weights at features.{stray}, which follow no conv: not a '
+                     f'{source} VGG layout.')
+  return conv_ids, True
+
+
+def torch_head(state, path: str, source: str, channels: int) -> dict[str, Any]:
+  """fc6, fc7, fc8 params of either torch layout."""
+  keys = [f'{layer}.{kind}' for layer in TORCH_HEADS[source] for kind in ('weight', 'bias')]
+  if any(k not in state for k in keys):
+    raise ValueError(f'{path} lacks {[k for k in keys if k not in state]}: pass --notop '
+                     'for the conv base.')
+  (fc6, b6), (fc7, b7), (fc8, b8) = [
+      (state[f'{layer}.weight'], state[f'{layer}.bias']) for layer in TORCH_HEADS[source]]
+  if fc6.ndim == 2:  # torchvision's Linear [out, C*7*7], flattened in C,H,W order.
+    window = int(round(np.sqrt(fc6.shape[1] / channels)))
+    fc6 = fc6.reshape(fc6.shape[0], channels, window, window)
+  fc6 = fc6.transpose(2, 3, 1, 0)  # [out, C, H, W] -> [H, W, C, out] -> H,W,C flatten.
+  return {'fc6': {'kernel': fc6.reshape(-1, fc6.shape[-1]), 'bias': b6},
+          'fc7': {'kernel': fc7.reshape(fc7.shape[0], -1).T, 'bias': b7},  # timm: 1x1 conv.
+          'fc8': {'kernel': fc8.T, 'bias': b8}}
+
+
+def torch_variables(path: str, variant: str, include_top: bool,
+                    source: str = 'torchvision') -> dict[str, Any]:
+  """{'params'} (and 'batch_stats' for vgg*_bn) of a torchvision or timm state dict.
+
+  conv1_1 still takes torch's normalised input (x/255 - mean) / std.
+  """
+  state = read_torch_state_dict(path)
+  check_torch_layout(state, path, source)
+  conv_ids, batch_norm = torch_conv_indices(state, path, variant, source)
+  params, stats = {}, {}
+  for name, index in zip(conv_names(variant), conv_ids):
+    kernel = state[f'features.{index}.weight']  # OIHW -> HWIO.
+    params[name] = {'kernel': kernel.transpose(2, 3, 1, 0),
+                    'bias': state[f'features.{index}.bias']}
+    if batch_norm:  # Flax's BatchNorm: scale, bias; mean, var in batch_stats.
+      bn, prefix = 'bn' + name[4:], f'features.{index + 1}.'
+      params[bn] = {'scale': state[prefix + 'weight'], 'bias': state[prefix + 'bias']}
+      stats[bn] = {'mean': state[prefix + 'running_mean'], 'var': state[prefix + 'running_var']}
+  if include_top:
+    channels = params[conv_names(variant)[-1]]['kernel'].shape[-1]
+    params.update(torch_head(state, path, source, channels))
+  variables = {'params': as_float32(params)}
+  if batch_norm:
+    variables['batch_stats'] = as_float32(stats)
+  return variables
