@@ -239,10 +239,11 @@ def optimize(model, variables, targets, content, options: Options):
 
 
 def log_progress(step: int, options: Options, terms, rate: float):
-  eta = monitoring.format_duration((options.steps - step) / rate) if rate > 0 else '-'
-  logging.info('step %d/%d  loss %.4g  content %.4g  style %.4g  tv %.3g  %.2f steps/s  ETA %s',
-               step, options.steps, sum(terms.values()), terms['content'], terms['style'],
-               terms['tv'], rate, eta)
+  speed = (f'  {rate:.2f} steps/s  ETA '
+           f'{monitoring.format_duration((options.steps - step) / rate)}' if rate > 0 else '')
+  logging.info('step %d/%d  loss %.4g  content %.4g  style %.4g  tv %.3g%s', step,
+               options.steps, sum(terms.values()), terms['content'], terms['style'],
+               terms['tv'], speed)
 
 
 def loss_plot_path(out: str) -> str:
