@@ -1,6 +1,7 @@
 """The ablation's --quick flow: three files, six configurations, finished runs skipped."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -14,33 +15,99 @@ def run_ablation(workdir):
   # One CPU device as a user has; LLVM's optimisation off: the quick flow is compile-bound.
   env = dict(os.environ, XLA_FLAGS='--xla_backend_optimization_level=0')
   return subprocess.run([sys.executable, '-m', 'experiments.ablation', '--preset=digits',
-                         '--quick', f'--workdir={workdir}',
+                         '--quick', f'--workdir={workdir}', '--variants=A,A-LRN,E',
                          '--noreuse_host_memory'],  # Compile-bound: faster without it.
                         cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=900)
 
 
+def assert_png(path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with Image.open(path) as image:
+    assert image.format == 'PNG' and image.size[0] > 400 and image.size[1] > 300
+
+
 @pytest.mark.slow
-def test_quick_ablation_writes_tables_and_plot_then_skips(tmp_path):
+def test_quick_ablation_writes_all_tables_and_plots_then_skips(tmp_path):
   first = run_ablation(tmp_path)
   assert first.returncode == 0, first.stderr[-3000:]
   rows = list(csv.DictReader(open(tmp_path / 'ablation.csv')))
-  assert [r['variant'] for r in rows] == ['A', 'A-LRN', 'B', 'C', 'D', 'E']
-  assert [int(r['weight_layers']) for r in rows] == [11, 11, 13, 16, 16, 19]
+  # A and A-LRN once; the deeper nets warm-started from A and from Glorot.
+  assert [(r['variant'], r['init']) for r in rows] == [
+      ('A', ''), ('A-LRN', ''), ('E', 'warm'), ('E', 'glorot')]
+  assert [int(r['weight_layers']) for r in rows] == [11, 11, 19, 19]
   assert all(0.0 <= float(r['single_top1']) <= 1.0 for r in rows)
   assert all(int(r['eval_images']) == 450 for r in rows)
+  config = json.load(open(tmp_path / 'E_warm_seed0' / 'config.json'))
+  assert config['init_from'] == str(tmp_path / 'A_seed0')
+  assert json.load(open(tmp_path / 'E_glorot_seed0' / 'config.json'))['init_from'] == ''
   markdown = open(tmp_path / 'ablation.md').read()
-  assert 'Table 3 shape' in markdown and 'Table 4 shape' in markdown
-  for variant in ('| A |', '| A-LRN |', '| B |', '| C |', '| D |', '| E |'):
+  for title in ('Table 3 shape', 'Table 4 shape', 'Table 5 shape', 'Table 6 shape'):
+    assert title in markdown
+  assert 'warm start from A (Sec. 3.1), 4 steps' in markdown and 'Glorot' in markdown
+  for variant in ('| A |', '| A-LRN |'):
     assert markdown.count(variant) == 2
-  assert open(tmp_path / 'ablation.png', 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
-  steps_before = sorted(os.listdir(tmp_path / 'E_seed0' / 'checkpoints'))
+  assert markdown.count('| E |') == 3  # Tables 3, 4 and 5.
+  assert '| best two |' in markdown and '| all runs | 4 runs |' in markdown
+  assert '--preset=digits --quick --variants=A,A-LRN,E' in markdown
+  for name in ('ablation.png', 'ablation_curves.png'):
+    assert_png(tmp_path / name)
+  steps_before = sorted(os.listdir(tmp_path / 'E_warm_seed0' / 'checkpoints'))
 
   second = run_ablation(tmp_path)
   assert second.returncode == 0, second.stderr[-3000:]
-  assert second.stderr.count('is finished: skipped') == 6
+  assert second.stderr.count('is finished: skipped') == 4
   assert 'Compiled the train step' not in second.stderr
-  assert sorted(os.listdir(tmp_path / 'E_seed0' / 'checkpoints')) == steps_before
+  assert sorted(os.listdir(tmp_path / 'E_warm_seed0' / 'checkpoints')) == steps_before
+  assert open(tmp_path / 'ablation.md').read().split('## Table 3')[1] == (
+      markdown.split('## Table 3')[1])  # The cached evaluations give the same tables.
+
+
+def run_in_process(argv):
+  """ablation.main with these flags, in this process (so tfds.testing.mock_data applies)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from experiments import ablation  # pylint: disable=g-import-not-at-top
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(['ablation', '--noreuse_host_memory'] + argv)
+  try:
+    ablation.main([])
+  finally:
+    flags.FLAGS.unparse_flags()
+
+
+@pytest.mark.slow
+def test_cifar10_quick_on_mock_data(tmp_path, mock_tfds):
+  data_dir = tmp_path / 'tfds'
+  with mock_tfds('cifar10', data_dir, {'train': 40, 'test': 40}, 40):
+    run_in_process(['--preset=cifar10', '--quick', f'--workdir={tmp_path / "out"}',
+                    f'--data_dir={data_dir}', '--variants=A,D'])
+  rows = list(csv.DictReader(open(tmp_path / 'out' / 'ablation.csv')))
+  assert [(r['variant'], r['init']) for r in rows] == [('A', ''), ('D', 'warm'),
+                                                       ('D', 'glorot')]
+  assert all(int(r['eval_images']) == 16 for r in rows)  # --quick: 16 test images.
+  markdown = open(tmp_path / 'out' / 'ablation.md').read()
+  assert 'Table 5 shape' in markdown and 'Table 6 shape' in markdown
+  assert_png(tmp_path / 'out' / 'ablation_curves.png')
+
+
+@pytest.mark.slow
+def test_imagenet_quick_on_mock_data_runs_every_column(tmp_path, mock_tfds):
+  data_dir = tmp_path / 'tfds'
+  with mock_tfds('imagenet2012', data_dir, {'train': 40, 'validation': 40}, 40):
+    run_in_process(['--preset=imagenet', '--quick', f'--workdir={tmp_path / "out"}',
+                    f'--data_dir={data_dir}', '--variants=A,D'])
+  rows = list(csv.DictReader(open(tmp_path / 'out' / 'ablation.csv')))
+  assert [(r['variant'], r['train_scale']) for r in rows] == [
+      ('A', '256'), ('D', '256'), ('D', '384'), ('D', '256-512')]
+  assert all(int(r['eval_images']) == 8 for r in rows)  # --quick: 8 test images.
+  config = json.load(open(tmp_path / 'out' / 'D_S256-512_warm_seed0' / 'config.json'))
+  assert config['init_from'] == str(tmp_path / 'out' / 'D_S384_warm_seed0')
+  assert (config['data']['scale_min'], config['data']['scale_max']) == (32, 64)
+  markdown = open(tmp_path / 'out' / 'ablation.md').read()
+  # The paper's figures beside ours in every table.
+  for figure in ('29.6 / 10.4', '26.6 / 8.6', '25.6 / 8.1', '24.4 / 7.2', '23.7 / 6.8'):
+    assert figure in markdown
+  assert_png(tmp_path / 'out' / 'ablation.png')
 
 
 def test_imagenet_preset_plans_the_papers_training_scales(tmp_path):
@@ -51,24 +118,43 @@ def test_imagenet_preset_plans_the_papers_training_scales(tmp_path):
     flags.FLAGS(['ablation_test', f'--workdir={tmp_path}'])
   preset = ablation.get_preset('imagenet', quick=False)
   runs = ablation.plan_runs(preset, str(tmp_path), seed=0)
-  by_name = {os.path.basename(workdir): (variant, scale, config, single, multi)
-             for variant, scale, workdir, config, single, multi in runs}
+  by_name = {os.path.basename(run.workdir): (run.variant, run.scale, run.config,
+                                                 run.single_q, run.multi_q) for run in runs}
   assert len(runs) == 6 + 3 + 3
   # S=256: A from N(0, 0.01^2); the deeper nets warm-start from A (Sec. 3.1).
   assert by_name['A_seed0'][2].model.kernel_init == 'paper'
-  assert by_name['D_seed0'][2].init_from == str(tmp_path / 'A_seed0')
-  assert by_name['D_seed0'][3:] == ((256,), (224, 256, 288))
+  assert by_name['D_warm_seed0'][2].init_from == str(tmp_path / 'A_seed0')
+  assert by_name['D_warm_seed0'][3:] == ((256,), (224, 256, 288))
   # S=384 from the S=256 net at lr 1e-3; S in [256, 512] from the S=384 net (Tables 3, 4).
-  s384 = by_name['E_S384_seed0'][2]
-  assert s384.init_from == str(tmp_path / 'E_seed0') and s384.learning_rate == 1e-3
+  s384 = by_name['E_S384_warm_seed0'][2]
+  assert s384.init_from == str(tmp_path / 'E_warm_seed0') and s384.learning_rate == 1e-3
   assert (s384.data.scale_min, s384.data.scale_max, s384.data.eval_scale) == (384, 384, 384)
-  jitter = by_name['C_S256-512_seed0']
-  assert jitter[2].init_from == str(tmp_path / 'C_S384_seed0')
+  jitter = by_name['C_S256-512_warm_seed0']
+  assert jitter[2].init_from == str(tmp_path / 'C_S384_warm_seed0')
   assert (jitter[2].data.scale_min, jitter[2].data.scale_max) == (256, 512)
   assert jitter[3:] == ((384,), (256, 384, 512))
   assert set(jitter[2].init_layers) == set(ablation.models.layer_names('C'))
   # Runs come in training order: every init_from is planned before its user.
-  order = [workdir for _, _, workdir, *_ in runs]
-  for _, _, workdir, config, *_ in runs:
-    if config.init_from:
-      assert order.index(config.init_from) < order.index(workdir)
+  order = [run.workdir for run in runs]
+  for run in runs:
+    if run.config.init_from:
+      assert order.index(run.config.init_from) < order.index(run.workdir)
+
+
+def test_digits_preset_plans_both_initialisations_and_budgets(tmp_path):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from experiments import ablation  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS(['ablation_test', f'--workdir={tmp_path}'])
+  runs = ablation.plan_runs(ablation.get_preset('digits', quick=False), str(tmp_path), seed=1)
+  names = [os.path.basename(run.workdir) for run in runs]
+  assert names[:2] == ['A_seed1', 'A-LRN_seed1'] and len(runs) == 2 + 4 * 2 * 2
+  assert {run.init for run in runs[2:]} == {'warm', 'glorot'}
+  by_name = {os.path.basename(run.workdir): run for run in runs}
+  warm, glorot = by_name['E_warm_seed1'].config, by_name['E_glorot_x3_seed1'].config
+  assert warm.init_from == str(tmp_path / 'A_seed1') and glorot.init_from == ''
+  # Sec. 3.1's seven layers: A's first four convs and its three FC layers.
+  assert tuple(warm.init_layers) == ('conv1_1', 'conv2_1', 'conv3_1', 'conv3_2', 'fc6', 'fc7',
+                                     'fc8')
+  assert (warm.num_epochs, glorot.num_epochs) == (15.0, 45.0)  # A's budget, and 3x.
+  assert by_name['A_seed1'].config.num_epochs == 15.0 and warm.seed == 1
