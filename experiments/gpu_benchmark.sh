@@ -16,3 +16,11 @@ for variant in D A E; do
 done
 timeout 150 python3 -m experiments.benchmark --variant=D $common --vs_torch --torch_compile --repeats=1 \
   || echo '{"variant": "D", "torch_compile": true, "error": "failed or timed out"}'
+# The input pipeline with this machine's cores (needs TensorFlow, which the lent GPU
+# machine lacks: then one line says so and nothing else is skipped).
+if python3 -c "import tensorflow" 2>/dev/null; then
+  timeout 120 python3 -m experiments.benchmark_input --num_images=512 \
+    || echo '{"input_pipeline": "failed or timed out"}'
+else
+  echo "{\"input_pipeline\": \"skipped: no TensorFlow here\", \"cores\": $(nproc)}"
+fi

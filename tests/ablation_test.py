@@ -146,15 +146,17 @@ def test_digits_preset_plans_both_initialisations_and_budgets(tmp_path):
   from experiments import ablation  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS.is_parsed():
     flags.FLAGS(['ablation_test', f'--workdir={tmp_path}'])
-  runs = ablation.plan_runs(ablation.get_preset('digits', quick=False), str(tmp_path), seed=1)
+  preset = ablation.get_preset('digits', quick=False)
+  preset.budgets = (1.0, 2.0)  # What --budgets=1,2 sets.
+  runs = ablation.plan_runs(preset, str(tmp_path), seed=1)
   names = [os.path.basename(run.workdir) for run in runs]
   assert names[:2] == ['A_seed1', 'A-LRN_seed1'] and len(runs) == 2 + 4 * 2 * 2
   assert {run.init for run in runs[2:]} == {'warm', 'glorot'}
   by_name = {os.path.basename(run.workdir): run for run in runs}
-  warm, glorot = by_name['E_warm_seed1'].config, by_name['E_glorot_x3_seed1'].config
+  warm, glorot = by_name['E_warm_seed1'].config, by_name['E_glorot_x2_seed1'].config
   assert warm.init_from == str(tmp_path / 'A_seed1') and glorot.init_from == ''
   # Sec. 3.1's seven layers: A's first four convs and its three FC layers.
   assert tuple(warm.init_layers) == ('conv1_1', 'conv2_1', 'conv3_1', 'conv3_2', 'fc6', 'fc7',
                                      'fc8')
-  assert (warm.num_epochs, glorot.num_epochs) == (15.0, 45.0)  # A's budget, and 3x.
+  assert (warm.num_epochs, glorot.num_epochs) == (15.0, 30.0)  # A's budget, and 2x.
   assert by_name['A_seed1'].config.num_epochs == 15.0 and warm.seed == 1
