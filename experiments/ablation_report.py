@@ -30,7 +30,7 @@ PAPER_TABLE5 = {'D': {'dense': (24.8, 7.5), 'multicrop': (24.6, 7.5),
                       'dense+multicrop': (24.4, 7.2)},
                 'E': {'dense': (24.8, 7.5), 'multicrop': (24.6, 7.4),
                       'dense+multicrop': (24.4, 7.1)}}
-PAPER_TABLE6 = {'best two': ('D+E, dense & multi-crop', (23.7, 6.8))}
+PAPER_TABLE6 = {'best two': ('D+E, dense+multicrop', (23.7, 6.8))}
 INIT_NAMES = {'warm': 'warm start from A (Sec. 3.1)', 'glorot': 'Glorot, no pre-training',
               'paper': 'N(0, 0.01^2)'}
 
@@ -136,13 +136,14 @@ def table5(results, preset) -> list[str]:
 
 def table6(fusions, preset) -> list[str]:
   """Fusion rows: [(name, runs, eval result)] of posteriors averaged over the runs."""
-  header = '| models | runs | views/image | top-1 err | top-5 err |'
+  header = '| models | runs | protocol | views/image | top-1 err | top-5 err |'
   if preset.paper:
     header += ' paper |'
   lines = [header, '|' + '---|' * (header.count('|') - 1)]
   for name, runs, result in fusions:
     line = (f'| {name} | {", ".join(runs) if len(runs) <= 3 else f"{len(runs)} runs"} | '
-            f'{result["views_per_image"]} | {100 * result["top1_error"]:.2f} | '
+            f'{result["protocol"]} | {result["views_per_image"]} | '
+            f'{100 * result["top1_error"]:.2f} | '
             f'{100 * result["top5_error"]:.2f} |')
     if preset.paper:
       paper = PAPER_TABLE6.get(name)
@@ -175,8 +176,8 @@ def write_markdown(path, rows, preset, header: dict, table5_results, fusions):
               f'Q = {{{",".join(map(str, preset.fusion_scales))}}} ({preset.table5_note})', '']
     lines += table5(table5_results, preset)
   if fusions:
-    lines += ['', f'## Table 6 shape: fusion (softmax posteriors averaged), dense & multi-crop'
-              f'{flips}, Q = {{{",".join(map(str, preset.fusion_scales))}}}', '']
+    lines += ['', f'## Table 6 shape: fusion (softmax posteriors averaged){flips}, '
+              f'Q = {{{",".join(map(str, preset.fusion_scales))}}}', '']
     lines += table6(fusions, preset)
   monitoring.write_file_atomically(path, '\n'.join(lines) + '\n')
 

@@ -48,7 +48,7 @@ def test_quick_ablation_writes_all_tables_and_plots_then_skips(tmp_path):
   for variant in ('| A |', '| A-LRN |'):
     assert markdown.count(variant) == 2
   assert markdown.count('| E |') == 3  # Tables 3, 4 and 5.
-  assert '| best two |' in markdown and '| all runs | 4 runs |' in markdown
+  assert '| best two |' in markdown and '| all runs | 4 runs | dense |' in markdown
   assert '--preset=digits --quick --variants=A,A-LRN,E' in markdown
   for name in ('ablation.png', 'ablation_curves.png'):
     assert_png(tmp_path / name)
