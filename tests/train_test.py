@@ -371,3 +371,30 @@ def test_two_processes_equal_one_process_with_eight_devices(tmp_path, tiny_confi
                          final_params(str(tmp_path / 'two')), final_params(str(one)))
   two_eval = [json.loads(l) for l in open(tmp_path / 'two' / 'metrics.jsonl')][-1]
   assert two_eval['eval/num_examples'] == result['eval/num_examples'] == 450
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both(tmp_path, launch_args):
+  """JAX's preemption sync point: no per-step round trip, one agreed step, both stop."""
+  overrides = dict(num_train_steps=100_000, checkpoint_every_steps=50, eval_every_steps=10**6,
+                   log_every_steps=10)
+  port = free_port()
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  procs = [subprocess.Popen(
+      launch_args(tmp_path, **overrides) + [
+          '--distributed=explicit', f'--coordinator_address=127.0.0.1:{port}',
+          '--num_processes=2', f'--process_id={i}', '--cpu_collectives=gloo'],
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  try:
+    assert wait_for(lambda: finished_steps(tmp_path))
+    time.sleep(0.5)
+    procs[1].send_signal(signal.SIGTERM)  # The notice reaches process 0 through JAX.
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  assert [p.returncode for p in procs] == [143, 143], outputs[0][-2000:] + outputs[1][-2000:]
+  saved = [int(out.split('Preempted: saved step ')[1].split()[0]) for out in outputs]
+  assert saved[0] == saved[1] and saved[0] in finished_steps(tmp_path)
+  _, meta = checkpointing.load_params(str(tmp_path))
+  assert meta['step'] == saved[0] < 100_000

@@ -199,7 +199,7 @@ def run_loop(loop: Loop, state, plateau: optim.Plateau, batch, dropout_rng):
       throughput.steps += 1
       pending_losses.append((step, metrics['loss']))
       is_last = step == loop.total_steps
-      preempted = preemption.check()
+      preempted = preemption.check(step)
       if step % config.log_every_steps == 0 or is_last:
         monitoring.check_finite(pending_losses)
         summary = log_progress(loop, step, metrics, throughput)
