@@ -1,6 +1,7 @@
 """The ablation's --quick flow: three files, six configurations, finished runs skipped."""
 
 import csv
+import functools
 import json
 import os
 import subprocess
@@ -63,10 +64,19 @@ def test_quick_ablation_writes_all_tables_and_plots_then_skips(tmp_path):
       markdown.split('## Table 3')[1])  # The cached evaluations give the same tables.
 
 
-def run_in_process(argv):
-  """ablation.main with these flags, in this process (so tfds.testing.mock_data applies)."""
+def run_in_process(argv, monkeypatch):
+  """ablation.main with these flags, in this process (so tfds.testing.mock_data applies).
+
+  Checkpoints are saved synchronously here: while the mock's as_dataset runs, TFDS
+  redirects every epath/gfile call of the process to a temporary mock file system, and
+  an asynchronous Orbax save writing from its own thread at that moment would write
+  there (seen in CI). Real TFDS does not do this.
+  """
   from absl import flags  # pylint: disable=g-import-not-at-top
   from experiments import ablation  # pylint: disable=g-import-not-at-top
+  from vgg_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(checkpointing, 'create_manager', functools.partial(
+      checkpointing.create_manager, async_save=False))
   flags.FLAGS.unparse_flags()
   flags.FLAGS(['ablation', '--noreuse_host_memory'] + argv)
   try:
@@ -76,11 +86,11 @@ def run_in_process(argv):
 
 
 @pytest.mark.slow
-def test_cifar10_quick_on_mock_data(tmp_path, mock_tfds):
+def test_cifar10_quick_on_mock_data(tmp_path, mock_tfds, monkeypatch):
   data_dir = tmp_path / 'tfds'
   with mock_tfds('cifar10', data_dir, {'train': 40, 'test': 40}, 40):
     run_in_process(['--preset=cifar10', '--quick', f'--workdir={tmp_path / "out"}',
-                    f'--data_dir={data_dir}', '--variants=A,D'])
+                    f'--data_dir={data_dir}', '--variants=A,D'], monkeypatch)
   rows = list(csv.DictReader(open(tmp_path / 'out' / 'ablation.csv')))
   assert [(r['variant'], r['init']) for r in rows] == [('A', ''), ('D', 'warm'),
                                                        ('D', 'glorot')]
@@ -91,11 +101,11 @@ def test_cifar10_quick_on_mock_data(tmp_path, mock_tfds):
 
 
 @pytest.mark.slow
-def test_imagenet_quick_on_mock_data_runs_every_column(tmp_path, mock_tfds):
+def test_imagenet_quick_on_mock_data_runs_every_column(tmp_path, mock_tfds, monkeypatch):
   data_dir = tmp_path / 'tfds'
   with mock_tfds('imagenet2012', data_dir, {'train': 40, 'validation': 40}, 40):
     run_in_process(['--preset=imagenet', '--quick', f'--workdir={tmp_path / "out"}',
-                    f'--data_dir={data_dir}', '--variants=A,D'])
+                    f'--data_dir={data_dir}', '--variants=A,D'], monkeypatch)
   rows = list(csv.DictReader(open(tmp_path / 'out' / 'ablation.csv')))
   assert [(r['variant'], r['train_scale']) for r in rows] == [
       ('A', '256'), ('D', '256'), ('D', '384'), ('D', '256-512')]
