@@ -73,6 +73,17 @@ def mock_tfds(name, data_dir, splits, num_examples):
   return tfds.testing.mock_data(num_examples=num_examples, data_dir=str(data_dir))
 
 
+def randomize_batch_norm(net, torch):
+  """A torch net's BN affine parameters and running statistics far from the identity."""
+  with torch.no_grad():
+    for module in net.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.uniform_(-0.5, 0.5)
+        module.running_mean.uniform_(-0.5, 0.5)
+        module.running_var.uniform_(0.5, 2.0)
+
+
 @pytest.fixture(name='data_config', scope='session')
 def data_config_fixture():
   """make_data_config, for the data tests."""
@@ -83,6 +94,12 @@ def data_config_fixture():
 def write_image_fixture():
   """write_image, for tests that build their own image folders."""
   return write_image
+
+
+@pytest.fixture(name='randomize_batch_norm', scope='session')
+def randomize_batch_norm_fixture():
+  """randomize_batch_norm, for the torchvision / timm batch-norm comparisons."""
+  return randomize_batch_norm
 
 
 @pytest.fixture(name='mock_tfds', scope='session')

@@ -36,22 +36,12 @@ def assert_close(got, expected, name):
   np.testing.assert_allclose(got, expected, atol=1e-4 * scale, rtol=0, err_msg=name)
 
 
-def randomize_batch_norm(net, torch):
-  """BN affine parameters and running statistics far from the identity."""
-  with torch.no_grad():
-    for module in net.modules():
-      if isinstance(module, torch.nn.BatchNorm2d):
-        module.weight.uniform_(0.5, 1.5)
-        module.bias.uniform_(-0.5, 0.5)
-        module.running_mean.uniform_(-0.5, 0.5)
-        module.running_var.uniform_(0.5, 2.0)
-
-
 @pytest.mark.parametrize('builder, variant, layers', [
     ('vgg16', 'D', ('conv1_1', 'relu1_2', 'conv3_3', 'relu4_3', 'pool5')),
     ('vgg11_bn', 'A', ('conv1_1', 'bn1_1', 'relu2_1', 'conv3_2', 'bn4_2', 'pool5')),
 ])
-def test_torchvision_features_match_slices_of_its_features(builder, variant, layers, tmp_path):
+def test_torchvision_features_match_slices_of_its_features(builder, variant, layers, tmp_path,
+                                                           randomize_batch_norm):
   torch = pytest.importorskip('torch', reason='the torchvision comparison needs torch')
   torchvision = pytest.importorskip('torchvision', reason='the comparison needs torchvision')
   safetensors_torch = pytest.importorskip('safetensors.torch', reason='writes .safetensors')

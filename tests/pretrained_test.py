@@ -189,18 +189,7 @@ def test_torch_model_built_by_hand_when_torch_is_installed(torch_vgg11, tmp_path
   np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max(), rtol=0)
 
 
-def randomize_batch_norm(net, torch):
-  """BN affine parameters and running statistics far from the identity."""
-  with torch.no_grad():
-    for module in net.modules():
-      if isinstance(module, torch.nn.BatchNorm2d):
-        module.weight.uniform_(0.5, 1.5)
-        module.bias.uniform_(-0.5, 0.5)
-        module.running_mean.uniform_(-0.5, 0.5)
-        module.running_var.uniform_(0.5, 2.0)
-
-
-def shrink_head(net, torch):
+def shrink_head(net, torch, randomize_batch_norm):
   """fc6/fc7 64 wide (fc6 still over the 7x7x512 map), so the files stay small."""
   if hasattr(net, 'classifier'):  # torchvision: Linear layers in classifier.0/3/6.
     net.classifier[0], net.classifier[3] = torch.nn.Linear(25088, 64), torch.nn.Linear(64, 64)
@@ -224,12 +213,12 @@ def save_state(net, path, torch):
 
 
 @pytest.fixture(scope='module')
-def torchvision_vgg11_bn(tmp_path_factory):
+def torchvision_vgg11_bn(tmp_path_factory, randomize_batch_norm):
   """torchvision's vgg11_bn (random, BN stats set, fc6/fc7 64 wide): files and logits."""
   torch = pytest.importorskip('torch', reason='the torchvision comparison needs torch')
   torchvision = pytest.importorskip('torchvision', reason='the comparison needs torchvision')
   torch.manual_seed(0)
-  net = shrink_head(torchvision.models.vgg11_bn(weights=None), torch)
+  net = shrink_head(torchvision.models.vgg11_bn(weights=None), torch, randomize_batch_norm)
   directory = tmp_path_factory.mktemp('torchvision_bn')
   images = rgb_images(2, seed=11)
   return {'.safetensors': save_state(net, directory / 'vgg11_bn.safetensors', torch),
@@ -238,7 +227,7 @@ def torchvision_vgg11_bn(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def timm_nets(tmp_path_factory):
+def timm_nets(tmp_path_factory, randomize_batch_norm):
   """timm's vgg11 (as .safetensors) and vgg11_bn (as .pth), random: files and logits."""
   torch = pytest.importorskip('torch', reason='the timm comparison needs torch')
   timm = pytest.importorskip('timm', reason='the timm comparison needs timm')
@@ -247,7 +236,8 @@ def timm_nets(tmp_path_factory):
   images = rgb_images(2, seed=12)
   nets = {}
   for name, ext in (('vgg11', '.safetensors'), ('vgg11_bn', '.pth')):
-    net = shrink_head(timm.create_model(name, pretrained=False), torch)
+    net = shrink_head(timm.create_model(name, pretrained=False), torch,
+                      randomize_batch_norm)
     nets[name] = {'path': save_state(net, directory / f'{name}{ext}', torch),
                   'images': images, 'logits': torch_logits(net, images, torch)}
   return nets
