@@ -95,8 +95,9 @@ def test_non_jpeg_bytes_are_decoded_whole():
   from_bytes = preprocessing.preprocess_for_train(tf.constant(buffer.getvalue()), seed,
                                                   encoded=True, **kwargs)
   decoded = preprocessing.decode_image(tf.constant(buffer.getvalue()), True)
-  np.testing.assert_array_equal(from_bytes, preprocessing.preprocess_for_train(decoded, seed,
-                                                                               **kwargs))
+  # Bytes: the whole image resampled to the crop; an array: resized, then cropped.
+  np.testing.assert_allclose(from_bytes, preprocessing.preprocess_for_train(decoded, seed,
+                                                                            **kwargs), atol=1e-3)
 
 
 def exif_jpeg(path, orientation, width=48, height=24):
@@ -126,3 +127,22 @@ def test_apply_orientation_matches_pil_exif_transpose(tmp_path, orientation):
       {'image': tf.io.read_file(str(path)), 'orientation': orientation}, True).numpy()
   assert tf_upright.shape == pil_upright.shape
   assert np.abs(tf_upright.astype(int) - pil_upright).mean() < 2
+
+
+@pytest.mark.parametrize('shape, scale, translation', [
+    ((330, 330), (0.683, 0.683), (-3.0, -3.0)),  # S=256 from 375 rows: the common case.
+    ((200, 170), (0.41, 0.45), (-1.2, -7.3)),  # Wider filters than taps of one block.
+    ((120, 90), (1.37, 2.2), (-10.5, -3.0)),  # Upsampling (S=512 from 375).
+    ((900, 40), (0.25, 1.0), (0.0, 0.0)),  # One tall axis, one left alone.
+])
+@pytest.mark.parametrize('flip', [False, True])
+def test_resample_equals_scale_and_translate(shape, scale, translation, flip):
+  image = np.random.default_rng(0).integers(0, 256, shape + (3,), dtype=np.uint8)
+  reference = tf.raw_ops.ScaleAndTranslate(
+      images=tf.cast(image, tf.float32)[None], size=[150, 100], scale=scale,
+      translation=translation, kernel_type='triangle', antialias=True)[0].numpy()
+  reference = reference[:100, :100]
+  out = preprocessing.resample(tf.constant(image), 100, tf.constant(scale),
+                               tf.constant(translation), flip).numpy()
+  assert out.shape == (100, 100, 3) and out.dtype == np.float32
+  np.testing.assert_allclose(out, reference[:, ::-1] if flip else reference, atol=1e-3)

@@ -64,6 +64,10 @@ def check_data(config):
   _require(config, 'data.eval_scale', lambda v: v >= size,
            f'the test scale Q must be at least the crop model.image_size={size}')
   _require(config, 'data.pca_stddev', lambda v: v >= 0, 'must be >= 0 (0 disables)')
+  if 'device_window' in config.data:
+    _require(config, 'data.device_window',
+             lambda v: isinstance(v, int) and (v == 0 or v >= size),
+             f'must be 0 (resample on the host) or at least model.image_size={size}')
 
 
 def check_optimizer(config):

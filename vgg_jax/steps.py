@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 import optax
 
+from vgg_jax import device_crops
 from vgg_jax import models
 from vgg_jax import sharding
 
@@ -77,7 +78,9 @@ def train_step(state: TrainState, batch, rng, *, model, tx, accum_steps: int = 1
   With accum_steps > 1 the batch is split into that many micro-batches whose
   gradients are averaged: the same update as one big batch, in less memory.
   in_place_updates: apply after_backward (same values; faster on the CPU backend).
+  A batch of uint8 windows (data.device_window > 0) is first resampled to its crops.
   """
+  batch = device_crops.with_images(batch, model.image_size)
   step_rng = jax.random.fold_in(rng, state.step)
 
   def loss_fn(params, batch_stats, images, labels, dropout_rng):

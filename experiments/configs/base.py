@@ -47,6 +47,9 @@ def data_config() -> ml_collections.ConfigDict:
   data.eval_scale = 256  # Test scale Q, pixels (Sec. 3.2).
   data.random_flip = True  # Horizontal flip, Sec. 3.1.
   data.pca_stddev = 0.1  # AlexNet colour shift, alpha ~ N(0, 0.1); 0 disables.
+  # > 0: the host only decodes each crop's uint8 window (padded to this side, pixels) and
+  # the train step resamples it on the device (vgg_jax/device_crops.py); 0: all on the host.
+  data.device_window = 0
   data.pca_eigval = placeholder(object)  # None: ImageNet's; 'compute': from the data.
   data.pca_eigvec = placeholder(object)
   data.mean_rgb = placeholder(object)  # None: computed from the training set and cached.

@@ -21,6 +21,9 @@ def get_config(variant: str = 'D'):
   config.data.source = 'tfds'
   config.data.name = 'imagenet2012'
   config.data.mean_rgb = (123.68, 116.779, 103.939)  # The released nets' training mean.
+  # Hosts only decode; the step resamples 224 crops from windows of up to 352 px (most
+  # ImageNet photos at S >= 256; bigger ones are cropped on the host).
+  config.data.device_window = 352
   config.eval_every_steps = 5000  # ~1 epoch at batch 256 (5,004 steps).
   config.checkpoint_every_steps = 1000
   return config

@@ -5,6 +5,7 @@ Each epoch's order is a function of (seed, epoch) and each example's augmentatio
 uninterrupted one. Each process reads only its own examples.
 """
 
+import functools
 import os
 from typing import Iterator
 
@@ -107,6 +108,10 @@ def create_train_iterator(data_config, *, image_size: int, global_batch_size: in
                           ) -> Iterator[dict[str, np.ndarray]]:
   """Endless, seeded training batches; the stream from `start_step` on, for resume.
 
+  Batches hold 'images' (float32 crops) and 'labels', or with data.device_window > 0
+  the uint8 windows and draws of preprocessing.train_window that the train step turns
+  into the crops (vgg_jax.device_crops).
+
   Each epoch's order is a function of (seed, epoch) and each example's augmentation
   of (seed, its position in the stream), so starting at step k yields exactly the
   batches an uninterrupted run sees from step k. For digits and image folders the
@@ -130,16 +135,20 @@ def create_train_iterator(data_config, *, image_size: int, global_batch_size: in
     ds = _per_process_stream(source, seed, start_step * batch, buffer, process_index)
     stream_id = process_index  # Positions are per process.
 
+  window = data_config.get('device_window', 0)
+  augment_fn = (functools.partial(preprocessing.train_window, window=window) if window
+                else preprocessing.preprocess_for_train)
+
   def augment(ex, position):
     example_seed = tf.stack([tf.constant(seed * 65_536 + stream_id, tf.int64), position])
     image = ex['image'] if source.encoded else preprocessing.decode_image(ex['image'], False)
-    image = preprocessing.preprocess_for_train(
+    out = augment_fn(
         image, example_seed, image_size=image_size, scale_min=data_config.scale_min,
         scale_max=data_config.scale_max, random_flip=data_config.random_flip,
         pca_stddev=data_config.pca_stddev, eigval=stats['pca_eigval'],
         eigvec=stats['pca_eigvec'], mean_rgb=stats['mean_rgb'], encoded=source.encoded,
         orientation=ex.get('orientation', 1))
-    return {'images': image, 'labels': ex['label']}
+    return {**(out if window else {'images': out}), 'labels': ex['label']}
 
   ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
