@@ -34,6 +34,7 @@ def get_config(arg: str = 'fc8'):
   config.data.source = 'folder'
   config.data.eval_split = 'validation'
   config.data.pca_stddev = 0.0
+  config.data.device_window = 352  # Hosts decode; the train step resamples (base.py).
   config.global_batch_size = 32
   config.eval_batch_size = 64
   config.num_epochs = 5.0

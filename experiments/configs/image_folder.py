@@ -17,6 +17,7 @@ def get_config(root: str = ''):
   config.data.source = 'folder'
   config.data.folder = root
   config.data.eval_split = 'validation'
+  config.data.device_window = 352  # Hosts decode; the train step resamples (base.py).
   config.global_batch_size = 32
   config.eval_batch_size = 64
   config.num_epochs = 30.0
