@@ -28,6 +28,8 @@ _SCALE = flags.DEFINE_integer('scale', 256, 'Test scale Q (smallest side), pixel
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Crop size the net was trained at.')
 _NUM_IMAGES = flags.DEFINE_integer('num_images', 8, 'Images per timed call (multi-crop: '
                                    'a quarter of them, at least 1).')
+_WIDTH = flags.DEFINE_float('width', 1.0, 'Channel width multiplier.')
+_FC_WIDTH = flags.DEFINE_integer('fc_width', models.FC_WIDTH, 'fc6/fc7 width.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 25, 'Views per forward pass.')
 _CONV_IMPL = flags.DEFINE_enum('conv_impl', 'auto', list(layers.CONV_IMPLS), 'JAX conv path.')
 _PROTOCOLS = flags.DEFINE_list('protocols', ['single', 'dense', 'multicrop'],
@@ -51,7 +53,7 @@ def main(argv):
   if jax.default_backend() == 'cpu':
     host_memory.reuse_freed_memory()  # As launch.py does on the CPU.
   model = models.VGG(variant=_VARIANT.value, num_classes=1000, image_size=_IMAGE_SIZE.value,
-                     conv_impl=_CONV_IMPL.value)
+                     width=_WIDTH.value, fc_width=_FC_WIDTH.value, conv_impl=_CONV_IMPL.value)
   variables = models.init_variables(model, jax.random.key(0))
   predictor = evaluate.Predictor(model, variables, _BATCH_SIZE.value)
   rng = np.random.default_rng(0)

@@ -21,8 +21,8 @@ import jax
 import numpy as np
 from PIL import Image
 
+from experiments import benchmark_device_crops
 from experiments.configs import base
-from vgg_jax import device_crops
 from vgg_jax.data import iterators
 from vgg_jax.data import statistics
 
@@ -67,17 +67,6 @@ def time_pipeline(root: str, scale_min: int, scale_max: int, device_window: int)
   return _BATCHES.value * _BATCH_SIZE.value / (time.perf_counter() - start), batch
 
 
-def time_device_half(batch) -> float:
-  """images/s of device_crops.train_images (jitted) on a batch of windows."""
-  crops = jax.jit(device_crops.train_images, static_argnums=1)
-  batch = jax.device_put(batch)
-  crops(batch, 224).block_until_ready()
-  start, reps = time.perf_counter(), 5
-  for _ in range(reps):
-    crops(batch, 224).block_until_ready()
-  return reps * len(batch['flip']) / (time.perf_counter() - start)
-
-
 def main(argv):
   del argv
   cores = os.cpu_count() or 1
@@ -90,7 +79,7 @@ def main(argv):
         where = f'windows <= {window} px, resampled by the step' if window else 'all on the host'
         print(f'{name:<22} {rate:7.1f} images/s {rate / cores:7.1f} images/s/core  '
               f'({where}; {cores} cores, 500x375 JPEG -> 224x224, batch {_BATCH_SIZE.value})')
-      rate = time_device_half(batch)
+      rate = benchmark_device_crops.time_train_images(batch, 224)
       print(f'{name:<22} device half: {rate:7.1f} images/s on {jax.devices()[0].platform} '
             f'({jax.device_count()} device(s))')
 

@@ -16,6 +16,9 @@ for variant in D A E; do
 done
 timeout 150 python3 -m experiments.benchmark --variant=D $common --vs_torch --torch_compile --repeats=1 \
   || echo '{"variant": "D", "torch_compile": true, "error": "failed or timed out"}'
+# The train step's resampling of uint8 windows (data.device_window), on the GPU.
+timeout 60 python3 -m experiments.benchmark_device_crops \
+  || echo '{"device_crops": "failed or timed out"}'
 # The input pipeline with this machine's cores (needs TensorFlow, which the lent GPU
 # machine lacks: then one line says so and nothing else is skipped).
 if python3 -c "import tensorflow" 2>/dev/null; then

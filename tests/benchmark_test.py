@@ -11,8 +11,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
-def test_benchmark_path_imports_neither_tensorflow_nor_ml_collections():
-  code = ('import sys, experiments.benchmark; '
+@pytest.mark.parametrize('module', ['benchmark', 'benchmark_device_crops'])
+def test_benchmark_path_imports_neither_tensorflow_nor_ml_collections(module):
+  code = (f'import sys, experiments.{module}; '
           'bad = [m for m in ("tensorflow", "ml_collections") if m in sys.modules]; '
           'assert not bad, bad')
   result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
@@ -45,3 +46,28 @@ def test_benchmark_prints_json_and_torch_ratios():
   assert abs(run['images_per_second'] - 8 / run['median_step_s']) < 1e-3 * run['images_per_second']
   summaries = [l for l in lines if 'median_ratio' in l]
   assert len(summaries) == 2 and all(len(s['ratios']) == 2 for s in summaries)
+
+
+@pytest.mark.slow
+def test_eval_benchmark_times_every_protocol():
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.benchmark_eval', '--variant=A', '--width=0.0625',
+       '--fc_width=16', '--image_size=32', '--scale=36', '--num_images=4', '--batch_size=10'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = [json.loads(l) for l in result.stdout.splitlines() if l.startswith('{')]
+  assert [l['protocol'] for l in lines] == ['single', 'dense', 'multicrop']
+  assert [(l['images'], l['views']) for l in lines] == [(4, 4), (4, 8), (1, 50)]
+  for line in lines:
+    per_image = line['views'] / line['images']
+    assert line['images_per_s'] > 0
+    assert abs(line['views_per_s'] - per_image * line['images_per_s']) < 0.01 * line['views_per_s']
+
+
+def test_device_crops_benchmark_prints_images_per_second():
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.benchmark_device_crops', '--batch_size=4',
+       '--calls=1'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  line = json.loads(result.stdout.strip().splitlines()[-1])
+  assert line['device_crops_images_per_s'] > 0 and line['window'] == 352
