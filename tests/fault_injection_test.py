@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import time
 
@@ -12,25 +11,10 @@ import pytest
 
 from vgg_jax import checkpointing
 from vgg_jax import train
+from run_helpers import finished_steps, free_port, wait_for  # tests/ is on sys.path
 
 OVERRIDES = dict(num_train_steps=60, checkpoint_every_steps=3, eval_every_steps=1000,
                  log_every_steps=3)
-
-
-def finished_steps(workdir):
-  directory = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
-
-
-def wait_for(predicate, timeout=120.0):
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    if predicate():
-      return True
-    time.sleep(0.02)
-  return False
 
 
 @pytest.mark.slow
@@ -57,12 +41,6 @@ def test_sigkill_at_random_points_ends_bitwise_equal_to_an_uninterrupted_run(
   uninterrupted = tmp_path / 'uninterrupted'
   train.train_and_evaluate(tiny_config(**OVERRIDES), str(uninterrupted))
   assert_trees_equal(final_params(killed), final_params(uninterrupted))
-
-
-def free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
 
 
 def start_two_processes(workdir, launch_args, overrides):

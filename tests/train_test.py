@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 
@@ -20,6 +19,7 @@ from vgg_jax import sharding
 from vgg_jax import steps
 from vgg_jax import train
 from vgg_jax.data import iterators
+from run_helpers import finished_steps, free_port, wait_for  # tests/ is on sys.path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -287,22 +287,6 @@ def test_misspelt_config_override_fails(tmp_path, launch_args):
   assert not os.path.exists(tmp_path / 'checkpoints')
 
 
-def wait_for(predicate, timeout=120.0):
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    if predicate():
-      return True
-    time.sleep(0.05)
-  return False
-
-
-def finished_steps(workdir):
-  directory = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
-
-
 @pytest.mark.slow
 def test_sigkill_and_resume_equals_uninterrupted_bitwise(tmp_path, tiny_config, launch_args,
                                                          final_params, assert_trees_equal):
@@ -343,12 +327,6 @@ def test_sigterm_saves_the_current_step(tmp_path, launch_args):
   assert saved in finished_steps(tmp_path) and saved < 100_000
   params, meta = checkpointing.load_params(str(tmp_path))
   assert meta['step'] == saved
-
-
-def free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -124,7 +124,8 @@ def _banded_weights(in_hw, size: int, scale, translation, flip):
   span = tf.cast(tf.reduce_max(tf.reshape(last, [2, blocks, -1]) - first[..., None]), tf.int32)
   taps = first[..., None, None] + tf.range(tf.cast(span + 1, tf.float32))  # [2, b, 1, span]
   sample = tf.reshape(sample, [2, blocks, _RESAMPLE_BLOCK, 1])
-  weights = tf.maximum(0.0, 1.0 - tf.abs((taps + 0.5 - sample) * (1.0 / radius[..., None, None])))
+  one_over_radius = 1.0 / radius[..., None, None]
+  weights = tf.maximum(0.0, 1.0 - tf.abs((taps + 0.5 - sample) * one_over_radius))
   inside = (taps < in_size[..., None, None]) & (sample >= 0) & (
       sample <= in_size[..., None, None])
   weights = tf.where(inside, weights, 0.0)

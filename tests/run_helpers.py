@@ -1,0 +1,30 @@
+"""Helpers of the tests that run launch.py in subprocesses: ports, polling, checkpoints."""
+
+import os
+import socket
+import time
+
+
+def free_port() -> int:
+  """A TCP port free on loopback now (for jax.distributed's coordinator)."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 120.0) -> bool:
+  """Polls predicate until it is true (True) or timeout seconds pass (False)."""
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if predicate():
+      return True
+    time.sleep(0.02)
+  return False
+
+
+def finished_steps(workdir) -> list[int]:
+  """The steps with a finished checkpoint in workdir, ascending."""
+  directory = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
