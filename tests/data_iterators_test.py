@@ -7,6 +7,7 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
+from vgg_jax import device_crops
 from vgg_jax.data import iterators
 from vgg_jax.data import preprocessing
 from vgg_jax.data import sources
@@ -201,6 +202,15 @@ def test_folder_images_are_turned_upright_by_their_exif(tmp_path, data_config):
   np.testing.assert_allclose(
       train, preprocessing.preprocess_for_train(upright, seed, **kwargs), atol=1e-3)
   assert np.abs(train - preprocessing.preprocess_for_train(stored, seed, **kwargs)).max() > 1
+  # Resampled in the train step: the upright image sent whole (it fits a 128-pixel
+  # window), or cropped on the host and rounded to uint8 (it does not fit 64 pixels).
+  for window, tolerance in ((128, 1e-2), (64, 0.5 + 1e-3)):
+    config.device_window = window
+    windows = next(iterators.create_train_iterator(config, image_size=32, global_batch_size=1,
+                                                   seed=0))
+    assert tuple(windows['window_hw'][0]) == ((96, 32) if window == 128 else (32, 32))
+    np.testing.assert_allclose(device_crops.train_images(windows, 32)[0], train, atol=tolerance)
+  config.device_window = 0
   evaluated = next(iterators.create_eval_iterator(config, image_size=32,
                                                   global_batch_size=1))['images'][0]
   eval_kwargs = dict(image_size=32, scale=40, mean_rgb=config.mean_rgb)
