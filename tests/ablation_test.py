@@ -85,13 +85,19 @@ def run_in_process(argv, monkeypatch):
     flags.FLAGS.unparse_flags()
 
 
+def quick_on_mock_data(tmp_path, mock_tfds, monkeypatch, dataset: str, eval_split: str):
+  """The --quick preset named like `dataset` on 40-example mock splits; its CSV rows."""
+  data_dir = tmp_path / 'tfds'
+  preset = 'imagenet' if dataset == 'imagenet2012' else dataset
+  with mock_tfds(dataset, data_dir, {'train': 40, eval_split: 40}, 40):
+    run_in_process([f'--preset={preset}', '--quick', f'--workdir={tmp_path / "out"}',
+                    f'--data_dir={data_dir}', '--variants=A,D'], monkeypatch)
+  return list(csv.DictReader(open(tmp_path / 'out' / 'ablation.csv')))
+
+
 @pytest.mark.slow
 def test_cifar10_quick_on_mock_data(tmp_path, mock_tfds, monkeypatch):
-  data_dir = tmp_path / 'tfds'
-  with mock_tfds('cifar10', data_dir, {'train': 40, 'test': 40}, 40):
-    run_in_process(['--preset=cifar10', '--quick', f'--workdir={tmp_path / "out"}',
-                    f'--data_dir={data_dir}', '--variants=A,D'], monkeypatch)
-  rows = list(csv.DictReader(open(tmp_path / 'out' / 'ablation.csv')))
+  rows = quick_on_mock_data(tmp_path, mock_tfds, monkeypatch, 'cifar10', 'test')
   assert [(r['variant'], r['init']) for r in rows] == [('A', ''), ('D', 'warm'),
                                                        ('D', 'glorot')]
   assert all(int(r['eval_images']) == 16 for r in rows)  # --quick: 16 test images.
@@ -102,11 +108,7 @@ def test_cifar10_quick_on_mock_data(tmp_path, mock_tfds, monkeypatch):
 
 @pytest.mark.slow
 def test_imagenet_quick_on_mock_data_runs_every_column(tmp_path, mock_tfds, monkeypatch):
-  data_dir = tmp_path / 'tfds'
-  with mock_tfds('imagenet2012', data_dir, {'train': 40, 'validation': 40}, 40):
-    run_in_process(['--preset=imagenet', '--quick', f'--workdir={tmp_path / "out"}',
-                    f'--data_dir={data_dir}', '--variants=A,D'], monkeypatch)
-  rows = list(csv.DictReader(open(tmp_path / 'out' / 'ablation.csv')))
+  rows = quick_on_mock_data(tmp_path, mock_tfds, monkeypatch, 'imagenet2012', 'validation')
   assert [(r['variant'], r['train_scale']) for r in rows] == [
       ('A', '256'), ('D', '256'), ('D', '384'), ('D', '256-512')]
   assert all(int(r['eval_images']) == 8 for r in rows)  # --quick: 8 test images.

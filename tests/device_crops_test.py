@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from vgg_jax import config_checks
 from vgg_jax import device_crops
 from vgg_jax import sharding
 from vgg_jax.data import iterators
@@ -90,7 +91,6 @@ def test_train_step_on_windows_equals_the_step_on_their_crops(tiny_config):
 
 @pytest.mark.parametrize('window', [16, -1])
 def test_bad_device_window_names_the_field(tiny_config, window):
-  from vgg_jax import config_checks  # pylint: disable=g-import-not-at-top
   config = tiny_config(**{'data.device_window': window})
   with pytest.raises(ValueError, match='data.device_window'):
     config_checks.check_train_config(config)
