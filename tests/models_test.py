@@ -196,29 +196,41 @@ def test_bad_inputs_name_the_value():
 
 
 @pytest.mark.parametrize('variant', [pytest.param('A-LRN', marks=pytest.mark.slow), 'C'])
-def test_matmul_convolution_equals_xla_outputs_and_gradients(variant):
+def test_matmul_convolution_and_reshape_pool_equal_xla_outputs_and_gradients(variant):
   # 36x36: odd pooled sizes (18 -> 9 -> 4) exercise the VALID floor of both pools.
   kwargs = dict(variant=variant, width=1 / 16, fc_width=16, num_classes=5, image_size=36)
-  xla, matmul = (models.VGG(conv_impl=impl, **kwargs) for impl in ('xla', 'matmul'))
+  xla = models.VGG(conv_impl='xla', pool_impl='xla', **kwargs)
+  others = [models.VGG(conv_impl='matmul', **kwargs),  # 'auto' pool: 'reshape', fused.
+            models.VGG(conv_impl='xla', pool_impl='reshape', **kwargs)]
   # Moderate inputs: with huge ones LRN drives pre-activations to ~1e-8, where either
   # implementation's round-off flips ReLU masks and the gradients part for that reason.
   images = jax.random.normal(jax.random.key(1), (2, 36, 36, 3)) * 5
   variables = xla.init(jax.random.key(0), images)
-  assert jax.tree_util.tree_map(jnp.shape, variables) == jax.tree_util.tree_map(
-      jnp.shape, matmul.init(jax.random.key(0), images))
-  np.testing.assert_allclose(matmul.apply(variables, images), xla.apply(variables, images),
-                             rtol=1e-4, atol=1e-4)
   def loss(model, params):
     return jnp.sum(jnp.sin(model.apply({'params': params}, images)))
-  grads = [jax.grad(functools.partial(loss, m))(variables['params']) for m in (xla, matmul)]
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-                         *grads)
+  expected = jax.grad(functools.partial(loss, xla))(variables['params'])
+  for other in others:
+    assert jax.tree_util.tree_map(jnp.shape, variables) == jax.tree_util.tree_map(
+        jnp.shape, other.init(jax.random.key(0), images))
+    np.testing.assert_allclose(other.apply(variables, images), xla.apply(variables, images),
+                               rtol=1e-4, atol=1e-4)
+    grads = jax.grad(functools.partial(loss, other))(variables['params'])
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                           grads, expected)
 
 
 def test_conv_impl_auto_picks_matmul_on_cpu_and_rejects_unknown():
   assert layers.resolve_conv_impl('auto') == 'matmul'  # Tests run on the CPU backend.
   with pytest.raises(ValueError, match="conv_impl='fft' is not one of"):
     models.VGG(conv_impl='fft')
+
+
+def test_pool_impl_auto_follows_the_conv_path_and_rejects_unknown():
+  assert layers.resolve_pool_impl('auto', 'matmul') == 'reshape'
+  assert layers.resolve_pool_impl('auto', 'xla') == 'xla'
+  assert layers.resolve_pool_impl('reshape', 'xla') == 'reshape'
+  with pytest.raises(ValueError, match="pool_impl='avg' is not one of"):
+    models.VGG(pool_impl='avg')
 
 
 def test_captured_conv_intermediates_are_conv_outputs_on_both_paths():

@@ -1,11 +1,12 @@
 """The CPU-only kernels: convolutions as matmuls and a fused bias + ReLU + 2x2 max-pool.
 
-When and why: models.VGG uses these when conv_impl resolves to 'matmul', which 'auto'
-does on JAX's CPU backend only. XLA's CPU convolution is several times slower than its
+When and why: models.VGG uses these when conv_impl resolves to 'matmul' (and the pool
+ones when pool_impl resolves to 'reshape'), which 'auto' does on JAX's CPU backend only. XLA's CPU convolution is several times slower than its
 matmul, and JAX's generic derivatives of max-pooling and of a matmul's weight take
 XLA:CPU's slowest paths; each function here computes the same numbers as the plain
 JAX expression through a faster one (each is tested equal to it; the measurements are
-in docs/performance.md). GPU and TPU backends keep XLA's own convolution and pooling.
+in docs/performance.md). GPU and TPU backends keep XLA's own convolution and pooling
+unless pool_impl='reshape' is asked for.
 """
 
 import jax

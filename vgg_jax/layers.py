@@ -1,7 +1,10 @@
 """The layers VGG is built of: convolution, max-pool, fc6 (dense or as a conv), LRN.
 
-Conv and the pool have two implementations with the same parameters and numbers: XLA's
-own ('xla'), and a matmul formulation fast on XLA's CPU backend ('matmul', cpu_ops).
+Conv and the pool have two implementations each, with the same parameters and numbers.
+Conv: XLA's own ('xla'), or a matmul formulation fast on XLA's CPU backend ('matmul',
+cpu_ops). Pool: XLA's reduce_window ('xla'), or a reshape and a max whose gradient goes to
+each window's first maximum as XLA's does, with a stage's bias and ReLU fused in
+('reshape', cpu_ops).
 """
 
 from typing import Any
@@ -14,6 +17,7 @@ from vgg_jax import cpu_ops
 
 KERNEL_INITS = ('glorot', 'paper')
 CONV_IMPLS = ('auto', 'xla', 'matmul')
+POOL_IMPLS = ('auto', 'xla', 'reshape')
 
 
 def local_response_norm(x, k=2.0, n=5, alpha=1e-4, beta=0.75):
@@ -55,6 +59,15 @@ def resolve_conv_impl(conv_impl: str) -> str:
   return conv_impl
 
 
+def resolve_pool_impl(pool_impl: str, conv_impl: str) -> str:
+  """'auto' -> 'reshape' beside matmul convs, 'xla' beside XLA's convs."""
+  if pool_impl not in POOL_IMPLS:
+    raise ValueError(f'pool_impl={pool_impl!r} is not one of {POOL_IMPLS}.')
+  if pool_impl == 'auto':
+    return 'reshape' if resolve_conv_impl(conv_impl) == 'matmul' else 'xla'
+  return pool_impl
+
+
 class Conv(nn.Module):
   """A k x k, stride 1, 'same' convolution plus bias; kernel [k, k, Cin, Cout] (HWIO).
 
@@ -85,15 +98,15 @@ class Conv(nn.Module):
     y, bias = self._convolve(x)
     return y + bias
 
-  def bias_relu_max_pool(self, x):
+  def bias_relu_max_pool(self, x, pool_impl: str):
     """A stage's last conv and its end, max_pool_2x2(relu(conv(x) + bias)) (Table 1).
 
-    On the matmul path the bias, ReLU and pool run fused (cpu_ops.bias_relu_max_pool_2x2).
-    With capture_intermediates the conv output is recorded as this layer's __call__
-    output, as the unfused path records it.
+    With pool_impl 'reshape' the bias, ReLU and pool run fused
+    (cpu_ops.bias_relu_max_pool_2x2). With capture_intermediates the conv output is
+    recorded as this layer's __call__ output, as the unfused path records it.
     """
-    if self.impl == 'xla':
-      return max_pool_2x2(nn.relu(self(x)), self.impl)
+    if pool_impl == 'xla':
+      return max_pool_2x2(nn.relu(self(x)), pool_impl)
     y, bias = self._convolve(x)
     if self.is_mutable_collection('intermediates'):
       self.sow('intermediates', '__call__', y + bias)
@@ -101,7 +114,8 @@ class Conv(nn.Module):
 
 
 def max_pool_2x2(x, impl: str):
-  """2x2 max-pool, stride 2, VALID (odd rows/columns dropped), Table 1."""
+  """2x2 max-pool, stride 2, VALID (odd rows/columns dropped), Table 1; impl 'xla' or
+  'reshape' (a resolved pool_impl)."""
   if impl == 'xla':
     return nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
   return cpu_ops.max_pool_2x2(x)

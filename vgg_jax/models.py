@@ -94,6 +94,7 @@ class VGG(nn.Module):
   head: str = 'fc'
   head_width: int = 256
   conv_impl: str = 'auto'  # 'xla', 'matmul' (fast on CPU), 'auto': by backend.
+  pool_impl: str = 'auto'  # 'xla', 'reshape' (bias and ReLU fused), 'auto': by conv_impl.
   batch_norm: bool = False
 
   def __post_init__(self):
@@ -110,7 +111,7 @@ class VGG(nn.Module):
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f'dropout_rate must be in [0, 1), got {self.dropout_rate}.')
     layers.kernel_initializer(self.kernel_init)  # Raises on an unknown scheme.
-    layers.resolve_conv_impl(self.conv_impl)  # Raises on an unknown implementation.
+    layers.resolve_pool_impl(self.pool_impl, self.conv_impl)  # Raises on unknown ones.
     if self.head not in HEADS:
       raise ValueError(f'head={self.head!r} is not one of {HEADS}.')
     if not isinstance(self.batch_norm, (bool, np.bool_)):
@@ -179,6 +180,7 @@ class VGG(nn.Module):
     """conv1_1 .. pool5 (or up to the deepest captured layer, keep() saying when)."""
     init = layers.kernel_initializer(self.kernel_init)
     impl = layers.resolve_conv_impl(self.conv_impl)
+    pool_impl = layers.resolve_pool_impl(self.pool_impl, self.conv_impl)
     fused = keep is None and not self.batch_norm
     x = images.astype(self.dtype)
     for stage, (kernel_sizes, channels) in enumerate(
@@ -189,7 +191,7 @@ class VGG(nn.Module):
                            name=f'conv{index}')
         lrn = stage == 0 and i == len(kernel_sizes) - 1 and self.variant in LRN_VARIANTS
         if fused and i == len(kernel_sizes) - 1 and not lrn:
-          x = conv.bias_relu_max_pool(x)  # The stage ends: conv, ReLU, 2x2 pool, fused.
+          x = conv.bias_relu_max_pool(x, pool_impl)  # Stage end: conv, ReLU, 2x2 pool.
           break
         x = conv(x)
         if keep and keep(f'conv{index}', x):
@@ -207,7 +209,7 @@ class VGG(nn.Module):
           if keep and keep('norm1', x):
             return x
       else:  # No fused stage end: pool here.
-        x = layers.max_pool_2x2(x, impl)
+        x = layers.max_pool_2x2(x, pool_impl)
       if keep and keep(f'pool{stage + 1}', x):
         return x
     return x
