@@ -1,14 +1,20 @@
 """Times the project's real train step on synthetic batches, optionally beside PyTorch.
 
   python -m experiments.benchmark --variant=A --image_size=32 --batch_size=64 \\
-      --num_classes=10 [--dtype=bfloat16] [--steps=N] [--conv_impl=auto|xla|matmul] [--vs_torch]
+      --num_classes=10 [--dtype=bfloat16] [--steps=N] [--conv_impl=auto|xla|matmul] \\
+      [--pool_impl=auto|xla|reshape] [--vs_torch]
 
 Batches are made on the device (no TensorFlow, no ml_collections: this runs where only
 jax, flax, optax and orbax are installed). Prints one JSON line per timed run. With
 --vs_torch an equivalent PyTorch VGG (same layers, SGD momentum 0.9 + weight decay 5e-4
 on weights, dropout 0.5; channels_last and default layouts; autocast bfloat16 when
 --dtype=bfloat16) is timed in the same process, alternating with JAX, and the JAX/torch
-step-time ratio is printed per pair and as a median.
+step-time ratio is printed per pair and as a median. On a GPU, torch runs with
+cudnn.benchmark (it picks each convolution's fastest algorithm, as XLA's autotuner does).
+
+Two utilisation figures: 'mfu' divides XLA's cost analysis of the compiled step by the
+step time and the chip's dense peak (JAX only); 'mfu_model' divides the model's own count,
+3 x 2 x forward MACs x batch (a backward pass costs two forwards), likewise, for both.
 """
 
 import json
@@ -42,6 +48,7 @@ _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per run.')
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Alternating JAX/torch pairs with --vs_torch.')
 _CONV_IMPL = flags.DEFINE_enum('conv_impl', 'auto', list(layers.CONV_IMPLS), 'JAX conv path.')
+_POOL_IMPL = flags.DEFINE_enum('pool_impl', 'auto', list(layers.POOL_IMPLS), 'JAX pool path.')
 _ACCUM = flags.DEFINE_integer('grad_accum_steps', 1, 'Micro-batches per step.')
 _REUSE_HOST_MEMORY = flags.DEFINE_bool(
     'reuse_host_memory', True,
@@ -80,13 +87,23 @@ def timed(step, steps):
   return times, (page_faults() - faults) / max(steps, 1)
 
 
+def model_flops() -> int:
+  """FLOPs of one training step by the model's count: 3 x 2 x forward MACs x batch."""
+  macs = models.forward_macs(_VARIANT.value, _IMAGE_SIZE.value, _NUM_CLASSES.value,
+                             _WIDTH.value, _FC_WIDTH.value)
+  return 6 * macs * _BATCH_SIZE.value
+
+
 def summarize(step_times, compile_s, flops, peak, memory, extra):
+  """flops: XLA's count for one device's step (None for torch); peak: one device's."""
   median = statistics.median(step_times)
+  devices = extra.get('devices', 1)
   return {**extra, 'host_memory_reused': any(_HOST_MEMORY_REUSED),
           'compile_s': round(compile_s, 3), 'median_step_s': round(median, 5),
           'min_step_s': round(min(step_times), 5), 'max_step_s': round(max(step_times), 5),
           'images_per_second': round(_BATCH_SIZE.value / median, 2),
           'mfu': round(flops / median / peak, 4) if flops and peak else None,
+          'mfu_model': round(model_flops() / devices / median / peak, 4) if peak else None,
           'peak_memory_bytes': memory}
 
 
@@ -97,7 +114,7 @@ class JaxRun:
     self.model = models.VGG(variant=_VARIANT.value, num_classes=_NUM_CLASSES.value,
                             width=_WIDTH.value, fc_width=_FC_WIDTH.value,
                             image_size=_IMAGE_SIZE.value, conv_impl=_CONV_IMPL.value,
-                            dtype=jnp.bfloat16 if _DTYPE.value == 'bfloat16' else jnp.float32)
+                            pool_impl=_POOL_IMPL.value, dtype=jnp.bfloat16 if _DTYPE.value == 'bfloat16' else jnp.float32)
     mesh = sharding.create_mesh()
     sharding.check_batch_size(_BATCH_SIZE.value, mesh.size, _ACCUM.value, name='batch_size')
     tx = optim.create_optimizer(optimizer_config(), 100, 10_000)
@@ -134,6 +151,8 @@ class JaxRun:
                          'variant': _VARIANT.value, 'image_size': _IMAGE_SIZE.value,
                          'batch_size': _BATCH_SIZE.value, 'dtype': _DTYPE.value,
                          'conv_impl': layers.resolve_conv_impl(_CONV_IMPL.value),
+                         'pool_impl': layers.resolve_pool_impl(_POOL_IMPL.value,
+                                                               _CONV_IMPL.value),
                          'width': _WIDTH.value,
                          'page_faults_per_step': round(self.faults_per_step)})
 
@@ -145,6 +164,8 @@ class TorchRun:
     nn = torch.nn
     self.torch, self.channels_last = torch, channels_last
     self.device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if self.device.type == 'cuda':
+      torch.backends.cudnn.benchmark = True  # Autotuned convolutions, as XLA's.
     layers, in_channels, size = [], 3, _IMAGE_SIZE.value
     for kernel_sizes, channels in zip(models.CONFIGS[_VARIANT.value],
                                       models.stage_channels(_WIDTH.value)):
@@ -197,7 +218,7 @@ class TorchRun:
     torch = self.torch
     memory = torch.cuda.max_memory_allocated() if self.device.type == 'cuda' else None
     kind = torch.cuda.get_device_name() if self.device.type == 'cuda' else 'cpu'
-    return summarize(times, self.compile_s, None, None, memory, {
+    return summarize(times, self.compile_s, None, monitoring.peak_flops(kind), memory, {
         'framework': 'torch', 'backend': self.device.type, 'device_kind': kind,
         'torch_version': torch.__version__, 'variant': _VARIANT.value,
         'image_size': _IMAGE_SIZE.value, 'batch_size': _BATCH_SIZE.value,

@@ -17,10 +17,14 @@ import jax.numpy as jnp
 
 from vgg_jax import device_crops
 
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 256, 'Windows per call.')
-_WINDOW = flags.DEFINE_integer('window', 352, 'data.device_window: padded side, pixels.')
-_IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Crop side, pixels.')
-_CALLS = flags.DEFINE_integer('calls', 10, 'Timed calls (after one that compiles).')
+
+def define_flags():
+  """Defined only when this module runs as a script: experiments.benchmark_input imports
+  time_train_images and has flags of the same names."""
+  flags.DEFINE_integer('batch_size', 256, 'Windows per call.')
+  flags.DEFINE_integer('window', 352, 'data.device_window: padded side, pixels.')
+  flags.DEFINE_integer('image_size', 224, 'Crop side, pixels.')
+  flags.DEFINE_integer('calls', 10, 'Timed calls (after one that compiles).')
 
 
 def time_train_images(batch, image_size: int, calls: int = 5) -> float:
@@ -47,13 +51,15 @@ def random_windows(batch_size: int, window: int) -> dict:
 
 def main(argv):
   del argv
-  rate = time_train_images(random_windows(_BATCH_SIZE.value, _WINDOW.value),
-                           _IMAGE_SIZE.value, _CALLS.value)
+  args = flags.FLAGS
+  rate = time_train_images(random_windows(args.batch_size, args.window), args.image_size,
+                           args.calls)
   print(json.dumps({'device_crops_images_per_s': round(rate, 1),
                     'backend': jax.default_backend(), 'device_kind': jax.devices()[0].device_kind,
-                    'batch_size': _BATCH_SIZE.value, 'window': _WINDOW.value,
-                    'image_size': _IMAGE_SIZE.value}), flush=True)
+                    'batch_size': args.batch_size, 'window': args.window,
+                    'image_size': args.image_size}), flush=True)
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -64,6 +64,14 @@ def test_eval_benchmark_times_every_protocol():
     assert abs(line['views_per_s'] - per_image * line['images_per_s']) < 0.01 * line['views_per_s']
 
 
+def test_input_benchmark_imports_beside_the_device_crops_one():
+  """benchmark_input imports benchmark_device_crops: their flags must not collide."""
+  code = 'import experiments.benchmark_input, experiments.benchmark_device_crops'
+  result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_device_crops_benchmark_prints_images_per_second():
   result = subprocess.run(
       [sys.executable, '-m', 'experiments.benchmark_device_crops', '--batch_size=4',
