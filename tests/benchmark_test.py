@@ -79,3 +79,17 @@ def test_device_crops_benchmark_prints_images_per_second():
   assert result.returncode == 0, result.stderr[-3000:]
   line = json.loads(result.stdout.strip().splitlines()[-1])
   assert line['device_crops_images_per_s'] > 0 and line['window'] == 352
+
+
+def test_conv_benchmark_times_layers_and_ab_steps():
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # One device, as users.
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.benchmark_conv', '--layers=2:6:16:8', '--runs=1',
+       '--step', '--variant=A', '--width=0.125', '--fc_width=16', '--batch_size=2',
+       '--steps=2'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  layer, step = (json.loads(l) for l in result.stdout.strip().splitlines()[-2:])
+  assert layer['layer'] == '2:6:16:8'
+  assert layer['conv_as_matmul'] > 0 and layer['conv_kernel_rows'] > 0
+  assert step['steps_each'] == 2 and step['old_patches_s'] > 0 and step['new_s'] > 0
+  assert abs(step['new_over_old'] - step['new_s'] / step['old_patches_s']) < 0.01

@@ -61,3 +61,46 @@ def test_conv_as_matmul_equals_xla_convolution(k):
                                           dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   np.testing.assert_allclose(cpu_ops.conv_as_matmul(x, kernel), expected, rtol=1e-5,
                              atol=1e-5)
+
+
+def xla_conv(x, kernel):
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME', precision='highest',
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@pytest.mark.parametrize('shape', [(2, 7, 9, 5), (1, 1, 2, 3)])
+def test_kernel_rows_convolution_equals_xla_with_gradients(shape):
+  """Outputs, input and kernel gradients, against XLA's convolution at full precision."""
+  keys = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(keys[0], shape)
+  kernel = jax.random.normal(keys[1], (3, 3, shape[-1], 4))
+  cotangent = jax.random.normal(keys[2], shape[:3] + (4,))
+  ours, ours_vjp = jax.vjp(cpu_ops.conv_kernel_rows, x, kernel)
+  expected, expected_vjp = jax.vjp(xla_conv, x, kernel)
+  np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+  for a, b in zip(ours_vjp(cotangent), expected_vjp(cotangent)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize('shape, chosen', [
+    ((4, 8, 8, 32), 'conv_kernel_rows'),  # 16-64 channels.
+    ((4, 7, 9, 64), 'conv_kernel_rows'),
+    ((4, 8, 8, 128), 'conv_as_matmul'),  # More channels: no gain measured.
+    ((4, 8, 8, 8), 'conv_as_matmul')])  # Under 16 channels (conv1_1's 3, say).
+def test_conv_builds_less_only_past_the_patch_limit(monkeypatch, shape, chosen):
+  x = jax.random.normal(jax.random.key(0), shape)
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, shape[-1], 16)) / shape[-1]
+  calls = []
+  for name in ('conv_as_matmul', 'conv_kernel_rows'):
+    original = getattr(cpu_ops, name)
+    monkeypatch.setattr(cpu_ops, name, lambda *a, f=original, n=name: calls.append(n) or f(*a))
+  np.testing.assert_allclose(cpu_ops.conv(x, kernel), xla_conv(x, kernel), rtol=1e-4,
+                             atol=1e-4)
+  assert calls == ['conv_as_matmul']  # Under the limit: the plain patches.
+  monkeypatch.setattr(cpu_ops, 'PATCH_BYTES_LIMIT', 0)
+  np.testing.assert_allclose(cpu_ops.conv(x, kernel), xla_conv(x, kernel), rtol=1e-4,
+                             atol=1e-4)
+  assert calls[1:] == [chosen]
+  calls.clear()
+  cpu_ops.conv(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16))
+  assert calls == ['conv_as_matmul']  # bfloat16 keeps the patches (no new round-off).

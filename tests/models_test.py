@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vgg_jax import cpu_ops
 from vgg_jax import layers
 from vgg_jax import models
 
@@ -196,7 +197,8 @@ def test_bad_inputs_name_the_value():
 
 
 @pytest.mark.parametrize('variant', [pytest.param('A-LRN', marks=pytest.mark.slow), 'C'])
-def test_matmul_convolution_and_reshape_pool_equal_xla_outputs_and_gradients(variant):
+def test_matmul_convolution_and_reshape_pool_equal_xla_outputs_and_gradients(variant,
+                                                                          monkeypatch):
   # 36x36: odd pooled sizes (18 -> 9 -> 4) exercise the VALID floor of both pools.
   kwargs = dict(variant=variant, width=1 / 16, fc_width=16, num_classes=5, image_size=36)
   xla = models.VGG(conv_impl='xla', pool_impl='xla', **kwargs)
@@ -209,7 +211,7 @@ def test_matmul_convolution_and_reshape_pool_equal_xla_outputs_and_gradients(var
   def loss(model, params):
     return jnp.sum(jnp.sin(model.apply({'params': params}, images)))
   expected = jax.grad(functools.partial(loss, xla))(variables['params'])
-  for other in others:
+  def check(other):
     assert jax.tree_util.tree_map(jnp.shape, variables) == jax.tree_util.tree_map(
         jnp.shape, other.init(jax.random.key(0), images))
     np.testing.assert_allclose(other.apply(variables, images), xla.apply(variables, images),
@@ -217,6 +219,11 @@ def test_matmul_convolution_and_reshape_pool_equal_xla_outputs_and_gradients(var
     grads = jax.grad(functools.partial(loss, other))(variables['params'])
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                            grads, expected)
+  for other in others:
+    check(other)
+  # With no patch limit, the 16-32 channel layers take cpu_ops.conv_kernel_rows.
+  monkeypatch.setattr(cpu_ops, 'PATCH_BYTES_LIMIT', 0)
+  check(models.VGG(conv_impl='matmul', **kwargs))
 
 
 def test_conv_impl_auto_picks_matmul_on_cpu_and_rejects_unknown():

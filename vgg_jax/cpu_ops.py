@@ -54,6 +54,47 @@ def conv_as_matmul(x, kernel):
   return rows_matmul(patches, kernel.reshape(k * k * channels, features))
 
 
+# 3x3 layers whose 9x patch tensor would exceed this many bytes build less (conv()).
+PATCH_BYTES_LIMIT = 64 * 2**20
+
+
+def conv(x, kernel):
+  """Stride-1 'same' convolution (the matmul path's), its formulation chosen by shape.
+
+  conv_as_matmul builds patches nine times the input. Where those would exceed
+  PATCH_BYTES_LIMIT and the layer is float32, 3x3, with 16-64 input channels (VGG-D's
+  conv1_2 at 32x32, batch 64; conv2_1 at 112x112, batch 4), conv_kernel_rows builds three
+  times the input instead. Both are tested equal to XLA's convolution; the per-layer and
+  whole-step timings that chose the rule are in docs/performance.md. Shapes are the
+  traced (global) ones.
+  """
+  k, _, channels, _ = kernel.shape
+  patch_bytes = x.size * k * k * x.dtype.itemsize
+  if (k == 3 and x.dtype == jnp.float32 and patch_bytes > PATCH_BYTES_LIMIT
+      and 16 <= channels <= 64):
+    return conv_kernel_rows(x, kernel)
+  return conv_as_matmul(x, kernel)
+
+
+def _column_patches(x):
+  """x [B, H, W, C] -> [B, H + 2, W, 3C]: each padded row's three column shifts."""
+  width = x.shape[2]
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  return jnp.concatenate([padded[:, :, dx:dx + width] for dx in range(3)], axis=-1)
+
+
+def conv_kernel_rows(x, kernel):
+  """3x3 'same' convolution with patches three times the input, not nine.
+
+  One matmul multiplies the column patches [B, H+2, W, 3C] by all three kernel rows side
+  by side [3C, 3 Cout]; output row h sums kernel row dy's block of patch row h + dy.
+  """
+  height, channels, features = x.shape[1], kernel.shape[2], kernel.shape[3]
+  rows = jnp.concatenate([kernel[dy].reshape(3 * channels, features) for dy in range(3)], -1)
+  z = rows_matmul(_column_patches(x), rows)
+  return sum(z[:, dy:dy + height, :, dy * features:(dy + 1) * features] for dy in range(3))
+
+
 def even_crop(x):
   """x [B, H, W, C] without its last row/column where H/W is odd (VALID 2x2 pooling)."""
   height, width = x.shape[1:3]

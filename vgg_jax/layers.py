@@ -71,8 +71,9 @@ def resolve_pool_impl(pool_impl: str, conv_impl: str) -> str:
 class Conv(nn.Module):
   """A k x k, stride 1, 'same' convolution plus bias; kernel [k, k, Cin, Cout] (HWIO).
 
-  impl 'xla' calls XLA's convolution; 'matmul' computes the same numbers as one matmul
-  (cpu_ops.conv_as_matmul), fast on XLA's CPU backend. Parameters are identical.
+  impl 'xla' calls XLA's convolution; 'matmul' computes the same numbers through matmuls
+  (cpu_ops.conv: patches times the kernel, or for large maps a formulation that builds
+  less), fast on XLA's CPU backend. Parameters are identical.
   """
   features: int
   kernel_size: int
@@ -91,7 +92,7 @@ class Conv(nn.Module):
       y = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME',
                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     else:
-      y = cpu_ops.conv_as_matmul(x, kernel)
+      y = cpu_ops.conv(x, kernel)
     return y, bias
 
   def __call__(self, x):
