@@ -114,7 +114,8 @@ class JaxRun:
     self.model = models.VGG(variant=_VARIANT.value, num_classes=_NUM_CLASSES.value,
                             width=_WIDTH.value, fc_width=_FC_WIDTH.value,
                             image_size=_IMAGE_SIZE.value, conv_impl=_CONV_IMPL.value,
-                            pool_impl=_POOL_IMPL.value, dtype=jnp.bfloat16 if _DTYPE.value == 'bfloat16' else jnp.float32)
+                            pool_impl=_POOL_IMPL.value,
+                            dtype=jnp.bfloat16 if _DTYPE.value == 'bfloat16' else jnp.float32)
     mesh = sharding.create_mesh()
     sharding.check_batch_size(_BATCH_SIZE.value, mesh.size, _ACCUM.value, name='batch_size')
     tx = optim.create_optimizer(optimizer_config(), 100, 10_000)

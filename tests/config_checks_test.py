@@ -11,6 +11,7 @@ from experiments.configs import finetune
 from experiments.configs import image_folder
 from experiments.configs import imagenet
 from vgg_jax import config_checks
+from vgg_jax import models
 from vgg_jax import train
 
 
@@ -28,6 +29,7 @@ def test_shipped_configs_pass(make):
 @pytest.mark.parametrize('overrides, message', [
     ({'model.variant': 'F'}, r"config.model.variant='F': must be one of"),
     ({'model.dtype': 'int8'}, r"config.model.dtype='int8': must be one of"),
+    ({'model.pool_impl': 'avg'}, r"config.model.pool_impl='avg': must be one of"),
     ({'model.width': 0.0}, r'config.model.width=0.0: must be > 0'),
     ({'model.image_size': 16}, r'config.model.image_size=16: must be at least 32'),
     ({'data.source': 'csv'}, r"config.data.source='csv': must be one of"),
@@ -51,6 +53,13 @@ def test_folder_source_needs_its_root(tiny_config):
   config = tiny_config(**{'data.source': 'folder', 'data.folder': ''})
   with pytest.raises(ValueError, match="config.data.folder='': must name the image folder"):
     config_checks.check_train_config(config)
+
+
+def test_a_config_stored_before_pool_impl_still_passes(tiny_config):
+  config = tiny_config()
+  del config.model['pool_impl']
+  config_checks.check_train_config(config)
+  assert models.create_model(config.model).pool_impl == 'auto'
 
 
 def test_a_missing_field_is_named(tiny_config):

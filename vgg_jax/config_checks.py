@@ -48,6 +48,9 @@ def check_model(config):
   _require(config, 'model.head', lambda v: v in models.HEADS, f'must be one of {models.HEADS}')
   _require(config, 'model.conv_impl', lambda v: v in layers.CONV_IMPLS,
            f'must be one of {layers.CONV_IMPLS}')
+  if 'pool_impl' in config.model:  # Configs stored before the field keep 'auto'.
+    _require(config, 'model.pool_impl', lambda v: v in layers.POOL_IMPLS,
+             f'must be one of {layers.POOL_IMPLS}')
   _require(config, 'model.batch_norm', lambda v: isinstance(v, bool), 'must be True or False')
 
 

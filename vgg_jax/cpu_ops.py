@@ -1,12 +1,12 @@
 """The CPU-only kernels: convolutions as matmuls and a fused bias + ReLU + 2x2 max-pool.
 
-When and why: models.VGG uses these when conv_impl resolves to 'matmul' (and the pool
-ones when pool_impl resolves to 'reshape'), which 'auto' does on JAX's CPU backend only. XLA's CPU convolution is several times slower than its
-matmul, and JAX's generic derivatives of max-pooling and of a matmul's weight take
-XLA:CPU's slowest paths; each function here computes the same numbers as the plain
-JAX expression through a faster one (each is tested equal to it; the measurements are
-in docs/performance.md). GPU and TPU backends keep XLA's own convolution and pooling
-unless pool_impl='reshape' is asked for.
+When and why: models.VGG uses these when conv_impl resolves to 'matmul' (the pools: when
+pool_impl resolves to 'reshape'), which 'auto' does on JAX's CPU backend only. XLA's CPU
+convolution is several times slower than its matmul, and JAX's generic derivatives of
+max-pooling and of a matmul's weight take XLA:CPU's slowest paths; each function here
+computes the same numbers as the plain JAX expression through a faster one (each is
+tested equal to it; the measurements are in docs/performance.md). GPU and TPU backends
+keep XLA's own convolution and pooling unless pool_impl='reshape' is asked for.
 """
 
 import jax
@@ -63,7 +63,7 @@ def conv(x, kernel):
 
   conv_as_matmul builds patches nine times the input. Where those would exceed
   PATCH_BYTES_LIMIT and the layer is float32, 3x3, with 16-64 input channels (VGG-D's
-  conv1_2 at 32x32, batch 64; conv2_1 at 112x112, batch 4), conv_kernel_rows builds three
+  conv1_2 at 32x32, batch 64; VGG-A's conv2_1 at 112x112, batch 4), conv_kernel_rows builds three
   times the input instead. Both are tested equal to XLA's convolution; the per-layer and
   whole-step timings that chose the rule are in docs/performance.md. Shapes are the
   traced (global) ones.

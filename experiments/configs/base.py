@@ -26,6 +26,7 @@ def model_config() -> ml_collections.ConfigDict:
   model.head = 'fc'  # 'fc': fc6-fc8; 'small': Dense head_width, ReLU, dropout, Dense.
   model.head_width = 256
   model.conv_impl = 'auto'  # 'auto': matmul convs on the CPU, XLA's elsewhere; 'xla', 'matmul'.
+  model.pool_impl = 'auto'  # 'auto': as conv_impl; 'xla' (reduce_window), 'reshape'.
   model.batch_norm = False  # True: BatchNorm after every conv (torchvision's vgg*_bn).
   return model
 
