@@ -85,9 +85,17 @@ class Preset:
   table5_note: str  # Which runs Table 5 tests.
   variants: tuple[str, ...] = VARIANTS
   eval_max_examples: int = 0  # Test images per evaluation (0: the whole split).
+  fusion_max_examples: int | None = None  # Tables 5 and 6's (None: eval_max_examples).
   table5_variants: tuple[str, ...] = ('D', 'E')
   scale_name: str = ''  # The main column's training scale, for the tables.
   extra_scales: tuple[TrainingScale, ...] = ()  # Further columns for C, D, E.
+
+  @property
+  def fusion_examples(self) -> int:
+    """Test images of each Table 5 / Table 6 evaluation (0: the whole split)."""
+    if self.fusion_max_examples is None:
+      return self.eval_max_examples
+    return self.fusion_max_examples
 
   @property
   def table5_column(self) -> str:
@@ -152,6 +160,8 @@ def get_preset(name: str, quick: bool) -> Preset:
         (32, 36) if quick else (32, 36, 40), 'dense', flip=False, inits=INITS,
         budgets=(1.0,), paper=False,
         fusion_scales=(32, 36) if quick else (32, 36, 40),
+        # --quick: multi-crop of all 450 test images was 60% of the flow's time.
+        fusion_max_examples=64 if quick else 0,
         table5_note='the warm-started D and E at A\'s budget',
         budget_rule=('Budget rule: every net gets A\'s 315 steps (15 epochs), both '
                      'initialisations, 2 seeds. Measured on 2 CPU cores: 70-105 s per run '
@@ -253,7 +263,7 @@ def evaluate_runs(workdirs, protocol: str, scales, flip: bool, cache_dir: str,
   # Imported here, after main() set up host memory: TensorFlow starts threads on import.
   from vgg_jax import evaluate  # pylint: disable=g-import-not-at-top
   key = (f"eval_{protocol.replace('+', '_')}_{'_'.join(map(str, scales))}"
-         f"{'' if flip else '_noflip'}")
+         f"{'' if flip else '_noflip'}{f'_first{max_examples}' if max_examples else ''}")
   if len(workdirs) > 1 or cache_dir != workdirs[0]:  # A fusion: named by its members.
     members = hashlib.sha1('\n'.join(sorted(workdirs)).encode()).hexdigest()[:10]
     key = f'fusion_{len(workdirs)}_{members}_{key}'
@@ -303,7 +313,7 @@ def tables_5_and_6(preset: Preset, rows, root: str):
     if chosen:
       table5[variant] = {p: [evaluate_runs([r['workdir']], p, preset.fusion_scales,
                                            preset.flip, r['workdir'],
-                                           preset.eval_max_examples) for r in chosen]
+                                           preset.fusion_examples) for r in chosen]
                          for p in PROTOCOLS_TABLE5}
   ranked = sorted(rows, key=lambda r: (r['multi_top1'], r['multi_top5']))
   # All runs with the cheaper dense protocol: 50 crops per scale of every run would take
@@ -316,7 +326,7 @@ def tables_5_and_6(preset: Preset, rows, root: str):
     if name != 'best single' and len(members) < 2:
       continue
     result = evaluate_runs([r['workdir'] for r in members], protocol, preset.fusion_scales,
-                           preset.flip, root, preset.eval_max_examples)
+                           preset.flip, root, preset.fusion_examples)
     fusions.append((name, [os.path.basename(r['workdir']) for r in members], result))
   return table5, fusions
 

@@ -171,13 +171,16 @@ def write_markdown(path, rows, preset, header: dict, table5_results, fusions):
   lines += depth_table(main, preset.variants, 'multi', PAPER_TABLE4 if preset.paper else None)
   if preset.extra_scales:
     lines += ['', '## Training-scale columns (C, D, E)', ''] + scale_table(rows, preset)
+  subset = (f', the first {preset.fusion_examples} test images' if preset.fusion_examples
+            and preset.fusion_examples != preset.eval_max_examples else '')
   if table5_results:
     lines += ['', f'## Table 5 shape: dense vs multi-crop vs both{flips}, '
-              f'Q = {{{",".join(map(str, preset.fusion_scales))}}} ({preset.table5_note})', '']
+              f'Q = {{{",".join(map(str, preset.fusion_scales))}}} ({preset.table5_note})'
+              f'{subset}', '']
     lines += table5(table5_results, preset)
   if fusions:
     lines += ['', f'## Table 6 shape: fusion (softmax posteriors averaged){flips}, '
-              f'Q = {{{",".join(map(str, preset.fusion_scales))}}}', '']
+              f'Q = {{{",".join(map(str, preset.fusion_scales))}}}{subset}', '']
     lines += table6(fusions, preset)
   monitoring.write_file_atomically(path, '\n'.join(lines) + '\n')
 

@@ -51,6 +51,9 @@ def test_quick_ablation_writes_all_tables_and_plots_then_skips(tmp_path):
   assert markdown.count('| E |') == 3  # Tables 3, 4 and 5.
   assert '| best two |' in markdown and '| all runs | 4 runs | dense |' in markdown
   assert '--preset=digits --quick --variants=A,A-LRN,E' in markdown
+  for title in ('Table 5 shape', 'Table 6 shape'):  # --quick: a subset of the test split.
+    assert 'the first 64 test images' in markdown.split(f'## {title}')[1].splitlines()[0]
+  assert os.path.exists(tmp_path / 'E_warm_seed0' / 'eval_multicrop_32_36_noflip_first64.json')
   for name in ('ablation.png', 'ablation_curves.png'):
     assert_png(tmp_path / name)
   steps_before = sorted(os.listdir(tmp_path / 'E_warm_seed0' / 'checkpoints'))
