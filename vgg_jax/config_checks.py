@@ -11,11 +11,17 @@ from vgg_jax import optim
 SOURCES = ('digits', 'folder', 'tfds', 'fake')
 
 
-def _require(config, name: str, ok, want: str):
-  """Raises ValueError naming config.<name> unless ok(value)."""
+def _require(config, name: str, ok, want: str, optional: bool = False):
+  """Raises ValueError naming config.<name> unless ok(value).
+
+  optional: a field added after configs were first stored; a config without it (an older
+  run's) passes and gets the code's default.
+  """
   value = config
   for part in name.split('.'):
     if part not in value:
+      if optional:
+        return
       raise ValueError(f'config.{name} is missing: the config must define every field of '
                        'experiments/configs/base.py.')
     value = value[part]
@@ -48,9 +54,8 @@ def check_model(config):
   _require(config, 'model.head', lambda v: v in models.HEADS, f'must be one of {models.HEADS}')
   _require(config, 'model.conv_impl', lambda v: v in layers.CONV_IMPLS,
            f'must be one of {layers.CONV_IMPLS}')
-  if 'pool_impl' in config.model:  # Configs stored before the field keep 'auto'.
-    _require(config, 'model.pool_impl', lambda v: v in layers.POOL_IMPLS,
-             f'must be one of {layers.POOL_IMPLS}')
+  _require(config, 'model.pool_impl', lambda v: v in layers.POOL_IMPLS,
+           f'must be one of {layers.POOL_IMPLS}', optional=True)
   _require(config, 'model.batch_norm', lambda v: isinstance(v, bool), 'must be True or False')
 
 
@@ -67,10 +72,9 @@ def check_data(config):
   _require(config, 'data.eval_scale', lambda v: v >= size,
            f'the test scale Q must be at least the crop model.image_size={size}')
   _require(config, 'data.pca_stddev', lambda v: v >= 0, 'must be >= 0 (0 disables)')
-  if 'device_window' in config.data:
-    _require(config, 'data.device_window',
-             lambda v: isinstance(v, int) and (v == 0 or v >= size),
-             f'must be 0 (resample on the host) or at least model.image_size={size}')
+  _require(config, 'data.device_window', lambda v: isinstance(v, int) and (v == 0 or v >= size),
+           f'must be 0 (resample on the host) or at least model.image_size={size}',
+           optional=True)
 
 
 def check_optimizer(config):
