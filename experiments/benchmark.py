@@ -99,8 +99,8 @@ def summarize(step_times, compile_s, flops, peak, memory, extra):
   median = statistics.median(step_times)
   devices = extra.get('devices', 1)
   return {**extra, 'host_memory_reused': any(_HOST_MEMORY_REUSED),
-          'compile_s': round(compile_s, 3), 'median_step_s': round(median, 5),
-          'min_step_s': round(min(step_times), 5), 'max_step_s': round(max(step_times), 5),
+          'compile_s': round(compile_s, 3), 'median_step_s': round(median, 6),
+          'min_step_s': round(min(step_times), 6), 'max_step_s': round(max(step_times), 6),
           'images_per_second': round(_BATCH_SIZE.value / median, 2),
           'mfu': round(flops / median / peak, 4) if flops and peak else None,
           'mfu_model': round(model_flops() / devices / median / peak, 4) if peak else None,
