@@ -114,7 +114,7 @@ def test_imagenet_quick_on_mock_data_runs_every_column(tmp_path, mock_tfds, monk
   rows = quick_on_mock_data(tmp_path, mock_tfds, monkeypatch, 'imagenet2012', 'validation')
   assert [(r['variant'], r['train_scale']) for r in rows] == [
       ('A', '256'), ('D', '256'), ('D', '384'), ('D', '256-512')]
-  assert all(int(r['eval_images']) == 8 for r in rows)  # --quick: 8 test images.
+  assert all(int(r['eval_images']) == 4 for r in rows)  # --quick: 4 test images.
   config = json.load(open(tmp_path / 'out' / 'D_S256-512_warm_seed0' / 'config.json'))
   assert config['init_from'] == str(tmp_path / 'out' / 'D_S384_warm_seed0')
   assert (config['data']['scale_min'], config['data']['scale_max']) == (32, 64)

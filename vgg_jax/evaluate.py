@@ -58,6 +58,13 @@ resolve_step = checkpointing.resolve_step
 load_model = checkpointing.load_model
 
 
+# One jit for every Predictor: equal models (Flax modules compare by their fields) share
+# its traces, so the runs of a study and their fusions compile each shape once.
+@functools.partial(jax.jit, static_argnames=('model', 'dense'))
+def _posteriors(model: models.VGG, variables, images, dense: bool):
+  return jax.nn.softmax(model.apply(variables, images, train=False, dense=dense))
+
+
 class Predictor:
   """Softmax posteriors of one model over batches of views, on the local devices."""
 
@@ -70,12 +77,6 @@ class Predictor:
     self.batch_size = per_device * self.mesh.size
     self.views = NamedSharding(self.mesh, P('data'))
 
-    @functools.partial(jax.jit, static_argnames='dense')
-    def posteriors(variables, images, dense):
-      logits = model.apply(variables, images, train=False, dense=dense)
-      return jax.nn.softmax(logits)
-    self._posteriors = posteriors
-
   def __call__(self, images: np.ndarray, dense: bool = False) -> np.ndarray:
     """images [n, H, W, 3] -> posteriors [n, classes], in device-sized batches."""
     out = []
@@ -84,7 +85,8 @@ class Predictor:
       pad = (-len(chunk)) % self.mesh.size  # Equal shares per device.
       if pad:
         chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-      probs = self._posteriors(self.variables, jax.device_put(chunk, self.views), dense)
+      probs = _posteriors(self.model, self.variables, jax.device_put(chunk, self.views),
+                          dense)
       out.append(np.asarray(probs)[:len(chunk) - pad])
     return np.concatenate(out)
 
