@@ -30,9 +30,9 @@ from experiments.configs import cifar10
 from experiments.configs import digits
 from experiments.configs import imagenet
 from vgg_jax import checkpointing
+from vgg_jax import files
 from vgg_jax import host_memory
 from vgg_jax import models
-from vgg_jax import monitoring
 
 _PRESET = flags.DEFINE_enum('preset', 'digits', ['digits', 'cifar10', 'imagenet'],
                             'Which study to run.')
@@ -253,7 +253,7 @@ def train_run(config, workdir: str) -> None:
   result = train.train_and_evaluate(config, workdir)
   if result.get('preempted'):
     raise SystemExit(143)
-  monitoring.write_file_atomically(done, json.dumps(
+  files.write_file_atomically(done, json.dumps(
       {k: v for k, v in result.items() if isinstance(v, (int, float, bool))}))
 
 
@@ -276,7 +276,7 @@ def evaluate_runs(workdirs, protocol: str, scales, flip: bool, cache_dir: str,
                                                                     flip, 256)
   config.max_examples = max_examples
   result = evaluate.run(config, list(workdirs))
-  monitoring.write_file_atomically(path, json.dumps(result))
+  files.write_file_atomically(path, json.dumps(result))
   return result
 
 

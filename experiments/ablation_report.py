@@ -11,6 +11,7 @@ import platform
 
 import numpy as np
 
+from vgg_jax import files
 from vgg_jax import models
 from vgg_jax import monitoring
 
@@ -182,7 +183,7 @@ def write_markdown(path, rows, preset, header: dict, table5_results, fusions):
     lines += ['', f'## Table 6 shape: fusion (softmax posteriors averaged){flips}, '
               f'Q = {{{",".join(map(str, preset.fusion_scales))}}}{subset}', '']
     lines += table6(fusions, preset)
-  monitoring.write_file_atomically(path, '\n'.join(lines) + '\n')
+  files.write_file_atomically(path, '\n'.join(lines) + '\n')
 
 
 def write_plot(path, rows, variants, title: str):

@@ -27,8 +27,8 @@ import numpy as np
 import tensorflow as tf
 
 from vgg_jax import checkpointing
+from vgg_jax import files
 from vgg_jax import models
-from vgg_jax import monitoring
 from vgg_jax.data import preprocessing
 from vgg_jax.data import scan
 from vgg_jax.data import sources
@@ -221,7 +221,7 @@ def run(eval_config, workdirs: Sequence[str], output_dir: str | None = None,
   if output_dir and jax.process_index() == 0:
     name = eval_config.protocol.replace('+', '_')
     path = os.path.join(output_dir, f'eval_{name}.json')
-    monitoring.write_file_atomically(path, json.dumps(result, indent=2))
+    files.write_file_atomically(path, json.dumps(result, indent=2))
     result['path'] = path
   return result
 

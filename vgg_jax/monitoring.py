@@ -14,19 +14,13 @@ from jax._src import distributed  # The runtime client: JAX has no public handle
 from jax.experimental import multihost_utils
 import numpy as np
 
+from vgg_jax import files
+
 # Dense bf16 peak FLOP/s per chip, for MFU; matched as substrings of device_kind.
 PEAK_FLOPS = {
     'H200': 989e12, 'H100': 989e12, 'A100': 312e12, 'L4': 121e12, 'A10G': 125e12,
     'TPU v6': 918e12, 'TPU v5p': 459e12, 'TPU v5': 197e12, 'TPU v4': 275e12,
 }
-
-
-def write_file_atomically(path: str, text: str):
-  """Writes text to path via a temporary file and a rename: readers see all or nothing."""
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def read_metrics(path: str) -> list[dict[str, Any]]:
@@ -55,7 +49,7 @@ class MetricWriter:
       return
     if os.path.exists(self.path):  # Drop rows a crash left beyond the checkpoint.
       kept = [row for row in read_metrics(self.path) if row['step'] <= resume_step]
-      write_file_atomically(self.path, ''.join(json.dumps(row) + '\n' for row in kept))
+      files.write_file_atomically(self.path, ''.join(json.dumps(row) + '\n' for row in kept))
     try:  # TensorFlow is optional here: the benchmark path runs without it.
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
       self.summary = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))

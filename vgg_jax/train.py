@@ -23,6 +23,7 @@ import numpy as np
 
 from vgg_jax import checkpointing
 from vgg_jax import config_checks
+from vgg_jax import files
 from vgg_jax import models
 from vgg_jax import monitoring
 from vgg_jax import optim
@@ -104,7 +105,7 @@ def write_config(config, workdir: str):
   if jax.process_index() != 0:
     return
   os.makedirs(workdir, exist_ok=True)
-  monitoring.write_file_atomically(os.path.join(workdir, 'config.json'),
+  files.write_file_atomically(os.path.join(workdir, 'config.json'),
                                    config.to_json_best_effort(indent=2))
 
 

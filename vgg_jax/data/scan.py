@@ -17,6 +17,7 @@ from absl import logging
 from PIL import Image
 import tensorflow as tf
 
+from vgg_jax import files
 from vgg_jax.data import preprocessing
 
 PROGRESS_EVERY_S = 5.0  # Seconds between progress lines while checking a folder.
@@ -137,10 +138,7 @@ def check_folder(root: str, split: str, paths: list[str], cache_dir: str | None 
 
 def _write_json(path: str, contents: dict):
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(contents, f)
-  os.replace(tmp, path)
+  files.write_file_atomically(path, json.dumps(contents))
 
 
 def bad_files_error(bad: list[tuple[str, str]], where: str) -> ValueError:

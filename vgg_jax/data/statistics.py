@@ -8,6 +8,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from vgg_jax import files
 from vgg_jax.data import preprocessing
 from vgg_jax.data import sources
 
@@ -87,10 +88,7 @@ def rgb_statistics(data_config, cache_dir: str | None) -> dict[str, Any]:
     computed = compute_rgb_statistics(source, data_config.stats_max_examples)
     if cache:
       os.makedirs(cache_dir, exist_ok=True)
-      tmp = f'{cache}.tmp{os.getpid()}'
-      with open(tmp, 'w') as f:
-        json.dump({'key': key, **computed}, f)
-      os.replace(tmp, cache)
+      files.write_file_atomically(cache, json.dumps({'key': key, **computed}))
   if stats['mean_rgb'] is None:
     stats['mean_rgb'] = computed['mean_rgb']
   if stats['pca_eigval'] == 'compute':
