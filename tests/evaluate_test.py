@@ -105,10 +105,10 @@ def test_best_checkpoint_is_the_lowest_eval_error(run_dir):
   rows = [json.loads(l) for l in open(workdir / 'metrics.jsonl')]
   errors = {r['step']: r['eval/top1_error'] for r in rows if 'eval/top1_error' in r}
   best = min(errors, key=lambda step: (errors[step], -step))  # Later step on ties.
-  assert evaluate.resolve_step(str(workdir), 'best') == best
-  assert evaluate.resolve_step(str(workdir), 'latest') == 16
+  assert checkpointing.resolve_step(str(workdir), 'best') == best
+  assert checkpointing.resolve_step(str(workdir), 'latest') == 16
   with pytest.raises(ValueError, match='No checkpoint at step 7'):
-    evaluate.resolve_step(str(workdir), '7')
+    checkpointing.resolve_step(str(workdir), '7')
 
 
 def test_bad_input(run_dir, tmp_path, tiny_config):
@@ -189,7 +189,7 @@ def test_batch_norm_run_evaluates_and_predicts_with_its_running_statistics(tmp_p
   result = train.train_and_evaluate(config, str(tmp_path))
   out = evaluate.run(eval_config(checkpoint='latest'), [str(tmp_path)])
   assert out['top1_error'] == pytest.approx(result['eval/top1_error'], abs=1e-6)
-  model, variables, _, _ = evaluate.load_model(str(tmp_path), 'latest')
+  model, variables, _, _ = checkpointing.load_model(str(tmp_path), 'latest')
   assert model.batch_norm and set(variables) == {'params', 'batch_stats'}
   # The predictor uses the running statistics: the same as model.apply in eval mode, and
   # unlike the statistics of the batch itself.

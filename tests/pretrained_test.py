@@ -440,7 +440,7 @@ def test_load_gives_a_training_runs_model_and_its_computed_mean(tmp_path, tiny_c
   np.testing.assert_allclose(mean_rgb, cached, rtol=1e-6)
   assert mean_rgb.shape == (3,) and 0 < mean_rgb.min() < 255
   best = checkpointing.resolve_step(str(workdir), 'best')
-  expected_model, expected, _, _ = evaluate.load_model(str(workdir), best)
+  expected_model, expected, _, _ = checkpointing.load_model(str(workdir), best)
   assert model == expected_model and set(variables) == {'params'}
   jax.tree_util.tree_map(np.testing.assert_array_equal, variables, expected)
   images = rgb_images(3, size=32, seed=3)

@@ -54,10 +54,6 @@ def check_protocol(protocol: str, scales: Sequence[int], image_size: int):
                      f'{image_size}: every Q must be at least the training crop.')
 
 
-resolve_step = checkpointing.resolve_step
-load_model = checkpointing.load_model
-
-
 # One jit for every Predictor: equal models (Flax modules compare by their fields) share
 # its traces, so the runs of a study and their fusions compile each shape once.
 @functools.partial(jax.jit, static_argnames=('model', 'dense'))
@@ -193,7 +189,7 @@ def run(eval_config, workdirs: Sequence[str], output_dir: str | None = None,
 
   data_config: the data section to test on; by default the first run's stored one.
   """
-  loaded = [load_model(w, eval_config.checkpoint) for w in workdirs]
+  loaded = [checkpointing.load_model(w, eval_config.checkpoint) for w in workdirs]
   classes = {model.num_classes for model, *_ in loaded}
   if len(classes) > 1:
     raise ValueError('Cannot fuse models with different class counts: ' + ', '.join(
@@ -251,7 +247,7 @@ def predict(eval_config, workdir: str, paths: Sequence[str], top_k: int = 5,
   missing = [p for p in paths if not os.path.isfile(p)]
   if missing:
     raise FileNotFoundError(f'No such image file: {missing[0]}')
-  model, variables, meta, _ = load_model(workdir, eval_config.checkpoint)
+  model, variables, meta, _ = checkpointing.load_model(workdir, eval_config.checkpoint)
   if data_config is None:
     data_config = ml_collections.ConfigDict(meta['config']['data'])
   stats = statistics.rgb_statistics(data_config, os.path.abspath(workdir))
