@@ -261,3 +261,20 @@ def test_captured_conv_intermediates_are_conv_outputs_on_both_paths():
   np.testing.assert_allclose(captured[1]['conv1_1']['__call__'][0], expected + p['bias'],
                              rtol=1e-4, atol=1e-4)
   assert float(captured[1]['conv1_1']['__call__'][0].min()) < 0
+
+
+def test_frozen_norms_use_their_running_statistics_in_training():
+  model = models.VGG(variant='A', width=1 / 16, fc_width=16, num_classes=3, image_size=32,
+                     batch_norm=True, frozen_norms=('bn1_1', 'bn2_1'))
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  images = jax.random.normal(jax.random.key(1), (4, 32, 32, 3)) * 3
+  _, updates = jax.jit(lambda v: model.apply(v, images, train=True, mutable=['batch_stats'],
+                                             rngs={'dropout': jax.random.key(2)}))(variables)
+  moved = {layer: not np.array_equal(stats['mean'], variables['batch_stats'][layer]['mean'])
+           for layer, stats in updates['batch_stats'].items()}
+  assert moved == {layer: layer not in ('bn1_1', 'bn2_1') for layer in moved}
+  with pytest.raises(ValueError, match=r"frozen_norms must be a tuple of this net's BatchNorm "
+                                       r'layers \(none: batch_norm=False\)'):
+    models.VGG(variant='A', frozen_norms=('bn1_1',))
+  with pytest.raises(ValueError, match=r"got \('bn9_9',\)"):
+    models.VGG(variant='A', batch_norm=True, frozen_norms=('bn9_9',))

@@ -376,3 +376,22 @@ def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both(tmp_path, l
   assert saved[0] == saved[1] and saved[0] in finished_steps(tmp_path)
   _, meta = checkpointing.load_params(str(tmp_path))
   assert meta['step'] == saved[0] < 100_000
+
+
+def test_a_frozen_batch_norm_base_keeps_its_statistics(tmp_path, tiny_config):
+  """Frozen BatchNorm layers keep scale and statistics; the unfrozen last stage's move."""
+  bn = {'model.batch_norm': True}
+  train.train_and_evaluate(tiny_config(**bn, num_train_steps=2), str(tmp_path / 'source'))
+  convs = tuple(n for n in models.layer_names('A') if n.startswith('conv'))
+  config = tiny_config(**bn, num_train_steps=4, freeze_conv_base=True,
+                       unfreeze_last_stage=True,
+                       init_from=str(tmp_path / 'source'), init_layers=convs)
+  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  before, _ = checkpointing.load_variables(str(tmp_path / 'source'))
+  after, _ = checkpointing.load_variables(str(tmp_path / 'run'))
+  for layer in after['batch_stats']:
+    unchanged = [np.array_equal(after[c][layer]['mean' if c == 'batch_stats' else 'scale'],
+                                before[c][layer]['mean' if c == 'batch_stats' else 'scale'])
+                 for c in ('batch_stats', 'params')]
+    trains = layer.startswith('bn5_')
+    assert unchanged == [not trains, not trains], layer

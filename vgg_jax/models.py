@@ -78,6 +78,8 @@ class VGG(nn.Module):
   image_size on each side, and the class-score map is spatially averaged (Sec. 3.2).
   batch_norm=True: BatchNorm after every conv, before its ReLU, as torchvision's vgg*_bn
   (not in the paper); its running statistics live in the 'batch_stats' collection.
+  frozen_norms=('bn1_1', ...): those BatchNorm layers normalise with their running
+  statistics in training too and never update them, as a frozen conv base needs.
   capture=(names, ...): returns {name: activation [B, h, w, C]} for those feature_names
   instead of the logits, computing only as far as the deepest of them; FC layers then run
   fully-convolutionally (fc6 as a window x window conv), on images of any size >= 32 (at
@@ -96,6 +98,7 @@ class VGG(nn.Module):
   conv_impl: str = 'auto'  # 'xla', 'matmul' (fast on CPU), 'auto': by backend.
   pool_impl: str = 'auto'  # 'xla', 'reshape' (bias and ReLU fused), 'auto': by conv_impl.
   batch_norm: bool = False
+  frozen_norms: tuple[str, ...] = ()
 
   def __post_init__(self):
     if self.variant not in CONFIGS:
@@ -116,6 +119,12 @@ class VGG(nn.Module):
       raise ValueError(f'head={self.head!r} is not one of {HEADS}.')
     if not isinstance(self.batch_norm, (bool, np.bool_)):
       raise ValueError(f'batch_norm must be True or False, got {self.batch_norm!r}.')
+    norms = [n for n in self.feature_names if n.startswith('bn')]
+    unknown = [n for n in self.frozen_norms if n not in norms]
+    if not isinstance(self.frozen_norms, tuple) or unknown:
+      raise ValueError(f'frozen_norms must be a tuple of this net\'s BatchNorm layers '
+                       f'({", ".join(norms) or "none: batch_norm=False"}); got '
+                       f'{self.frozen_norms!r}.')
     super().__post_init__()
 
   @property
@@ -197,7 +206,8 @@ class VGG(nn.Module):
         if keep and keep(f'conv{index}', x):
           return x
         if self.batch_norm:
-          x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
+          frozen = f'bn{index}' in self.frozen_norms
+          x = nn.BatchNorm(use_running_average=not train or frozen, momentum=BN_MOMENTUM,
                            epsilon=BN_EPSILON, dtype=self.dtype, name=f'bn{index}')(x)
           if keep and keep(f'bn{index}', x):
             return x

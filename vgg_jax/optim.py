@@ -28,17 +28,18 @@ def decay_mask(params, decay_biases: bool = False):
   return jax.tree_util.tree_map_with_path(applies, params)
 
 
-def frozen_labels(params, config):
-  """'frozen' for conv (and BatchNorm) layers when config.freeze_conv_base.
+def is_frozen(layer: str, config) -> bool:
+  """Whether config.freeze_conv_base freezes layer: conv (and BatchNorm) layers, except
+  conv5_* (and bn5_*) with unfreeze_last_stage."""
+  if not (config.freeze_conv_base and layer.startswith(('conv', 'bn'))):
+    return False
+  return not (config.unfreeze_last_stage and layer.startswith(('conv5_', 'bn5_')))
 
-  With unfreeze_last_stage, conv5_* (and bn5_*) stay trainable.
-  """
-  def label(layer):
-    frozen = config.freeze_conv_base and layer.startswith(('conv', 'bn'))
-    if frozen and config.unfreeze_last_stage and layer.startswith(('conv5_', 'bn5_')):
-      frozen = False
-    return 'frozen' if frozen else 'train'
-  return {layer: jax.tree_util.tree_map(lambda _: label(layer), p)  # pylint: disable=cell-var-from-loop
+
+def frozen_labels(params, config):
+  """'frozen' or 'train' for every parameter, by is_frozen of its layer."""
+  return {layer: jax.tree_util.tree_map(
+              lambda _: 'frozen' if is_frozen(layer, config) else 'train', p)  # pylint: disable=cell-var-from-loop
           for layer, p in params.items()}
 
 

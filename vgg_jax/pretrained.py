@@ -134,8 +134,9 @@ def stored_config(model: models.VGG, mean_rgb) -> dict[str, Any]:
   TFDS at the paper's single-scale setting S = Q = 256 with the source's mean RGB.
   Readers merge this over the base config's defaults.
   """
+  # Flax's own fields are not the net's; frozen_norms is set by a training run's config.
   fields = {field.name: getattr(model, field.name) for field in dataclasses.fields(models.VGG)
-            if field.name not in ('parent', 'name')}  # Flax's own fields, not the net's.
+            if field.name not in ('parent', 'name', 'frozen_norms')}
   fields['dtype'] = np.dtype(fields['dtype']).name
   data = {'source': 'tfds', 'name': 'imagenet2012', 'train_split': 'train',
           'eval_split': 'validation', 'scale_min': 256, 'scale_max': 256, 'eval_scale': 256,

@@ -252,6 +252,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
   # Model, optimizer, state.
   model = models.create_model(config.model, num_classes)
+  # A frozen base's BatchNorm layers keep their (imported) statistics: in training they
+  # normalise with them and leave them as they are, as Keras does for frozen layers.
+  model = model.clone(frozen_norms=tuple(
+      n for n in model.feature_names if n.startswith('bn') and optim.is_frozen(n, config)))
   tx = optim.create_optimizer(config, steps_per_epoch, total_steps)
   init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
   manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
