@@ -38,9 +38,10 @@ def is_frozen(layer: str, config) -> bool:
 
 def frozen_labels(params, config):
   """'frozen' or 'train' for every parameter, by is_frozen of its layer."""
-  return {layer: jax.tree_util.tree_map(
-              lambda _: 'frozen' if is_frozen(layer, config) else 'train', p)  # pylint: disable=cell-var-from-loop
-          for layer, p in params.items()}
+  def labels(layer, p):
+    label = 'frozen' if is_frozen(layer, config) else 'train'
+    return jax.tree_util.tree_map(lambda _: label, p)
+  return {layer: labels(layer, p) for layer, p in params.items()}
 
 
 def learning_rate_schedule(config, steps_per_epoch: int, total_steps: int):

@@ -6,9 +6,10 @@
       --config.init_from=workdirs/vgg16_keras --config.data.folder=/data/cats_vs_dogs
 
 The conv base is frozen (no updates, no weight decay; a batch-norm base's BatchNorm
-layers keep their running statistics and normalise with them in training too). ':fc8' (default) keeps the
-imported fc6/fc7 and trains a new fc8 for the folder's classes; ':small' replaces
-fc6-fc8 by Dense 256, ReLU, dropout 0.5, Dense N (the notop files suffice).
+layers keep their running statistics and normalise with them in training too).
+':fc8' (default) keeps the imported fc6/fc7 and trains a new fc8 for the folder's
+classes; ':small' replaces fc6-fc8 by Dense 256, ReLU, dropout 0.5, Dense N (the notop
+files suffice).
 --config.unfreeze_last_stage=True also trains conv5_*. The imported checkpoint's
 preprocessing (its mean RGB; channel order and scale are folded into conv1_1) is used.
 """
