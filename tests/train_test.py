@@ -242,12 +242,19 @@ def test_warm_start_errors(tmp_path, net_a, tiny_config):
                         jax.random.key(0))
 
 
-def test_batch_norm_warm_start_copies_each_convs_norm_and_statistics(tmp_path, tiny_config):
+@pytest.fixture(scope='module')
+def bn_net_a(tmp_path_factory, tiny_config):
+  """The workdir of a tiny batch-norm net A trained 2 steps."""
+  workdir = tmp_path_factory.mktemp('bn_net_a')
   train.train_and_evaluate(tiny_config(**{'model.batch_norm': True, 'num_train_steps': 2}),
-                           str(tmp_path / 'a'))
-  source, _ = checkpointing.load_variables(str(tmp_path / 'a'))
+                           str(workdir))
+  return workdir
+
+
+def test_batch_norm_warm_start_copies_each_convs_norm_and_statistics(bn_net_a, tiny_config):
+  source, _ = checkpointing.load_variables(str(bn_net_a))
   config = tiny_config(**{'model.batch_norm': True, 'model.variant': 'B',
-                          'init_from': str(tmp_path / 'a'), 'init_layers': ('conv1_1',)})
+                          'init_from': str(bn_net_a), 'init_layers': ('conv1_1',)})
   model = models.create_model(config.model)
   tx = optim.create_optimizer(config, 10, 100)
   state = jax.device_get(train.initial_state(config, model, tx, sharding.create_mesh(),
@@ -378,16 +385,13 @@ def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both(tmp_path, l
   assert meta['step'] == saved[0] < 100_000
 
 
-def test_a_frozen_batch_norm_base_keeps_its_statistics(tmp_path, tiny_config):
+def test_a_frozen_batch_norm_base_keeps_its_statistics(tmp_path, tiny_config, bn_net_a):
   """Frozen BatchNorm layers keep scale and statistics; the unfrozen last stage's move."""
-  bn = {'model.batch_norm': True}
-  train.train_and_evaluate(tiny_config(**bn, num_train_steps=2), str(tmp_path / 'source'))
   convs = tuple(n for n in models.layer_names('A') if n.startswith('conv'))
-  config = tiny_config(**bn, num_train_steps=4, freeze_conv_base=True,
-                       unfreeze_last_stage=True,
-                       init_from=str(tmp_path / 'source'), init_layers=convs)
+  config = tiny_config(**{'model.batch_norm': True}, num_train_steps=4, freeze_conv_base=True,
+                       unfreeze_last_stage=True, init_from=str(bn_net_a), init_layers=convs)
   train.train_and_evaluate(config, str(tmp_path / 'run'))
-  before, _ = checkpointing.load_variables(str(tmp_path / 'source'))
+  before, _ = checkpointing.load_variables(str(bn_net_a))
   after, _ = checkpointing.load_variables(str(tmp_path / 'run'))
   for layer in after['batch_stats']:
     unchanged = [np.array_equal(after[c][layer]['mean' if c == 'batch_stats' else 'scale'],
