@@ -11,7 +11,7 @@ import pytest
 
 from vgg_jax import checkpointing
 from vgg_jax import train
-from run_helpers import finished_steps, free_port, wait_for  # tests/ is on sys.path
+from run_helpers import failure_text, finished_steps, free_port, wait_for  # tests/ is on sys.path
 
 OVERRIDES = dict(num_train_steps=60, checkpoint_every_steps=3, eval_every_steps=1000,
                  log_every_steps=3)
@@ -66,17 +66,17 @@ def test_a_lost_peer_stops_the_other_cleanly_and_a_rerun_resumes(tmp_path, launc
   finally:
     for p in procs:
       p.kill()
-  assert procs[0].returncode == 75, output[-3000:]
+  assert procs[0].returncode == 75, failure_text(output)
   assert took < 30, took
   lines = [l for l in output.splitlines() if 'Lost peer process' in l]
-  assert len(lines) == 1 and 'resume from step' in lines[0], output[-3000:]
+  assert len(lines) == 1 and 'resume from step' in lines[0], failure_text(output)
   resume_step = int(lines[0].split('resume from step ')[1].split()[0])
   assert 'Fatal Python error' not in output and 'Terminating process' not in output
 
   overrides['num_train_steps'] = resume_step + 4  # Rerun both: resumes and finishes.
   procs = start_two_processes(workdir, launch_args, overrides)
   outputs = [p.communicate(timeout=300)[0] for p in procs]
-  assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:]
+  assert [p.returncode for p in procs] == [0, 0], ''.join(map(failure_text, outputs))
   assert f'Resumed from step {resume_step}' in outputs[0]
   assert finished_steps(workdir)[-1] == resume_step + 4
 

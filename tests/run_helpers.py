@@ -28,3 +28,16 @@ def finished_steps(workdir) -> list[int]:
   if not os.path.isdir(directory):
     return []
   return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
+def failure_text(output: str, chars: int = 4000) -> str:
+  """A process's output, for a failed assertion, without gloo's connection lines.
+
+  After a fatal error (an abort), what led to it and the error's first lines: the thread
+  stacks and extension modules Python dumps next would fill the usual tail.
+  """
+  text = '\n'.join(l for l in output.splitlines() if not l.startswith('[Gloo]'))
+  fatal = text.find('Fatal Python error')
+  if fatal < 0:
+    return text[-chars:]
+  return text[max(0, fatal - chars // 2):fatal + chars // 2]

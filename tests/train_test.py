@@ -19,7 +19,7 @@ from vgg_jax import sharding
 from vgg_jax import steps
 from vgg_jax import train
 from vgg_jax.data import iterators
-from run_helpers import finished_steps, free_port, wait_for  # tests/ is on sys.path
+from run_helpers import failure_text, finished_steps, free_port, wait_for  # tests/ is on sys.path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -348,7 +348,7 @@ def test_two_processes_equal_one_process_with_eight_devices(tmp_path, tiny_confi
           '--num_processes=2', f'--process_id={i}', '--cpu_collectives=gloo'],
       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
   outputs = [p.communicate(timeout=300)[0] for p in procs]
-  assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  assert [p.returncode for p in procs] == [0, 0], ''.join(map(failure_text, outputs))
   assert '8 devices, 2 processes' in outputs[0]
   one = tmp_path / 'one'
   result = train.train_and_evaluate(tiny_config(**overrides), str(one))
