@@ -19,7 +19,8 @@ from vgg_jax import sharding
 from vgg_jax import steps
 from vgg_jax import train
 from vgg_jax.data import iterators
-from run_helpers import failure_text, finished_steps, free_port, wait_for  # tests/ is on sys.path
+# tests/ is on sys.path.
+from run_helpers import failure_text, finished_steps, free_port, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -394,8 +395,7 @@ def test_a_frozen_batch_norm_base_keeps_its_statistics(tmp_path, tiny_config, bn
   before, _ = checkpointing.load_variables(str(bn_net_a))
   after, _ = checkpointing.load_variables(str(tmp_path / 'run'))
   for layer in after['batch_stats']:
-    unchanged = [np.array_equal(after[c][layer]['mean' if c == 'batch_stats' else 'scale'],
-                                before[c][layer]['mean' if c == 'batch_stats' else 'scale'])
-                 for c in ('batch_stats', 'params')]
-    trains = layer.startswith('bn5_')
-    assert unchanged == [not trains, not trains], layer
+    stats_kept = np.array_equal(after['batch_stats'][layer]['mean'],
+                                before['batch_stats'][layer]['mean'])
+    scale_kept = np.array_equal(after['params'][layer]['scale'], before['params'][layer]['scale'])
+    assert stats_kept == scale_kept == (not layer.startswith('bn5_')), layer
