@@ -1,4 +1,5 @@
-"""Helpers of the tests that run launch.py in subprocesses: ports, polling, checkpoints."""
+"""Helpers of the tests that run launch.py in subprocesses: ports, polling, checkpoints,
+and what a failed process printed."""
 
 import os
 import socket
