@@ -26,7 +26,9 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(_HERE, 'experiments', 'configs', 'digits.py'),
     'Experiment config file (a get_config() returning a ConfigDict).', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Directory for checkpoints and metrics. evaluate and predict also take '
+    "named weights ('vgg16', ...: python -m vgg_jax.pretrained --list), fetched once.")
 _MODE = flags.DEFINE_enum(
     'mode', 'train', ['train', 'evaluate', 'predict', 'table'],
     "'train' (or resume); 'evaluate' runs config.eval's protocol on DIR's checkpoint; "
@@ -115,7 +117,9 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   from vgg_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from vgg_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from vgg_jax import imagenet_classes  # pylint: disable=g-import-not-at-top
   from vgg_jax import models  # pylint: disable=g-import-not-at-top
+  from vgg_jax import pretrained  # pylint: disable=g-import-not-at-top
   from vgg_jax import train  # pylint: disable=g-import-not-at-top
   checkpointing.quiet_orbax_logs()
   if _MODE.value == 'table':
@@ -125,19 +129,20 @@ def main(argv):
     raise app.UsageError(f'--workdir is required for --mode={_MODE.value}.')
   initialize_distributed(jax, _CONFIG.value)
   if _MODE.value == 'evaluate':
-    config = run_config(checkpointing.load_meta(_WORKDIR.value)['config'])
-    result = evaluate.run(config.eval, [_WORKDIR.value, *config.eval.fusion_workdirs],
-                          output_dir=_WORKDIR.value, data_config=config.data)
+    workdir = pretrained.resolve(_WORKDIR.value)
+    config = run_config(checkpointing.load_meta(workdir)['config'])
+    result = evaluate.run(config.eval, [workdir, *config.eval.fusion_workdirs],
+                          output_dir=workdir, data_config=config.data)
     print(evaluate.format_table([result]))
     print(f"Wrote {result.get('path')}")
     return
   if _MODE.value == 'predict':
-    config = run_config(checkpointing.load_meta(_WORKDIR.value)['config'])
-    for path, top in evaluate.predict(config.eval, _WORKDIR.value, argv[1:],
-                                      data_config=config.data):
+    workdir = pretrained.resolve(_WORKDIR.value)
+    config = run_config(checkpointing.load_meta(workdir)['config'])
+    for path, top in evaluate.predict(config.eval, workdir, argv[1:], data_config=config.data):
       print(path)
-      for name, probability in top:
-        print(f'  {probability:7.2%}  {name}')
+      for name, probability in top:  # ImageNet ids as 'golden retriever (n02099601)'.
+        print(f'  {probability:7.2%}  {imagenet_classes.describe(name)}')
     return
   result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if result.get('preempted'):

@@ -321,12 +321,7 @@ def test_bad_inputs_name_the_problem_and_leave_nothing(keras_vgg16, torch_vgg11,
     pretrained.import_weights('torchvision', str(half), 'A', str(out))
   pth = tmp_path / 'vgg16.pth'
   pth.write_bytes(b'\x80\x02pickled')
-  try:
-    import torch  # pylint: disable=g-import-not-at-top,unused-import
-    match = 'could not be read by torch.load'
-  except ImportError:
-    match = 'needs torch, which is not installed'
-  with pytest.raises(ValueError, match=match):
+  with pytest.raises(ValueError, match='not a torch.save file'):
     pretrained.import_weights('torchvision', str(pth), 'D', str(out))
   with pytest.raises(ValueError, match='holds 8 conv layers, a VGG of variant A'):
     pretrained.import_weights('torchvision', str(torch_vgg11[0]), 'D', str(out))

@@ -4,8 +4,11 @@ The fields are those of experiments/configs/base.py. Bad values stop the run bef
 anything is written to the workdir.
 """
 
+import os
+
 from vgg_jax import layers
 from vgg_jax import models
+from vgg_jax import named_weights
 from vgg_jax import optim
 
 SOURCES = ('digits', 'folder', 'tfds', 'fake')
@@ -99,6 +102,9 @@ def check_loop(config):
     _require(config, 'num_epochs', lambda v: v > 0,
              'must be > 0 (or set num_train_steps > 0)')
   if config.init_from:
+    _require(config, 'init_from', lambda v: os.path.isdir(v) or v in named_weights.WEIGHTS,
+             'must be a run or import directory, or named weights: '
+             f'{", ".join(named_weights.WEIGHTS)}')
     _require(config, 'init_layers', lambda v: len(v) > 0 and all(isinstance(n, str) for n in v),
              'must name the layers to copy from init_from')
 

@@ -1,15 +1,23 @@
-"""Import pretrained VGG weights (Keras applications, torchvision, timm) as our checkpoints.
+"""Pretrained VGG weights: by name (downloaded, verified, cached), or imported from a file.
 
+  python -m vgg_jax.pretrained --list                    # the named weights, and what is cached
+  python -m vgg_jax.pretrained --fetch=vgg16             # download and convert once
   python -m vgg_jax.pretrained --source=keras|torchvision|timm --weights=FILE \\
-      --variant=D|E|A|B --out=DIR
+      --variant=D|E|A|B --out=DIR                         # import a file you have
 
-writes DIR/checkpoints/0 that --config.init_from=DIR, --mode=evaluate, --mode=predict
-and load(DIR) use. Keras: VGG16/19 .h5 files. torchvision: vgg11/13/16/19 and their
-batch-norm twins vgg*_bn (.pth or .safetensors state dicts); a vgg*_bn file, told by its
-BatchNorm keys, becomes VGG(batch_norm=True) with its running statistics in
-'batch_stats'. timm: the same nets in timm's layout (pre_logits.fc1/fc2 as 7x7 and 1x1
-convs, head.fc). The source's input convention is folded into conv1_1 so that the
-imported model takes what our pipeline feeds every model, RGB in 0..255 minus `mean_rgb`:
+load(name_or_path) gives (model, variables, mean_rgb) from a name of
+vgg_jax.named_weights (torchvision's and Keras's published files), a weights file (.h5,
+.pth, .safetensors: layout and variant read from the file) or an import's or a training
+run's directory. A name is downloaded once (vgg_jax.download), converted once into an
+Orbax checkpoint under $VGG_JAX_CACHE/<name> (default ~/.cache/vgg_jax), and read from
+there afterwards. An import writes DIR/checkpoints/0, which --config.init_from=DIR,
+--mode=evaluate, --mode=predict and load(DIR) use; --config.init_from=NAME fetches too.
+Keras: VGG16/19 .h5 files. torchvision: vgg11/13/16/19 and their batch-norm twins vgg*_bn
+(.pth or .safetensors state dicts; a vgg*_bn file, told by its BatchNorm keys, becomes
+VGG(batch_norm=True) with its running statistics in 'batch_stats'). timm: the same nets
+in timm's layout (pre_logits.fc1/fc2 as 7x7 and 1x1 convs, head.fc). The source's input
+convention (named_weights.Convention) is folded into conv1_1 so that the imported model
+takes what our pipeline feeds every model, RGB in 0..255 minus `mean_rgb`:
 - Keras (caffe): BGR minus [103.939, 116.779, 123.68]. Reversing conv1_1's input
   channels makes it RGB minus [123.68, 116.779, 103.939].
 - torchvision and timm (whose pretrained_cfg for vgg* holds the same ImageNet mean and
@@ -20,10 +28,10 @@ vgg_jax.weight_readers reads the files.
 """
 
 import dataclasses
-import importlib.resources
 import json
 import os
 import shutil
+import sys
 import tempfile
 from typing import Any
 
@@ -33,55 +41,74 @@ import jax
 import numpy as np
 
 from vgg_jax import checkpointing
+from vgg_jax import download
+from vgg_jax import imagenet_classes
 from vgg_jax import models
+from vgg_jax import named_weights
 from vgg_jax import weight_readers
 
-KERAS_MEAN_BGR = (103.939, 116.779, 123.68)
-TORCH_MEAN = (0.485, 0.456, 0.406)
-TORCH_STD = (0.229, 0.224, 0.225)
+KERAS_MEAN_BGR = named_weights.KERAS_CAFFE.mean
+TORCH_MEAN = named_weights.TORCH_IMAGENET.mean
+TORCH_STD = named_weights.TORCH_IMAGENET.std
 SOURCES = ('keras', 'torchvision', 'timm')
+# Each source's own convention; a named entry may say otherwise (vgg16_features).
+CONVENTIONS = {'keras': named_weights.KERAS_CAFFE, 'torchvision': named_weights.TORCH_IMAGENET,
+               'timm': named_weights.TORCH_IMAGENET}
+decode = imagenet_classes.decode  # (wnid, name, p) rows of ImageNet probabilities.
 
 
-def read_variables(source: str, weights: str, variant: str,
-                   include_top: bool) -> dict[str, Any]:
-  """The file's {'params'} (and 'batch_stats'), conv1_1 folded to take RGB minus mean_rgb."""
+def source_to_rgb(convention: named_weights.Convention) -> list[int]:
+  """For each RGB channel, the source's channel that holds it."""
+  return [0, 1, 2] if convention.order == 'RGB' else [2, 1, 0]
+
+
+def mean_rgb_of(convention: named_weights.Convention) -> list[float]:
+  """The convention's mean on RGB 0..255: what our pipeline subtracts."""
+  return [convention.mean[c] * 255.0 / convention.scale for c in source_to_rgb(convention)]
+
+
+def read_variables(source: str, weights: str, variant: str, include_top: bool,
+                   convention: named_weights.Convention | None = None,
+                   state=None) -> dict[str, Any]:
+  """The file's {'params'} (and 'batch_stats'), conv1_1 folded to take RGB minus mean_rgb.
+
+  state: the file's torch state dict when already read.
+  """
+  convention = convention or CONVENTIONS[source]
   if source == 'keras':
     variables = weight_readers.keras_variables(weights, variant, include_top)
   else:
-    variables = weight_readers.torch_variables(weights, variant, include_top, source)
+    variables = weight_readers.torch_variables(weights, variant, include_top, source, state)
   conv1_1 = variables['params']['conv1_1']
-  if source == 'keras':
-    conv1_1['kernel'] = conv1_1['kernel'][:, :, ::-1, :]  # BGR -> RGB input channels.
-  else:  # (x/255 - m)/s == (x - 255 m)/(255 s): divide the kernel only.
-    scale = 255.0 * np.asarray(TORCH_STD, np.float32)
-    conv1_1['kernel'] = conv1_1['kernel'] / scale[None, None, :, None]
+  order = source_to_rgb(convention)
+  # ((x * scale/255)[order] - m) / s == (x - 255 m/scale) / (255 s/scale): reorder the
+  # input channels, then divide them (Keras: BGR -> RGB, divided by 1).
+  divisor = np.asarray([255.0 * convention.std[c] / convention.scale for c in order], np.float32)
+  kernel = conv1_1['kernel'][:, :, order, :] / divisor[None, None, :, None]
   # conv1_1's output (bias included) is the source's own for the same image, so
   # everything after it, a vgg*_bn's bn1_1 included, is imported unchanged.
-  conv1_1['kernel'] = np.ascontiguousarray(conv1_1['kernel'], np.float32)
+  conv1_1['kernel'] = np.ascontiguousarray(kernel, np.float32)
   return variables
 
 
-def imagenet_class_names() -> list[str]:
-  """ImageNet's 1000 synset ids (n01440764, ...), as tensorflow-datasets ships them."""
-  text = (importlib.resources.files('tensorflow_datasets') / 'datasets' / 'imagenet2012' /
-          'labels.txt').read_text()
-  return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def preprocessing(source: str) -> dict[str, Any]:
-  if source == 'keras':
-    return {'source': 'keras', 'original': 'caffe: RGB->BGR, 0..255, minus BGR means '
-            f'{list(KERAS_MEAN_BGR)}', 'mean_rgb': list(KERAS_MEAN_BGR[::-1]),
-            'folded_into_conv1_1': 'input channels reversed (BGR->RGB)'}
-  return {'source': source, 'original': f'0..1, minus mean {list(TORCH_MEAN)}, '
-          f'divided by std {list(TORCH_STD)}',
-          'mean_rgb': [255.0 * m for m in TORCH_MEAN],
-          'folded_into_conv1_1': 'input channel c divided by 255 * std_c'}
+def preprocessing(source: str, convention: named_weights.Convention | None = None):
+  """meta['preprocessing'] of an import: the source's convention and what was folded."""
+  convention = convention or CONVENTIONS[source]
+  folded = ['input channels reversed (BGR->RGB)'] if convention.order == 'BGR' else []
+  if convention.std != (1.0, 1.0, 1.0) or convention.scale != 255.0:
+    folded.append(f'input channel c divided by 255 * std_c / {convention.scale:g}')
+  return {'source': source, 'original': convention.describe(),
+          'mean_rgb': mean_rgb_of(convention), 'folded_into_conv1_1': '; '.join(folded)}
 
 
 def import_weights(source: str, weights: str, variant: str, out: str,
-                   include_top: bool = True) -> dict[str, Any]:
-  """Reads `weights`, checks them against `variant`, writes an Orbax checkpoint to out."""
+                   include_top: bool = True,
+                   convention: named_weights.Convention | None = None,
+                   origin: str | None = None, state=None) -> dict[str, Any]:
+  """Reads `weights`, checks them against `variant`, writes an Orbax checkpoint to out.
+
+  origin: what meta['imported_from'] records (default: the file's path).
+  """
   if source not in SOURCES:
     raise ValueError(f'Unknown source {source!r}; choose one of {SOURCES}.')
   if variant not in ('A', 'B', 'D', 'E'):
@@ -89,19 +116,27 @@ def import_weights(source: str, weights: str, variant: str, out: str,
                      f'not {variant!r}.')
   if not os.path.isfile(weights):
     raise FileNotFoundError(f'No weights file at {weights}.')
-  variables = read_variables(source, weights, variant, include_top)
+  model, variables = build(source, weights, variant, include_top, convention, state)
+  prep = preprocessing(source, convention)
+  class_names = imagenet_classes.wnids() if model.num_classes == 1000 else [
+      str(i) for i in range(model.num_classes)]
+  write_checkpoint(out, variables, model, prep, class_names, include_top,
+                   origin or os.path.abspath(weights))
+  return {'out': out, 'variant': variant, 'num_classes': model.num_classes,
+          'batch_norm': model.batch_norm, 'layers': sorted(variables['params']),
+          'preprocessing': prep}
+
+
+def build(source, weights, variant, include_top, convention=None, state=None):
+  """(model, variables) of a weights file, every shape checked against the model."""
+  variables = read_variables(source, weights, variant, include_top, convention, state)
   params = variables['params']
   num_classes = params['fc8']['kernel'].shape[1] if include_top else 1000
   fc_width = params['fc7']['kernel'].shape[0] if include_top else 4096
   model = models.VGG(variant=variant, num_classes=num_classes, fc_width=fc_width,
                      batch_norm='batch_stats' in variables)
   check_shapes(variables, model, include_top)
-  prep = preprocessing(source)
-  class_names = imagenet_class_names() if num_classes == 1000 else [
-      str(i) for i in range(num_classes)]
-  write_checkpoint(out, variables, model, prep, class_names, include_top, weights)
-  return {'out': out, 'variant': variant, 'num_classes': num_classes,
-          'batch_norm': model.batch_norm, 'layers': sorted(params), 'preprocessing': prep}
+  return model, variables
 
 
 def check_shapes(variables, model: models.VGG, include_top: bool):
@@ -145,10 +180,11 @@ def stored_config(model: models.VGG, mean_rgb) -> dict[str, Any]:
 
 
 def write_checkpoint(out, variables, model: models.VGG, prep, class_names, include_top,
-                     weights):
+                     origin: str, **extra_meta):
   """Writes DIR/checkpoints/0 atomically: nothing half-written is left at out.
 
-  The state is {'step', 'params'}, plus 'batch_stats' for batch-norm nets.
+  The state is {'step', 'params'}, plus 'batch_stats' for batch-norm nets. This process
+  writes it alone: in a multi-process run the others wait on fetch's lock, not on Orbax.
   """
   if os.path.exists(os.path.join(out, checkpointing.CHECKPOINT_SUBDIR)):
     raise FileExistsError(f'{out} already holds checkpoints; choose a new --out.')
@@ -160,8 +196,9 @@ def write_checkpoint(out, variables, model: models.VGG, prep, class_names, inclu
     meta = checkpointing.make_meta(
         stored_config(model, prep['mean_rgb']), 0, global_batch_size=0,
         num_classes=model.num_classes, class_names=class_names, include_top=include_top,
-        preprocessing=prep, imported_from=os.path.abspath(weights))
-    with checkpointing.create_manager(staging, async_save=False) as manager:
+        preprocessing=prep, imported_from=origin, **extra_meta)
+    with checkpointing.create_manager(staging, async_save=False,
+                                      this_process_only=True) as manager:
       checkpointing.save(manager, 0, jax.tree_util.tree_map(np.asarray, state), meta)
       manager.wait_until_finished()
     os.makedirs(out, exist_ok=True)
@@ -171,17 +208,68 @@ def write_checkpoint(out, variables, model: models.VGG, prep, class_names, inclu
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def load(directory: str, checkpoint='best'):
-  """(model, variables, mean_rgb) of an import's or a training run's directory.
+def load(name_or_path: str, checkpoint='best'):
+  """(model, variables, mean_rgb) of named weights, a weights file or a directory.
 
-  model.apply(variables, images - mean_rgb) gives the logits of RGB 0..255 images
-  [B, H, W, 3]; features.extract(model, variables, images - mean_rgb, layers) their
+  name_or_path: a name of vgg_jax.named_weights ('vgg16', 'vgg19_bn', 'vgg16_keras', ...:
+  fetched once, then read from the cache), a weights file (.h5, .pth, .safetensors: its
+  layout, variant and head read from the file) or an import's or a training run's
+  directory. model.apply(variables, images - mean_rgb) gives the logits of RGB 0..255
+  images [B, H, W, 3]; features.extract(model, variables, images - mean_rgb, layers) their
   named activations. variables holds 'params' (and 'batch_stats' for batch-norm nets).
-  checkpoint: 'best' (lowest eval top-1 error, else the latest), 'latest' or a step.
-  mean_rgb is float32 [3]: the run's configured mean, or the one it computed and cached.
+  checkpoint (directories): 'best' (lowest eval top-1 error, else the latest), 'latest' or
+  a step. mean_rgb is float32 [3]: the weights' own mean, a run's configured one, or the
+  one a run computed and cached.
   """
+  if os.path.isfile(name_or_path):
+    source, variant, include_top, state = weight_readers.detect(name_or_path)
+    model, variables = build(source, name_or_path, variant, include_top, state=state)
+    return model, variables, np.asarray(mean_rgb_of(CONVENTIONS[source]), np.float32)
+  directory = resolve(name_or_path)
   model, variables, meta, _ = checkpointing.load_model(directory, checkpoint)
   return model, variables, np.asarray(run_mean_rgb(directory, meta), np.float32)
+
+
+def resolve(name_or_directory: str) -> str:
+  """A run or import directory as it is; a name of named_weights: its cached checkpoint."""
+  if os.path.isdir(name_or_directory):
+    return name_or_directory
+  return fetch(name_or_directory)  # Unknown names raise, listing the known ones.
+
+
+def fetch(name: str) -> str:
+  """The directory of named weights' checkpoint in the cache; downloads and converts once.
+
+  Processes of one host share the work: one holds a file lock while it downloads and
+  converts, the others wait for it and then read its checkpoint.
+  """
+  entry = named_weights.find(name)
+  cache = named_weights.cache_dir()
+  target = os.path.join(cache, entry.name)
+  done = os.path.join(target, checkpointing.CHECKPOINT_SUBDIR)  # Appears whole (rename).
+  if os.path.isdir(done):
+    return target
+  # JAX's backends start now, while every process of a multi-process run is still in step
+  # (starting them is collective); the lock's waiters must not be the ones to start them.
+  jax.process_index()
+  with download.file_lock(os.path.join(cache, f'.{entry.name}.lock')):
+    if os.path.isdir(done):  # Another process finished it while this one waited.
+      return target
+    path, ours = download.fetch(entry, os.path.join(cache, 'downloads'))
+    try:
+      sys.stderr.write(f'Converting {entry.file_name} into {target}...\n')
+      import_weights(entry.layout, path, entry.variant, target, entry.include_top,
+                     entry.convention, origin=entry.url)
+    finally:
+      if ours:  # The checkpoint is what later loads read: the download is not kept.
+        os.remove(path)
+  return target
+
+
+def cached_names() -> set[str]:
+  cache = named_weights.cache_dir()
+  return {name for name in named_weights.WEIGHTS
+          if os.path.isdir(os.path.join(cache, name, checkpointing.CHECKPOINT_SUBDIR))}
 
 
 def run_mean_rgb(directory: str, meta) -> list[float]:
@@ -200,8 +288,13 @@ def run_mean_rgb(directory: str, meta) -> list[float]:
 
 
 def define_flags():
-  """The import command's flags; defined only when this module runs as a script, so that
+  """The command's flags; defined only when this module runs as a script, so that
   programs importing it (experiments.style_transfer, say) keep --weights and --out."""
+  flags.DEFINE_bool('list', False, 'Print the named weights (and which are cached).')
+  flags.DEFINE_bool('urls', False, "Print each named file's URL, one a line: the list to "
+                    'fill a mirror directory with (see VGG_JAX_MIRROR).')
+  flags.DEFINE_string('fetch', None, 'Download and convert these named weights '
+                      '(comma-separated) into the cache.')
   flags.DEFINE_string('source', None, "'keras' (.h5), 'torchvision' (vgg* or vgg*_bn state "
                       "dict) or 'timm' (timm's vgg* or vgg*_bn layout).")
   flags.DEFINE_string('weights', None, 'The weights file (.h5, .pth, .safetensors).')
@@ -213,8 +306,16 @@ def define_flags():
 def main(argv):
   del argv
   args = flags.FLAGS
+  if args.list or args.urls:
+    print(named_weights.format_table(cached_names()) if args.list else
+          '\n'.join(w.url for w in named_weights.WEIGHTS.values()))
+    return
+  if args.fetch:
+    for name in args.fetch.split(','):
+      print(f'{name}: {fetch(name)}')
+    return
   if not (args.source and args.weights and args.out):
-    raise app.UsageError('--source, --weights and --out are required.')
+    raise app.UsageError('Give --list, --urls, --fetch=NAME, or --source, --weights and --out.')
   summary = import_weights(args.source, args.weights, args.variant, args.out,
                            include_top=not args.notop)
   batch_norm = ' with batch norm' if summary['batch_norm'] else ''

@@ -27,6 +27,7 @@ from vgg_jax import files
 from vgg_jax import models
 from vgg_jax import monitoring
 from vgg_jax import optim
+from vgg_jax import pretrained
 from vgg_jax import sharding
 from vgg_jax import steps
 
@@ -64,9 +65,17 @@ def initial_state(config, model, tx, mesh, rng):
   return state
 
 
-def with_warm_start_mean(config):
-  """config, with the mean RGB of config.init_from's run when the config gives none."""
-  if not config.init_from or config.data.mean_rgb is not None:
+def with_warm_start_source(config):
+  """config with init_from a directory (named weights fetched into the cache), and the
+  mean RGB of init_from's run or import when the config gives none."""
+  if not config.init_from:
+    return config
+  directory = pretrained.resolve(config.init_from)
+  if directory != config.init_from:
+    logging.info('Warm start from %s: %s.', config.init_from, directory)
+    config = config.copy_and_resolve_references()
+    config.init_from = directory
+  if config.data.mean_rgb is not None:
     return config
   source_mean = checkpointing.load_meta(config.init_from)['config']['data'].get('mean_rgb')
   if source_mean is None:
@@ -239,7 +248,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   sharding.check_batch_size(config.eval_batch_size, mesh.size, name='eval_batch_size')
 
   # Data sources; an imported or warm-start checkpoint supplies its mean RGB.
-  config = with_warm_start_mean(config)
+  config = with_warm_start_source(config)
   # Image folders are checked here, before anything is written to workdir.
   train_source = sources.load_train_source(config.data, process_index, process_count,
                                            cache_dir=workdir)

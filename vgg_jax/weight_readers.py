@@ -5,8 +5,8 @@ batch-norm VGGs (vgg*_bn), under our layer names (conv1_1, bn1_1, ..., fc6, fc7,
 kernels HWIO, fc6's kernel [window*window*C, out] in H,W,C flatten order, BatchNorm's
 weight/bias/running_mean/running_var as scale/bias (params) and mean/var (batch_stats).
 The arrays still expect the source's own input convention; vgg_jax.pretrained folds it
-into conv1_1. h5py, safetensors and torch are optional dependencies (the `pretrained`
-extra), imported only by the reader that needs them.
+into conv1_1. h5py and safetensors are optional dependencies (the `pretrained` extra), imported only by
+the reader that needs them; .pth files are read by vgg_jax.torch_files, without torch.
 """
 
 from typing import Any
@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from vgg_jax import models
+from vgg_jax import torch_files
 
 # Conv layers per variant, in order, as torchvision's and timm's vgg11/13/16/19 hold them.
 TORCH_NAMES = {'A': 'vgg11', 'B': 'vgg13', 'D': 'vgg16', 'E': 'vgg19'}
@@ -110,18 +111,33 @@ def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
     except Exception as error:  # pylint: disable=broad-except
       raise ValueError(f'{path} is not a readable safetensors file (truncated or corrupt?): '
                        f'{error}') from error
-  try:  # Optional dependency, needed for pickled .pth files only.
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError as error:
-    raise ValueError(f'Reading {path} (a pickled PyTorch file) needs torch, which is not '
-                     'installed: pip install torch, or convert it to .safetensors '
-                     '(safetensors.torch.save_file(state_dict, "vgg.safetensors")).') from error
-  try:
-    state = torch.load(path, map_location='cpu', weights_only=True)
-  except Exception as error:  # pylint: disable=broad-except
-    raise ValueError(f'{path} could not be read by torch.load (truncated or corrupt?): '
-                     f'{error}') from error
-  return {k: v.float().numpy() for k, v in state.items()}
+  return torch_files.read_state_dict(path)  # .pth: read without torch or its pickle code.
+
+
+def detect(path: str) -> tuple[str, str, bool, Any]:
+  """(source, variant, include_top, torch state dict or None) read from a weights file."""
+  if path.endswith('.h5'):
+    layers = read_keras_h5(path)
+    convs = [n for n in layers if n.startswith('block') and '_conv' in n]
+    has_top = all(n in layers for n in ('fc1', 'fc2', 'predictions'))
+    return 'keras', variant_of(len(convs), path), has_top, None
+  if not path.endswith(('.pth', '.pt', '.bin', '.safetensors')):
+    raise ValueError(f'{path}: not a weights file this reads (.h5, .pth, .pt, .bin, '
+                     '.safetensors).')
+  state = read_torch_state_dict(path)
+  source = 'timm' if any(k.startswith('pre_logits.') for k in state) else 'torchvision'
+  convs = {k.split('.')[1] for k, v in state.items()
+           if k.startswith('features.') and k.endswith('.weight') and v.ndim == 4}
+  has_top = all(f'{layer}.weight' in state for layer in TORCH_HEADS[source])
+  return source, variant_of(len(convs), path), has_top, state
+
+
+def variant_of(count: int, path: str) -> str:
+  by_count = {len(conv_names(v)): v for v in ('A', 'B', 'D', 'E')}
+  if count not in by_count:
+    raise ValueError(f'{path} holds {count} conv layers: not a VGG-11/13/16/19 '
+                     '(8, 10, 13 or 16).')
+  return by_count[count]
 
 
 def check_torch_layout(state, path: str, source: str):
@@ -178,12 +194,13 @@ def torch_head(state, path: str, source: str, channels: int) -> dict[str, Any]:
 
 
 def torch_variables(path: str, variant: str, include_top: bool,
-                    source: str = 'torchvision') -> dict[str, Any]:
+                    source: str = 'torchvision', state=None) -> dict[str, Any]:
   """{'params'} (and 'batch_stats' for vgg*_bn) of a torchvision or timm state dict.
 
-  conv1_1 still takes torch's normalised input (x/255 - mean) / std.
+  conv1_1 still takes torch's normalised input (x/255 - mean) / std. state: path's
+  state dict when the caller has read it already.
   """
-  state = read_torch_state_dict(path)
+  state = read_torch_state_dict(path) if state is None else state
   check_torch_layout(state, path, source)
   conv_ids, batch_norm = torch_conv_indices(state, path, variant, source)
   params, stats = {}, {}

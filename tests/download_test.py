@@ -1,0 +1,114 @@
+"""Tests for vgg_jax.download against a file server on 127.0.0.1 (no internet)."""
+
+import os
+import socket
+import time
+
+import numpy as np
+import pytest
+
+import http_server  # tests/ is on sys.path
+from vgg_jax import download
+from vgg_jax import named_weights
+
+FILE = 'vgg_test-00000000.pth'
+
+
+def make_entry(path, kind='sha256', url=None, **changes):
+  """A table entry for a file the test made, with its true hash (sha256: an 8-hex prefix)."""
+  digest = download.digest(str(path), kind)
+  entry = named_weights.Weights(
+      'vgg_test', 'torchvision', url or f'https://example.invalid/{os.path.basename(path)}',
+      kind, digest[:8] if kind == 'sha256' else digest, 'A', False, True, 0, None, None,
+      named_weights.TORCH_IMAGENET, 'test', 0.0, os.path.getsize(path))
+  return entry.__class__(**{**entry.__dict__, **changes})
+
+
+@pytest.fixture(name='served')
+def served_fixture(tmp_path, monkeypatch):
+  """(entry, bytes, server behaviour, download dir): 3 MB of random bytes behind a mirror URL."""
+  root = tmp_path / 'server'
+  root.mkdir()
+  data = np.random.default_rng(0).integers(0, 256, 3_000_000, dtype=np.uint8).tobytes()
+  (root / FILE).write_bytes(data)
+  with http_server.serve(str(root)) as (url, behaviour):
+    monkeypatch.setenv(named_weights.MIRROR_ENV, url)
+    yield make_entry(root / FILE), data, behaviour, str(tmp_path / 'downloads')
+
+
+def test_fetch_downloads_verifies_and_reports_progress(served, capsys):
+  entry, data, behaviour, directory = served
+  path, ours = download.fetch(entry, directory)
+  assert ours and open(path, 'rb').read() == data
+  assert os.listdir(directory) == [FILE]  # No .part left behind.
+  assert behaviour.requests == [(f'/{FILE}', None)]
+  line = capsys.readouterr().err.strip().splitlines()[-1]
+  assert line.startswith(f'{FILE}: 3.0 / 3.0 MB') and 'MB/s' in line and 'ETA' in line
+
+
+def test_wrong_bytes_are_named_and_nothing_is_kept(served):
+  entry, data, _, directory = served
+  wrong = entry.__class__(**{**entry.__dict__, 'hash': 'deadbeef'})
+  actual = download.digest(os.path.join(served[2].directory, FILE), 'sha256')
+  with pytest.raises(download.DownloadError) as error:
+    download.fetch(wrong, directory)
+  message = str(error.value)
+  assert FILE in message and 'deadbeef' in message and actual in message
+  assert os.listdir(directory) == []
+  md5 = make_entry(os.path.join(served[2].directory, FILE), 'md5')
+  assert download.fetch(md5, directory)[0].endswith(FILE)  # md5 checked whole, as Keras's.
+  assert len(data) == os.path.getsize(os.path.join(directory, FILE))
+
+
+@pytest.mark.parametrize('ranges', [True, False], ids=['resumes', 'restarts'])
+def test_a_dropped_connection_is_never_used_and_the_next_fetch_succeeds(served, ranges):
+  entry, data, behaviour, directory = served
+  behaviour.ranges, behaviour.drops, behaviour.drop_after = ranges, 1, 1_000_000
+  with pytest.raises(download.DownloadError, match='closed after 1,000,000 of 3,000,000 bytes'):
+    download.fetch(entry, directory)
+  assert os.listdir(directory) == [FILE + '.part']  # Kept to resume from; never read.
+  path, _ = download.fetch(entry, directory)
+  assert open(path, 'rb').read() == data and os.listdir(directory) == [FILE]
+  assert behaviour.requests[1] == (f'/{FILE}', 'bytes=1000000-')
+
+
+def test_no_network_fails_fast_with_the_way_out(tmp_path, monkeypatch):
+  monkeypatch.delenv(named_weights.MIRROR_ENV, raising=False)
+  with socket.socket() as s:  # A port nobody listens on.
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  data = tmp_path / FILE
+  data.write_bytes(b'x' * 1000)
+  entry = make_entry(data, url=f'http://127.0.0.1:{port}/{FILE}')
+  start = time.monotonic()
+  with pytest.raises(download.DownloadError) as error:
+    download.fetch(entry, str(tmp_path / 'downloads'))
+  assert time.monotonic() - start < 5
+  message = str(error.value)
+  assert f'127.0.0.1:{port}/{FILE}' in message and named_weights.MIRROR_ENV in message
+  assert 'python -m vgg_jax.pretrained --source=torchvision' in message
+
+
+def test_a_server_that_never_answers_times_out(served):
+  entry, _, behaviour, directory = served
+  behaviour.hang_seconds = 5
+  start = time.monotonic()
+  with pytest.raises(download.DownloadError, match='Cannot reach'):
+    download.fetch(entry, directory, timeout=0.5)
+  assert time.monotonic() - start < 3
+
+
+def test_a_mirror_directory_is_read_in_place(tmp_path, monkeypatch):
+  mirror = tmp_path / 'mirror'
+  mirror.mkdir()
+  (mirror / FILE).write_bytes(b'weights' * 1000)
+  entry = make_entry(mirror / FILE)
+  monkeypatch.setenv(named_weights.MIRROR_ENV, str(mirror))
+  assert download.fetch(entry, str(tmp_path / 'downloads')) == (str(mirror / FILE), False)
+  (mirror / FILE).write_bytes(b'tampered' * 1000)
+  with pytest.raises(download.DownloadError, match='has the wrong bytes'):
+    download.fetch(entry, str(tmp_path / 'downloads'))
+  assert (mirror / FILE).exists()  # A mirror's file is not ours to delete.
+  monkeypatch.setenv(named_weights.MIRROR_ENV, str(tmp_path))
+  with pytest.raises(download.DownloadError, match=f'holds no {FILE}'):
+    download.fetch(entry, str(tmp_path / 'downloads'))

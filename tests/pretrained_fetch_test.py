@@ -1,0 +1,166 @@
+"""pretrained.load / fetch by name: download from 127.0.0.1, verify, convert once, cache."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import http_server  # tests/ is on sys.path
+from run_helpers import failure_text, free_port
+from vgg_jax import checkpointing
+from vgg_jax import download
+from vgg_jax import named_weights
+from vgg_jax import pretrained
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAME = 'vgg11_test'
+
+
+def write_torchvision_vgg11(directory, fc_width=16, num_classes=10, seed=0):
+  """A random torchvision-layout VGG-11 (narrow head) as vgg11_test-<sha256[:8]>.safetensors."""
+  safetensors_numpy = pytest.importorskip('safetensors.numpy', reason='writes .safetensors')
+  rng = np.random.default_rng(seed)
+  state, channels, index = {}, 3, 0
+  for out in (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'):
+    if out == 'M':
+      index += 1
+      continue
+    state[f'features.{index}.weight'] = rng.normal(
+        0, np.sqrt(2 / (9 * channels)), (out, channels, 3, 3)).astype(np.float32)
+    state[f'features.{index}.bias'] = rng.normal(0, 0.01, out).astype(np.float32)
+    channels, index = out, index + 2
+  for j, (fan_in, out) in zip((0, 3, 6), ((512 * 49, fc_width), (fc_width, fc_width),
+                                          (fc_width, num_classes))):
+    state[f'classifier.{j}.weight'] = rng.normal(0, np.sqrt(2 / fan_in),
+                                                 (out, fan_in)).astype(np.float32)
+    state[f'classifier.{j}.bias'] = rng.normal(0, 0.01, out).astype(np.float32)
+  staging = os.path.join(directory, 'staging.safetensors')
+  safetensors_numpy.save_file(state, staging)
+  sha256 = download.digest(staging, 'sha256')
+  path = os.path.join(directory, f'{NAME}-{sha256[:8]}.safetensors')
+  os.rename(staging, path)
+  return path, sha256
+
+
+def entry_for(path, sha256) -> named_weights.Weights:
+  return named_weights.Weights(
+      NAME, 'torchvision', f'https://example.invalid/{os.path.basename(path)}', 'sha256',
+      sha256[:8], 'A', False, True, 0, None, None, named_weights.TORCH_IMAGENET, 'test', 0.0,
+      os.path.getsize(path))
+
+
+@pytest.fixture(name='served', scope='module')
+def served_fixture(tmp_path_factory):
+  """(entry, file path, server behaviour): a test file behind a server on 127.0.0.1."""
+  root = str(tmp_path_factory.mktemp('server'))
+  path, sha256 = write_torchvision_vgg11(root)
+  with http_server.serve(root) as (url, behaviour):
+    behaviour.url = url
+    yield entry_for(path, sha256), path, behaviour
+
+
+@pytest.fixture(name='env')
+def env_fixture(served, tmp_path, monkeypatch):
+  """A fresh cache, the mirror at the test server, the test entry in the table."""
+  entry, _, behaviour = served
+  monkeypatch.setenv(named_weights.CACHE_ENV, str(tmp_path / 'cache'))
+  monkeypatch.setenv(named_weights.MIRROR_ENV, behaviour.url)
+  monkeypatch.setitem(named_weights.WEIGHTS, NAME, entry)
+  behaviour.requests.clear()
+  return tmp_path / 'cache'
+
+
+def closed_port_url() -> str:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return f'http://127.0.0.1:{s.getsockname()[1]}'
+
+
+def test_a_name_downloads_and_converts_once_then_loads_from_the_cache(served, env, monkeypatch,
+                                                                      capsys):
+  entry, path, behaviour = served
+  model, variables, mean_rgb = pretrained.load(NAME)
+  assert len(behaviour.requests) == 1 and 'MB/s' in capsys.readouterr().err
+  assert os.listdir(env / 'downloads') == []  # The converted checkpoint is what is kept.
+  assert model.variant == 'A' and model.num_classes == 10 and model.fc_width == 16
+  np.testing.assert_allclose(mean_rgb, [255 * m for m in pretrained.TORCH_MEAN], rtol=1e-6)
+  # The same as reading the file directly (layout, variant and head detected).
+  file_model, file_variables, file_mean = pretrained.load(path)
+  assert file_model == model
+  jax.tree_util.tree_map(np.testing.assert_array_equal, file_variables, variables)
+  np.testing.assert_array_equal(file_mean, mean_rgb)
+  assert checkpointing.load_meta(str(env / NAME))['imported_from'] == entry.url
+  assert NAME in pretrained.cached_names()
+  # Later loads read the cache: no request, even with the network gone.
+  monkeypatch.setenv(named_weights.MIRROR_ENV, closed_port_url())
+  _, again, _ = pretrained.load(NAME)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, again, variables)
+  assert len(behaviour.requests) == 1
+
+
+def test_wrong_bytes_leave_the_cache_clean(served, env, monkeypatch):
+  entry, path, _ = served
+  monkeypatch.setitem(named_weights.WEIGHTS, NAME,
+                      entry.__class__(**{**entry.__dict__, 'hash': '00000000'}))
+  with pytest.raises(download.DownloadError) as error:
+    pretrained.load(NAME)
+  assert os.path.basename(path) in str(error.value)
+  assert download.digest(path, 'sha256') in str(error.value) and '00000000' in str(error.value)
+  assert sorted(os.listdir(env)) == [f'.{NAME}.lock', 'downloads']
+  assert os.listdir(env / 'downloads') == []
+
+
+def test_unknown_names_and_missing_paths_list_the_known_names(env):
+  with pytest.raises(ValueError, match='known names: vgg11, vgg11_bn'):
+    pretrained.load('vgg17')
+  assert not os.path.exists(env)
+
+
+def child_script(entry, distributed: bool) -> str:
+  """A process that puts the test entry in the table, loads it, prints a checksum."""
+  start = ('jax.config.update("jax_cpu_collectives_implementation", "gloo")\n'
+           'jax.distributed.initialize(f"127.0.0.1:{sys.argv[1]}", 2, int(sys.argv[2]))\n'
+           if distributed else '')
+  return (
+      'import sys\n'
+      'import numpy as np, jax\n'
+      + start +
+      'from vgg_jax import named_weights, pretrained\n'
+      f'named_weights.WEIGHTS[{NAME!r}] = named_weights.Weights(\n'
+      f'    {entry.name!r}, {entry.layout!r}, {entry.url!r}, {entry.hash_kind!r}, {entry.hash!r},\n'
+      '    "A", False, True, 0, None, None, named_weights.TORCH_IMAGENET, "test", 0.0)\n'
+      f'model, variables, mean = pretrained.load({NAME!r})\n'
+      'print(sum(float(np.abs(v).sum()) for v in jax.tree_util.tree_leaves(variables)))\n')
+
+
+@pytest.mark.parametrize('distributed', [
+    False, pytest.param(True, marks=pytest.mark.slow, id='gloo')], ids=['plain', 'gloo'])
+def test_two_processes_loading_one_name_download_and_convert_it_once(served, env, distributed):
+  """One takes the lock, downloads and converts; the other waits, then reads its checkpoint.
+
+  'gloo': the two are one jax.distributed run, as launch.py --distributed starts them.
+  """
+  entry, _, behaviour = served
+  behaviour.hang_seconds = 1.0  # The first holds the lock a while: the second must wait.
+  port = str(free_port())
+  env_vars = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
+  procs = [subprocess.Popen([sys.executable, '-c', child_script(entry, distributed), port,
+                             str(i)], env=env_vars, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  try:
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+  finally:
+    behaviour.hang_seconds = 0.0
+    for p in procs:
+      p.kill()
+  for p, output in zip(procs, outputs):
+    assert p.returncode == 0, failure_text(output)
+  sums = [output.strip().splitlines()[-1] for output in outputs]
+  assert sums[0] == sums[1] and float(sums[0]) > 0
+  assert len(behaviour.requests) == 1
+  assert sum('Converting' in output for output in outputs) == 1
+  assert sum('Waiting for another process' in output for output in outputs) == 1
