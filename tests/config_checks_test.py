@@ -39,6 +39,11 @@ def test_shipped_configs_pass(make):
     ({'momentum': 1.5}, r'config.momentum=1.5: must be in \[0, 1\)'),
     ({'global_batch_size': 0}, r'config.global_batch_size=0: must be a positive integer'),
     ({'eval_every_steps': -5}, r'config.eval_every_steps=-5: must be a positive integer'),
+    ({'init_from': 'vgg17'}, r"config.init_from='vgg17': must be a run or import directory, "
+     r'or named weights: vgg11, vgg11_bn'),
+    ({'init_from': 'vgg19'}, r"config.model.variant='A': must be 'E', the variant of "
+     r"init_from='vgg19'"),
+    ({'init_from': 'vgg11_bn'}, r'config.model.batch_norm=False: must be True'),
 ])
 def test_bad_field_is_named_and_nothing_is_written(tiny_config, tmp_path, overrides, message):
   config = tiny_config(**overrides)

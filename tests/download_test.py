@@ -72,14 +72,19 @@ def test_a_dropped_connection_is_never_used_and_the_next_fetch_succeeds(served, 
   assert behaviour.requests[1] == (f'/{FILE}', 'bytes=1000000-')
 
 
-def test_no_network_fails_fast_with_the_way_out(tmp_path, monkeypatch):
-  monkeypatch.delenv(named_weights.MIRROR_ENV, raising=False)
+@pytest.mark.parametrize('via', ['url', 'mirror'])
+def test_no_network_fails_fast_with_the_way_out(tmp_path, monkeypatch, via):
   with socket.socket() as s:  # A port nobody listens on.
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
   data = tmp_path / FILE
   data.write_bytes(b'x' * 1000)
-  entry = make_entry(data, url=f'http://127.0.0.1:{port}/{FILE}')
+  if via == 'mirror':
+    monkeypatch.setenv(named_weights.MIRROR_ENV, f'http://127.0.0.1:{port}/')
+    entry = make_entry(data)
+  else:
+    monkeypatch.delenv(named_weights.MIRROR_ENV, raising=False)
+    entry = make_entry(data, url=f'http://127.0.0.1:{port}/{FILE}')
   start = time.monotonic()
   with pytest.raises(download.DownloadError) as error:
     download.fetch(entry, str(tmp_path / 'downloads'))

@@ -16,7 +16,8 @@ def test_ids_are_tfds_imagenet2012_labels_in_order():
 
 def test_names_are_torchvisions_categories_in_order():
   meta = pytest.importorskip('torchvision.models._meta', reason='needs torchvision')
-  assert [name for _, name in imagenet_classes.classes()] == meta._IMAGENET_CATEGORIES  # pylint: disable=protected-access
+  categories = meta._IMAGENET_CATEGORIES  # pylint: disable=protected-access
+  assert [name for _, name in imagenet_classes.classes()] == categories
 
 
 def test_describe_and_decode():

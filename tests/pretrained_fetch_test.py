@@ -13,6 +13,7 @@ import http_server  # tests/ is on sys.path
 from run_helpers import failure_text, free_port
 from vgg_jax import checkpointing
 from vgg_jax import download
+from vgg_jax import imagenet_classes
 from vgg_jax import named_weights
 from vgg_jax import pretrained
 
@@ -164,3 +165,66 @@ def test_two_processes_loading_one_name_download_and_convert_it_once(served, env
   assert len(behaviour.requests) == 1
   assert sum('Converting' in output for output in outputs) == 1
   assert sum('Waiting for another process' in output for output in outputs) == 1
+
+
+@pytest.mark.slow
+def test_finetune_from_a_name_in_one_config(served, env, tmp_path, assert_trees_equal):
+  """finetune.py with init_from=NAME: fetched, frozen conv base, the weights' own mean."""
+  from experiments.configs import finetune  # pylint: disable=g-import-not-at-top
+  from pretrained_test import write_two_class_folder  # pylint: disable=g-import-not-at-top
+  from vgg_jax import train  # pylint: disable=g-import-not-at-top
+  write_two_class_folder(tmp_path / 'folder')
+  config = finetune.get_config('small,A')
+  config.model.update(image_size=32, head_width=16)
+  config.data.update(folder=str(tmp_path / 'folder'), scale_min=32, scale_max=36,
+                     eval_scale=32, device_window=0)
+  config.init_from = NAME
+  config.update(global_batch_size=16, eval_batch_size=16, num_train_steps=4,
+                log_every_steps=2, eval_every_steps=4, checkpoint_every_steps=4)
+  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  after, meta = checkpointing.load_params(str(tmp_path / 'run'))
+  before, _ = checkpointing.load_params(str(env / NAME))
+  for layer in before:
+    if layer.startswith('conv'):
+      assert_trees_equal(after[layer], before[layer])
+  assert meta['class_names'] == ['a', 'b'] and after['head2']['kernel'].shape == (16, 2)
+  assert meta['config']['data']['mean_rgb'] == pytest.approx(
+      [255 * m for m in pretrained.TORCH_MEAN])
+  assert meta['config']['init_from'] == str(env / NAME)
+
+
+@pytest.mark.slow
+def test_predict_on_imagenet_weights_prints_class_names(tmp_path):
+  """launch.py --mode=predict on a 1000-class import prints 'name (wnid)' lines."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  path, _ = write_torchvision_vgg11(str(tmp_path), num_classes=1000)
+  pretrained.import_weights('torchvision', path, 'A', str(tmp_path / 'imported'))
+  image = tmp_path / 'photo.png'
+  Image.fromarray(np.random.default_rng(1).integers(0, 256, (240, 300, 3), np.uint8)).save(image)
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'launch.py'), '--mode=predict',
+       f'--workdir={tmp_path / "imported"}', str(image)],
+      capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert result.returncode == 0, failure_text(result.stdout + result.stderr)
+  lines = result.stdout.strip().splitlines()
+  assert lines[0] == str(image) and len(lines) == 6
+  names = dict(imagenet_classes.classes())
+  for line in lines[1:]:
+    label = line.split('%', 1)[1].strip()
+    wnid = label.rsplit('(', 1)[1].rstrip(')')
+    assert label == f'{names[wnid]} ({wnid})'
+
+
+def test_list_and_urls_commands(tmp_path):
+  """python -m vgg_jax.pretrained --list marks what is cached; --urls fills a mirror."""
+  os.makedirs(tmp_path / 'vgg19_bn' / checkpointing.CHECKPOINT_SUBDIR)
+  env_vars = dict(os.environ, JAX_PLATFORMS='cpu', **{named_weights.CACHE_ENV: str(tmp_path)})
+  run = lambda flag: subprocess.run(  # pylint: disable=unnecessary-lambda-assignment
+      [sys.executable, '-m', 'vgg_jax.pretrained', flag], capture_output=True, text=True,
+      env=env_vars, cwd=ROOT, timeout=120)
+  listing, urls = run('--list'), run('--urls')
+  assert listing.returncode == 0 and urls.returncode == 0, listing.stderr + urls.stderr
+  rows = {line.split()[0]: line.split() for line in listing.stdout.splitlines()[2:]}
+  assert set(rows) == set(named_weights.WEIGHTS)
+  assert rows['vgg19_bn'][5] == 'yes' and rows['vgg19'][5] == 'no'
+  assert urls.stdout.split() == [w.url for w in named_weights.WEIGHTS.values()]

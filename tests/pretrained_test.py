@@ -37,6 +37,12 @@ def our_logits(out_dir, images_rgb):
   return np.asarray(jax.jit(model.apply)(variables, images_rgb - mean_rgb))
 
 
+def file_logits(path, images_rgb):
+  """Logits of a weights file loaded directly: layout, variant and head read from it."""
+  model, variables, mean_rgb = pretrained.load(str(path))
+  return np.asarray(jax.jit(model.apply)(variables, images_rgb - mean_rgb))
+
+
 def assert_close(got, expected):
   """float32 through 11-16 layers: agreement to 1e-4 of the logit scale."""
   np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max(), rtol=0)
@@ -85,6 +91,7 @@ def test_keras_vgg16_import_matches_keras_logits(keras_vgg16, layout, tmp_path):
   assert meta['class_names'][0] == 'n01440764' and len(meta['class_names']) == 1000
   swapped = our_logits(out, keras_vgg16['images'][..., ::-1].copy())
   assert np.abs(swapped - expected).max() > 1e-2 * scale  # The test sees a channel slip.
+  assert_close(file_logits(keras_vgg16[layout], keras_vgg16['images']), expected)
 
 
 @pytest.mark.slow
@@ -261,6 +268,8 @@ def test_torchvision_vgg11_bn_import_matches_torchvision(torchvision_vgg11_bn, t
   pretrained.import_weights('torchvision', str(torchvision_vgg11_bn['.pth']), 'A',
                             str(tmp_path / 'pth'))
   assert_trees_equal(checkpointing.load_variables(str(tmp_path / 'pth'))[0], variables)
+  assert_close(file_logits(torchvision_vgg11_bn['.pth'], torchvision_vgg11_bn['images']),
+               torchvision_vgg11_bn['logits'])  # Read without torch (vgg_jax.torch_files).
 
 
 @pytest.mark.parametrize('name', ['vgg11', 'vgg11_bn'])
@@ -272,6 +281,7 @@ def test_timm_import_matches_timm(timm_nets, name, tmp_path):
   meta = checkpointing.load_meta(str(tmp_path / 'out'))
   assert meta['preprocessing']['source'] == 'timm'
   assert meta['preprocessing']['mean_rgb'] == [255.0 * m for m in pretrained.TORCH_MEAN]
+  assert_close(file_logits(net['path'], net['images']), net['logits'])  # timm's keys told.
 
 
 def test_torch_bad_inputs_name_the_problem_and_leave_nothing(torchvision_vgg11_bn, timm_nets,

@@ -70,8 +70,8 @@ def create_manager(workdir: str, keep: int = 3, async_save: bool = True,
   ])
   options = ocp.CheckpointManagerOptions(
       preservation_policy=policy, enable_async_checkpointing=async_save,
-      create=not (read_only or this_process_only), read_only=read_only, cleanup_tmp_directories=not read_only,
-      multiprocessing_options=processes)
+      create=not (read_only or this_process_only), read_only=read_only,
+      cleanup_tmp_directories=not read_only, multiprocessing_options=processes)
   return ocp.CheckpointManager(checkpoint_dir(workdir), item_names=('state', 'meta'),
                                options=options)
 

@@ -105,6 +105,14 @@ def check_loop(config):
     _require(config, 'init_from', lambda v: os.path.isdir(v) or v in named_weights.WEIGHTS,
              'must be a run or import directory, or named weights: '
              f'{", ".join(named_weights.WEIGHTS)}')
+    named = (None if os.path.isdir(config.init_from) else
+             named_weights.WEIGHTS.get(config.init_from))
+    if named:  # Deeper nets share their first layers' shapes: a wrong variant would copy.
+      _require(config, 'model.variant', lambda v: v == named.variant,
+               f'must be {named.variant!r}, the variant of init_from={config.init_from!r} '
+               f'(finetune.py:HEAD,{named.variant})')
+      _require(config, 'model.batch_norm', lambda v: v == named.batch_norm,
+               f'must be {named.batch_norm}, as init_from={config.init_from!r} is')
     _require(config, 'init_layers', lambda v: len(v) > 0 and all(isinstance(n, str) for n in v),
              'must name the layers to copy from init_from')
 

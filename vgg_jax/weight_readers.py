@@ -5,8 +5,9 @@ batch-norm VGGs (vgg*_bn), under our layer names (conv1_1, bn1_1, ..., fc6, fc7,
 kernels HWIO, fc6's kernel [window*window*C, out] in H,W,C flatten order, BatchNorm's
 weight/bias/running_mean/running_var as scale/bias (params) and mean/var (batch_stats).
 The arrays still expect the source's own input convention; vgg_jax.pretrained folds it
-into conv1_1. h5py and safetensors are optional dependencies (the `pretrained` extra), imported only by
-the reader that needs them; .pth files are read by vgg_jax.torch_files, without torch.
+into conv1_1. h5py and safetensors are optional dependencies (the `pretrained` extra),
+imported only by the reader that needs them; vgg_jax.torch_files reads .pth files,
+without torch.
 """
 
 from typing import Any

@@ -1,9 +1,12 @@
-"""Transfer learning from imported VGG16/19 weights: finetune.py[:fc8|small[,E]].
+"""Transfer learning from pretrained VGG16/19 weights: finetune.py[:fc8|small[,E]].
 
-  python -m vgg_jax.pretrained --source=keras --weights=vgg16_weights_tf_dim_ordering_tf_kernels.h5 \\
-      --variant=D --out=workdirs/vgg16_keras
   python launch.py --workdir=workdirs/cats_vs_dogs --config=experiments/configs/finetune.py \\
-      --config.init_from=workdirs/vgg16_keras --config.data.folder=/data/cats_vs_dogs
+      --config.init_from=vgg16 --config.data.folder=/data/cats_vs_dogs
+
+init_from: named weights (python -m vgg_jax.pretrained --list; fetched once into the
+cache) or the directory of an import (python -m vgg_jax.pretrained --source=... --out=DIR)
+or of a training run. ':fc8' needs weights with fc6/fc7 (not vgg16_features, not the
+Keras notop files); VGG19 weights need ',E'.
 
 The conv base is frozen (no updates, no weight decay; a batch-norm base's BatchNorm
 layers keep their running statistics and normalise with them in training too).
