@@ -41,8 +41,7 @@ def check_hash(entry: named_weights.Weights, path: str, origin: str):
   actual = digest(path, entry.hash_kind)
   if not actual.startswith(entry.hash):  # sha256: a prefix, as torch.hub checks; md5: all.
     raise DownloadError(f'{entry.file_name} from {origin} has the wrong bytes: {entry.hash_kind} '
-                        f'{actual}, expected {entry.hash}{"..." if len(entry.hash) < 32 else ""}'
-                        '. Nothing of it was kept.')
+                        f'{actual}, expected {entry.hash}{"..." if len(entry.hash) < 32 else ""}.')
 
 
 def manual_hint(entry: named_weights.Weights) -> str:
@@ -67,9 +66,9 @@ def fetch(entry: named_weights.Weights, directory: str,
   download(url, part, entry, timeout)
   try:
     check_hash(entry, part, url)
-  except DownloadError:
+  except DownloadError as error:
     os.remove(part)
-    raise
+    raise DownloadError(f'{error} The download was deleted.') from None
   path = part.removesuffix('.part')
   os.replace(part, path)
   return path, True
