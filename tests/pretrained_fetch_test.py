@@ -123,8 +123,10 @@ def test_unknown_names_and_missing_paths_list_the_known_names(env):
 
 def child_script(entry, distributed: bool) -> str:
   """A process that puts the test entry in the table, loads it, prints a checksum."""
+  # Process 1 converts (process 0 comes to the lock later): not the primary host.
   start = ('jax.config.update("jax_cpu_collectives_implementation", "gloo")\n'
            'jax.distributed.initialize(f"127.0.0.1:{sys.argv[1]}", 2, int(sys.argv[2]))\n'
+           'import time; jax.process_index() or time.sleep(2)\n'
            if distributed else '')
   return (
       'import sys\n'
@@ -165,6 +167,8 @@ def test_two_processes_loading_one_name_download_and_convert_it_once(served, env
   assert len(behaviour.requests) == 1
   assert sum('Converting' in output for output in outputs) == 1
   assert sum('Waiting for another process' in output for output in outputs) == 1
+  if distributed:
+    assert 'Converting' in outputs[1]
 
 
 @pytest.mark.slow

@@ -51,18 +51,8 @@ def checkpoint_dir(workdir: str) -> str:
 
 
 def create_manager(workdir: str, keep: int = 3, async_save: bool = True,
-                   read_only: bool = False,
-                   this_process_only: bool = False) -> ocp.CheckpointManager:
-  """Keeps the latest `keep` checkpoints and the best by eval top-1 error.
-
-  this_process_only: the calling process saves alone, with no barrier with the others of
-  a multi-process run (a cache one process fills while the others wait on a file lock).
-  """
-  me = jax.process_index()
-  if this_process_only:  # Orbax creates the root only with every process taking part.
-    os.makedirs(checkpoint_dir(workdir), exist_ok=True)
-  processes = (ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
-               if this_process_only else ocp.options.MultiprocessingOptions())
+                   read_only: bool = False) -> ocp.CheckpointManager:
+  """Keeps the latest `keep` checkpoints and the best by eval top-1 error."""
   policy = checkpoint_managers.AnyPreservationPolicy([
       checkpoint_managers.LatestN(n=keep),
       checkpoint_managers.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=True, n=1,
@@ -70,8 +60,7 @@ def create_manager(workdir: str, keep: int = 3, async_save: bool = True,
   ])
   options = ocp.CheckpointManagerOptions(
       preservation_policy=policy, enable_async_checkpointing=async_save,
-      create=not (read_only or this_process_only), read_only=read_only,
-      cleanup_tmp_directories=not read_only, multiprocessing_options=processes)
+      create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only)
   return ocp.CheckpointManager(checkpoint_dir(workdir), item_names=('state', 'meta'),
                                options=options)
 

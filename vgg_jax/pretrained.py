@@ -31,6 +31,7 @@ import dataclasses
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from typing import Any
@@ -183,8 +184,7 @@ def write_checkpoint(out, variables, model: models.VGG, prep, class_names, inclu
                      origin: str, **extra_meta):
   """Writes DIR/checkpoints/0 atomically: nothing half-written is left at out.
 
-  The state is {'step', 'params'}, plus 'batch_stats' for batch-norm nets. This process
-  writes it alone: in a multi-process run the others wait on fetch's lock, not on Orbax.
+  The state is {'step', 'params'}, plus 'batch_stats' for batch-norm nets.
   """
   if os.path.exists(os.path.join(out, checkpointing.CHECKPOINT_SUBDIR)):
     raise FileExistsError(f'{out} already holds checkpoints; choose a new --out.')
@@ -197,8 +197,7 @@ def write_checkpoint(out, variables, model: models.VGG, prep, class_names, inclu
         stored_config(model, prep['mean_rgb']), 0, global_batch_size=0,
         num_classes=model.num_classes, class_names=class_names, include_top=include_top,
         preprocessing=prep, imported_from=origin, **extra_meta)
-    with checkpointing.create_manager(staging, async_save=False,
-                                      this_process_only=True) as manager:
+    with checkpointing.create_manager(staging, async_save=False) as manager:
       checkpointing.save(manager, 0, jax.tree_util.tree_map(np.asarray, state), meta)
       manager.wait_until_finished()
     os.makedirs(out, exist_ok=True)
@@ -258,12 +257,31 @@ def fetch(name: str) -> str:
     path, ours = download.fetch(entry, os.path.join(cache, 'downloads'))
     try:
       sys.stderr.write(f'Converting {entry.file_name} into {target}...\n')
-      import_weights(entry.layout, path, entry.variant, target, entry.include_top,
-                     entry.convention, origin=entry.url)
+      if jax.process_count() > 1:
+        convert_in_a_child(entry, path, target)
+      else:
+        import_weights(entry.layout, path, entry.variant, target, entry.include_top,
+                       entry.convention, origin=entry.url)
     finally:
       if ours:  # The checkpoint is what later loads read: the download is not kept.
         os.remove(path)
   return target
+
+
+def convert_in_a_child(entry: named_weights.Weights, path: str, target: str):
+  """import_weights in a single-process Python of its own, on the CPU.
+
+  In a multi-process run Orbax's save is collective (barriers, a primary host writing the
+  arrays), while the other processes wait on fetch's lock: the conversion runs apart.
+  """
+  command = [sys.executable, '-m', 'vgg_jax.pretrained', f'--source={entry.layout}',
+             f'--weights={path}', f'--variant={entry.variant}', f'--out={target}',
+             f'--convention={json.dumps(dataclasses.asdict(entry.convention))}',
+             f'--origin={entry.url}'] + ([] if entry.include_top else ['--notop'])
+  result = subprocess.run(command, env=dict(os.environ, JAX_PLATFORMS='cpu'),
+                          capture_output=True, text=True, check=False)
+  if result.returncode:
+    raise RuntimeError(f'Converting {path} failed: {result.stderr.strip()[-2000:]}')
 
 
 def cached_names() -> set[str]:
@@ -301,6 +319,10 @@ def define_flags():
   flags.DEFINE_string('variant', 'D', 'A, B, D or E (VGG-11/13/16/19, or their *_bn).')
   flags.DEFINE_string('out', None, 'Directory to write the checkpoint to.')
   flags.DEFINE_bool('notop', False, 'Import the conv base only (include_top=False).')
+  flags.DEFINE_string('convention', None, "The file's input convention as JSON (order, "
+                      "scale, mean, std); default: the source's own.")
+  flags.DEFINE_string('origin', None, "What the checkpoint records as its origin (default: "
+                      "the file's path).")
 
 
 def main(argv):
@@ -316,8 +338,14 @@ def main(argv):
     return
   if not (args.source and args.weights and args.out):
     raise app.UsageError('Give --list, --urls, --fetch=NAME, or --source, --weights and --out.')
+  convention = None
+  if args.convention:
+    fields = json.loads(args.convention)
+    convention = named_weights.Convention(
+        fields['order'], fields['scale'], tuple(fields['mean']), tuple(fields['std']))
   summary = import_weights(args.source, args.weights, args.variant, args.out,
-                           include_top=not args.notop)
+                           include_top=not args.notop, convention=convention,
+                           origin=args.origin)
   batch_norm = ' with batch norm' if summary['batch_norm'] else ''
   print(f"Imported {summary['variant']}{batch_norm} ({len(summary['layers'])} layers, "
         f"{summary['num_classes']} classes) from {args.source} into {summary['out']}; "
