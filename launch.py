@@ -52,22 +52,29 @@ _CPU_COLLECTIVES = flags.DEFINE_enum(
 
 
 def initialize_distributed(jax, config):
-  """jax.distributed.initialize as the flags say, with the config's timeouts."""
+  """jax.distributed.initialize as the flags say, with the config's timeouts.
+
+  Through vgg_jax.peers: a lost process then ends the others with one line and exit 75.
+  Returns what peers.initialize returns, which must live as long as the run.
+  """
+  from vgg_jax import peers  # pylint: disable=g-import-not-at-top  (imports jax)
   if _CPU_COLLECTIVES.value:
     jax.config.update('jax_cpu_collectives_implementation', _CPU_COLLECTIVES.value)
-  # JAX's heartbeat outlasts the loop's peer watchdog, which then reports a lost process.
+  # JAX's heartbeat outlasts the peer watchdog, which then names the lost process.
   timeouts = dict(heartbeat_timeout_seconds=3 * config.peer_timeout_seconds,
                   shutdown_timeout_seconds=config.shutdown_timeout_seconds)
+  workdir = _WORKDIR.value and os.path.abspath(_WORKDIR.value)
   if _DISTRIBUTED.value == 'auto':
-    jax.distributed.initialize(**timeouts)
+    return peers.initialize(workdir, **timeouts)
   elif _DISTRIBUTED.value == 'explicit':
     missing = [name for name, flag in (('--coordinator_address', _COORDINATOR),
                                        ('--num_processes', _NUM_PROCESSES),
                                        ('--process_id', _PROCESS_ID)) if flag.value is None]
     if missing:
       raise app.UsageError(f'--distributed=explicit needs {", ".join(missing)}.')
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                               **timeouts)
+    return peers.initialize(workdir, _COORDINATOR.value, _NUM_PROCESSES.value,
+                            _PROCESS_ID.value, **timeouts)
+  return None
 
 
 def merge_config(defaults, stored: dict, overrides: dict):
@@ -127,7 +134,7 @@ def main(argv):
     return
   if not _WORKDIR.value:
     raise app.UsageError(f'--workdir is required for --mode={_MODE.value}.')
-  initialize_distributed(jax, _CONFIG.value)
+  abort_handler = initialize_distributed(jax, _CONFIG.value)  # pylint: disable=unused-variable  (kept alive)
   if _MODE.value == 'evaluate':
     workdir = pretrained.resolve(_WORKDIR.value)
     config = run_config(checkpointing.load_meta(workdir)['config'])

@@ -1,8 +1,12 @@
-"""Fault injection: kills at random points, a lost peer process. Run: pytest -m slow -k fault."""
+"""Fault injection: kills at random points, lost processes, a full disk. pytest -m slow -k fault.
+
+The lost-process matrix injects its faults through tests/fault_launch.py.
+"""
 
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import jax
@@ -43,42 +47,85 @@ def test_sigkill_at_random_points_ends_bitwise_equal_to_an_uninterrupted_run(
   assert_trees_equal(final_params(killed), final_params(uninterrupted))
 
 
-def start_two_processes(workdir, launch_args, overrides):
+def start_two_processes(workdir, launch_args, overrides, fault=None):
+  """Two gloo processes of launch.py (4 fake devices each); fault: FAULT for fault_launch.py."""
   port, env = free_port(), dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  args = launch_args(workdir, **overrides)
+  if fault:
+    env['FAULT'] = fault
+    args[1] = os.path.join(os.path.dirname(__file__), 'fault_launch.py')
   return [subprocess.Popen(
-      launch_args(workdir, **overrides) + [
-          '--distributed=explicit', f'--coordinator_address=127.0.0.1:{port}',
-          '--num_processes=2', f'--process_id={i}', '--cpu_collectives=gloo'],
+      args + ['--distributed=explicit', f'--coordinator_address=127.0.0.1:{port}',
+              '--num_processes=2', f'--process_id={i}', '--cpu_collectives=gloo'],
       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
 
 
-@pytest.mark.slow
-def test_a_lost_peer_stops_the_other_cleanly_and_a_rerun_resumes(tmp_path, launch_args):
-  overrides = dict(OVERRIDES, num_train_steps=100_000, checkpoint_every_steps=10)
-  workdir = tmp_path / 'run'
-  procs = start_two_processes(workdir, launch_args, overrides)
+# The fault matrix: a tiny 2-process run of 8 steps, checkpoints every 2, evaluation every 4.
+MATRIX = dict(OVERRIDES, num_train_steps=8, checkpoint_every_steps=2, eval_every_steps=4,
+              log_every_steps=2, peer_timeout_seconds=5)
+MOMENTS = {'compile': 0, 'step': 3, 'eval': 4, 'save': 2}  # The step each fault waits for.
+
+
+@pytest.fixture(name='uninterrupted', scope='module')
+def uninterrupted_fixture(tmp_path_factory, launch_args, final_params):
+  """The parameters of the matrix's run with no fault, two processes as in each cell."""
+  workdir = tmp_path_factory.mktemp('uninterrupted') / 'run'
+  procs = start_two_processes(workdir, launch_args, MATRIX)
+  outputs = [p.communicate(timeout=300)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], ''.join(map(failure_text, outputs))
+  return final_params(workdir)
+
+
+def run_until_the_survivor_exits(procs, victim: int) -> tuple[str, float]:
+  """(the survivor's output, seconds from the fault to its exit); the victim is killed."""
+  survivor, fault_at = procs[1 - victim], []
+  def read_victim():
+    for line in procs[victim].stdout:
+      if line.startswith('FAULT:'):
+        fault_at.append(time.monotonic())
+  reader = threading.Thread(target=read_victim, daemon=True)
+  reader.start()
   try:
-    assert wait_for(lambda: finished_steps(workdir), timeout=240)
-    procs[1].send_signal(signal.SIGKILL)
-    start = time.time()
-    output, _ = procs[0].communicate(timeout=60)
-    took = time.time() - start
+    output, _ = survivor.communicate(timeout=240)
+    exited = time.monotonic()
   finally:
     for p in procs:
       p.kill()
-  assert procs[0].returncode == 75, failure_text(output)
-  assert took < 30, took
-  lines = [l for l in output.splitlines() if 'Lost peer process' in l]
-  assert len(lines) == 1 and 'resume from step' in lines[0], failure_text(output)
-  resume_step = int(lines[0].split('resume from step ')[1].split()[0])
-  assert 'Fatal Python error' not in output and 'Terminating process' not in output
+    reader.join(timeout=10)
+  assert fault_at, 'the fault was never injected:\n' + failure_text(output)
+  return output, exited - fault_at[0]
 
-  overrides['num_train_steps'] = resume_step + 4  # Rerun both: resumes and finishes.
-  procs = start_two_processes(workdir, launch_args, overrides)
+
+@pytest.mark.slow
+@pytest.mark.parametrize('way', ['KILL', 'STOP'])
+@pytest.mark.parametrize('moment', list(MOMENTS))
+@pytest.mark.parametrize('victim', [0, 1])
+def test_a_lost_process_stops_the_other_cleanly_and_a_rerun_ends_as_if_uninterrupted(
+    tmp_path, launch_args, final_params, assert_trees_equal, uninterrupted, victim, moment,
+    way):
+  """Survivor: exit 75 within 30 s, the one line, no abort; then a rerun of both resumes."""
+  workdir = tmp_path / 'run'
+  procs = start_two_processes(workdir, launch_args, MATRIX,
+                              fault=f'{victim}:{moment}:{way}:{MOMENTS[moment]}')
+  output, seconds = run_until_the_survivor_exits(procs, victim)
+  survivor = procs[1 - victim]
+  assert survivor.returncode == 75, failure_text(output)
+  assert seconds < 30, (seconds, failure_text(output))
+  lines = [l for l in output.splitlines() if 'Lost peer process' in l]
+  assert len(lines) == 1 and f'[{victim}] of 2' in lines[0], failure_text(output)
+  assert 'Fatal Python error' not in output, failure_text(output)
+  where = lines[0].split('resume from ')[1]
+  resume_step = int(where.split()[1]) if where.startswith('step') else None
+  assert resume_step in (None, *finished_steps(workdir)), (where, finished_steps(workdir))
+  print(f'cell {victim}:{moment}:{way}: survivor exit 75 after {seconds:.1f} s')
+
+  procs = start_two_processes(workdir, launch_args, MATRIX)  # Rerun both.
   outputs = [p.communicate(timeout=300)[0] for p in procs]
   assert [p.returncode for p in procs] == [0, 0], ''.join(map(failure_text, outputs))
-  assert f'Resumed from step {resume_step}' in outputs[0]
-  assert finished_steps(workdir)[-1] == resume_step + 4
+  if resume_step is not None:
+    assert f'Resumed from step {resume_step}' in outputs[0], failure_text(outputs[0])
+  assert finished_steps(workdir)[-1] == MATRIX['num_train_steps']
+  assert_trees_equal(final_params(workdir), uninterrupted)
 
 
 @pytest.fixture

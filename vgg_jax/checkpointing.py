@@ -140,6 +140,15 @@ def set_aside(manager: ocp.CheckpointManager, step: int):
   manager.reload()
 
 
+def finished_steps(workdir: str) -> list[int]:
+  """The steps with a committed checkpoint in workdir, ascending, read from the directory
+  alone (no Orbax, no other process): a save in progress has a temporary name."""
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
 def best_step(manager: ocp.CheckpointManager) -> int | None:
   """The step with the lowest eval top-1 error (the later on ties), else the latest."""
   scored = []

@@ -3,14 +3,11 @@
 import json
 import os
 import signal
-import sys
-import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
 from absl import logging
 import jax
-from jax._src import distributed  # The runtime client: JAX has no public handle to it.
 from jax.experimental import multihost_utils
 import numpy as np
 
@@ -151,64 +148,3 @@ class Throughput:
 
   def step_seconds(self) -> float:
     return (time.perf_counter() - self.start) / max(self.steps, 1)
-
-
-class PeerWatchdog:
-  """Stops this process cleanly when another process of a multi-process run is lost.
-
-  Every process bumps a counter in JAX's coordination key-value store each second; a
-  peer whose counter stands still for `timeout_seconds` (or a coordinator that no longer
-  answers) is lost. This process then logs one error line, saying what to rerun and from
-  which step training will resume, and exits with EXIT_PEER_LOST, instead of hanging in
-  a collective until JAX's runtime aborts it. Give jax.distributed.initialize a longer
-  heartbeat timeout than timeout_seconds, so that this check speaks first.
-  """
-
-  EXIT_PEER_LOST = 75
-
-  def __init__(self, resume_step: Callable[[], int | None], timeout_seconds: float,
-               poll_seconds: float = 1.0):
-    self._resume_step = resume_step
-    self._timeout, self._poll = timeout_seconds, poll_seconds
-    self._stop = threading.Event()
-    if jax.process_count() > 1 and distributed.global_state.client is not None:
-      threading.Thread(target=self._watch, daemon=True, name='peer-watchdog').start()
-
-  def _watch(self):
-    client, me = distributed.global_state.client, jax.process_index()
-    peers = [p for p in range(jax.process_count()) if p != me]
-    seen = {}  # Peer -> (its last counter, when that changed); timed from its first beat.
-    beat = 0
-    while not self._stop.wait(self._poll):
-      beat += 1
-      try:
-        client.key_value_set(f'vgg_jax/alive/{me}', str(beat), allow_overwrite=True)
-      except Exception:  # pylint: disable=broad-except  (the coordinator no longer answers)
-        self._exit([0])
-      now = time.monotonic()
-      for p in peers:
-        try:
-          value = client.key_value_try_get(f'vgg_jax/alive/{p}')
-        except Exception:  # pylint: disable=broad-except  (no beat from p yet)
-          continue
-        if p not in seen or value != seen[p][0]:
-          seen[p] = (value, now)
-      lost = [p for p, (_, changed) in seen.items() if now - changed > self._timeout]
-      if lost and not self._stop.is_set():
-        self._exit(lost)
-
-  def _exit(self, lost: list[int]):
-    try:
-      step = self._resume_step()
-    except Exception:  # pylint: disable=broad-except
-      step = None
-    where = f'step {step}' if step is not None else 'the start'
-    logging.error('Lost peer process(es) %s of %d: stopping. Rerun all %d processes with the '
-                  'same command to resume from %s (the last checkpoint).', lost,
-                  jax.process_count(), jax.process_count(), where)
-    logging.flush()
-    sys.stderr.flush()
-    os._exit(self.EXIT_PEER_LOST)  # pylint: disable=protected-access  (no clean-up can finish)
-
-  def close(self):
-    self._stop.set()

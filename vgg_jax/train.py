@@ -27,6 +27,7 @@ from vgg_jax import files
 from vgg_jax import models
 from vgg_jax import monitoring
 from vgg_jax import optim
+from vgg_jax import peers
 from vgg_jax import pretrained
 from vgg_jax import sharding
 from vgg_jax import steps
@@ -198,7 +199,6 @@ def run_loop(loop: Loop, state, plateau: optim.Plateau, batch, dropout_rng):
   """Steps from state.step to total_steps; logs, evaluates and checkpoints on schedule."""
   config, step = loop.config, int(state.step)
   preemption, throughput = monitoring.Preemption(), monitoring.Throughput()
-  watchdog = monitoring.PeerWatchdog(loop.manager.latest_step, config.peer_timeout_seconds)
   pending_losses, summary, last_eval = [], {}, {}
   try:
     while step < loop.total_steps:
@@ -230,18 +230,34 @@ def run_loop(loop: Loop, state, plateau: optim.Plateau, batch, dropout_rng):
         return {'step': step, 'preempted': True, **summary, **last_eval}
   finally:
     loop.manager.wait_until_finished()
-    watchdog.close()
     loop.manager.close()
     preemption.close()
   return {'step': step, 'preempted': False, **summary, **last_eval}
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
-  """Trains (or resumes) in workdir; returns the final metrics."""
-  from vgg_jax.data import iterators  # pylint: disable=g-import-not-at-top  (TensorFlow)
-  from vgg_jax.data import sources  # pylint: disable=g-import-not-at-top
+  """Trains (or resumes) in workdir; returns the final metrics.
+
+  In a multi-process run a lost process ends this one with the lost-peer line and exit
+  75 (vgg_jax.peers), whatever it was doing: restoring, compiling, stepping, evaluating
+  or saving.
+  """
   config_checks.check_train_config(config)
   workdir = os.path.abspath(workdir)
+  watchdog = peers.PeerWatchdog(workdir, config.peer_timeout_seconds)
+  try:
+    return run_stages(config, workdir)
+  except Exception as error:  # pylint: disable=broad-except
+    watchdog.explain(error)  # A failed collective: exits here if a peer was lost.
+    raise
+  finally:
+    watchdog.close()
+
+
+def run_stages(config, workdir: str) -> dict[str, Any]:
+  """train_and_evaluate's stages, top to bottom; config checked, workdir absolute."""
+  from vgg_jax.data import iterators  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  from vgg_jax.data import sources  # pylint: disable=g-import-not-at-top
   process_index, process_count = jax.process_index(), jax.process_count()
   mesh = sharding.create_mesh()
   sharding.check_batch_size(config.global_batch_size, mesh.size, config.grad_accum_steps)

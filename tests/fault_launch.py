@@ -1,0 +1,66 @@
+"""launch.py with a fault injected: FAULT=VICTIM:MOMENT:WAY:STEP in the environment.
+
+The process whose jax.process_index() is VICTIM signals itself (WAY: KILL or STOP) at
+MOMENT: 'compile' (as the train step starts compiling), 'step' (just after training step
+STEP was dispatched, its collectives in flight), 'eval' (as the evaluation after step
+STEP starts) or 'save' (just after the asynchronous save of step STEP started). The
+other processes run launch.py unchanged. Used by tests/fault_injection_test.py.
+"""
+
+import os
+import signal
+import sys
+
+from absl import app
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import launch  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vgg_jax import checkpointing  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vgg_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+VICTIM, MOMENT, WAY, STEP = os.environ['FAULT'].split(':')
+VICTIM, STEP = int(VICTIM), int(STEP)
+
+
+def inject(moment: str, step: int = 0):
+  import jax  # pylint: disable=g-import-not-at-top  (launch imports it after its set-up)
+  if moment == MOMENT and step >= STEP and jax.process_index() == VICTIM:
+    sys.stdout.write(f'FAULT: process {VICTIM} {WAY} at {moment} {step}\n')
+    sys.stdout.flush()
+    os.kill(os.getpid(), getattr(signal, f'SIG{WAY}'))
+
+
+def patch():
+  compile_train_step, evaluate_and_adjust = train.compile_train_step, train.evaluate_and_adjust
+  save = checkpointing.save
+
+  def compile_with_fault(*args, **kwargs):
+    inject('compile')
+    compiled, seconds, flops = compile_train_step(*args, **kwargs)
+    calls = [0]
+
+    def step_with_fault(*step_args):
+      out = compiled(*step_args)
+      calls[0] += 1
+      inject('step', calls[0])
+      return out
+    return step_with_fault, seconds, flops
+
+  def evaluate_with_fault(loop, step, *args, **kwargs):
+    inject('eval', step)
+    return evaluate_and_adjust(loop, step, *args, **kwargs)
+
+  def save_with_fault(manager, step, *args, **kwargs):
+    save(manager, step, *args, **kwargs)
+    inject('save', step)
+
+  train.compile_train_step = compile_with_fault
+  train.evaluate_and_adjust = evaluate_with_fault
+  checkpointing.save = save_with_fault
+
+
+if __name__ == '__main__':
+  patch()
+  app.run(launch.main)
