@@ -3,9 +3,9 @@
 A process is lost when it dies (SIGKILL, OOM, a node failure) or hangs (SIGSTOP, a stuck
 host). Three things notice, whichever comes first, and each ends the survivor the same
 way (exit_lost_peer):
-- JAX's runtime client, when its coordinator stops answering or the coordinator reports
-  a task whose heartbeats stopped. JAX's default reaction is to abort the process (a C++
-  stack dump); initialize() hands the client a callback that exits cleanly instead.
+- JAX's runtime client, when the coordinator (process 0, which hosts JAX's coordination
+  service) dies: it aborts the process at once (SIGABRT). initialize() installs a
+  SIGABRT handler that, while the coordinator refuses connections, exits cleanly instead.
 - PeerWatchdog: every process bumps a counter in the coordinator's key-value store each
   second; a peer whose counter stands still for timeout_seconds is lost, and so is the
   coordinator when a bump gets no answer that long.
@@ -19,7 +19,6 @@ checkpoint on disk) and what to rerun. os._exit: no clean-up that waits on a pee
 
 import ctypes
 import os
-import re
 import signal
 import socket
 import sys
@@ -42,7 +41,7 @@ def exit_lost_peer(lost: str, workdir: str | None, in_signal_handler: bool = Fal
   """
   steps = checkpointing.finished_steps(workdir) if workdir else []
   where = f'step {steps[-1]}' if steps else 'the start'
-  count = jax.process_count()
+  count = jax.process_count()  # Known since initialize: no call into the runtime.
   line = (f'Lost peer process(es) {lost} of {count}: stopping. Rerun all {count} processes '
           f'with the same command to resume from {where} (the last checkpoint).')
   if in_signal_handler:
@@ -53,16 +52,6 @@ def exit_lost_peer(lost: str, workdir: str | None, in_signal_handler: bool = Fal
     sys.stderr.flush()
     sys.stdout.flush()
   os._exit(EXIT_PEER_LOST)  # pylint: disable=protected-access  (no clean-up can finish)
-
-
-def lost_from_status(text: str) -> str:
-  """Which process(es) a runtime error names: '[1]'; '[0]' when the coordinator is gone."""
-  tasks = sorted({int(t) for t in re.findall(r'task:(\d+)', text)} - {jax.process_index()})
-  if tasks:
-    return str(tasks)
-  if 'coordination service' in text.lower() or 'leader' in text.lower():
-    return '[0]'
-  return '[unknown]'
 
 
 def initialize(workdir: str | None, coordinator_address=None, num_processes=None,
