@@ -134,7 +134,8 @@ def main(argv):
     return
   if not _WORKDIR.value:
     raise app.UsageError(f'--workdir is required for --mode={_MODE.value}.')
-  abort_handler = initialize_distributed(jax, _CONFIG.value)  # pylint: disable=unused-variable  (kept alive)
+  # Kept referenced for the whole run: the C handler peers installed calls into it.
+  abort_handler = initialize_distributed(jax, _CONFIG.value)  # pylint: disable=unused-variable
   if _MODE.value == 'evaluate':
     workdir = pretrained.resolve(_WORKDIR.value)
     config = run_config(checkpointing.load_meta(workdir)['config'])
