@@ -1,7 +1,6 @@
 """pretrained.load / fetch by name: download from 127.0.0.1, verify, convert once, cache."""
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -75,12 +74,6 @@ def env_fixture(served, tmp_path, monkeypatch):
   return tmp_path / 'cache'
 
 
-def closed_port_url() -> str:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return f'http://127.0.0.1:{s.getsockname()[1]}'
-
-
 def test_a_name_downloads_and_converts_once_then_loads_from_the_cache(served, env, monkeypatch,
                                                                       capsys):
   entry, path, behaviour = served
@@ -97,7 +90,7 @@ def test_a_name_downloads_and_converts_once_then_loads_from_the_cache(served, en
   assert checkpointing.load_meta(str(env / NAME))['imported_from'] == entry.url
   assert NAME in pretrained.cached_names()
   # Later loads read the cache: no request, even with the network gone.
-  monkeypatch.setenv(named_weights.MIRROR_ENV, closed_port_url())
+  monkeypatch.setenv(named_weights.MIRROR_ENV, f'http://127.0.0.1:{free_port()}')  # Closed.
   _, again, _ = pretrained.load(NAME)
   jax.tree_util.tree_map(np.testing.assert_array_equal, again, variables)
   assert len(behaviour.requests) == 1

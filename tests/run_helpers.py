@@ -1,9 +1,10 @@
 """Helpers of the tests that run launch.py in subprocesses: ports, polling, checkpoints,
 and what a failed process printed."""
 
-import os
 import socket
 import time
+
+from vgg_jax import checkpointing  # After conftest has set up JAX's environment.
 
 
 def free_port() -> int:
@@ -25,10 +26,7 @@ def wait_for(predicate, timeout: float = 120.0) -> bool:
 
 def finished_steps(workdir) -> list[int]:
   """The steps with a finished checkpoint in workdir, ascending."""
-  directory = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+  return checkpointing.finished_steps(str(workdir))
 
 
 def failure_text(output: str, chars: int = 4000) -> str:

@@ -8,6 +8,7 @@ against the installed packages).
 
 import functools
 import importlib.resources
+
 import numpy as np
 
 
@@ -22,9 +23,14 @@ def wnids() -> list[str]:
   return [wnid for wnid, _ in classes()]
 
 
+@functools.cache
+def names_by_wnid() -> dict[str, str]:
+  return dict(classes())
+
+
 def describe(label: str) -> str:
   """'golden retriever (n02099601)' for an ImageNet WordNet id; other labels unchanged."""
-  names = dict(classes())
+  names = names_by_wnid()
   return f'{names[label]} ({label})' if label in names else label
 
 

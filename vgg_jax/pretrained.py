@@ -70,16 +70,17 @@ def mean_rgb_of(convention: named_weights.Convention) -> list[float]:
 
 def read_variables(source: str, weights: str, variant: str, include_top: bool,
                    convention: named_weights.Convention | None = None,
-                   state=None) -> dict[str, Any]:
+                   contents=None) -> dict[str, Any]:
   """The file's {'params'} (and 'batch_stats'), conv1_1 folded to take RGB minus mean_rgb.
 
-  state: the file's torch state dict when already read.
+  contents: the file as weight_readers.detect read it, when it has been read already.
   """
   convention = convention or CONVENTIONS[source]
   if source == 'keras':
-    variables = weight_readers.keras_variables(weights, variant, include_top)
+    variables = weight_readers.keras_variables(weights, variant, include_top, contents)
   else:
-    variables = weight_readers.torch_variables(weights, variant, include_top, source, state)
+    variables = weight_readers.torch_variables(weights, variant, include_top, source,
+                                               contents)
   conv1_1 = variables['params']['conv1_1']
   order = source_to_rgb(convention)
   # ((x * scale/255)[order] - m) / s == (x - 255 m/scale) / (255 s/scale): reorder the
@@ -105,7 +106,7 @@ def preprocessing(source: str, convention: named_weights.Convention | None = Non
 def import_weights(source: str, weights: str, variant: str, out: str,
                    include_top: bool = True,
                    convention: named_weights.Convention | None = None,
-                   origin: str | None = None, state=None) -> dict[str, Any]:
+                   origin: str | None = None) -> dict[str, Any]:
   """Reads `weights`, checks them against `variant`, writes an Orbax checkpoint to out.
 
   origin: what meta['imported_from'] records (default: the file's path).
@@ -117,7 +118,7 @@ def import_weights(source: str, weights: str, variant: str, out: str,
                      f'not {variant!r}.')
   if not os.path.isfile(weights):
     raise FileNotFoundError(f'No weights file at {weights}.')
-  model, variables = build(source, weights, variant, include_top, convention, state)
+  model, variables = build(source, weights, variant, include_top, convention)
   prep = preprocessing(source, convention)
   class_names = imagenet_classes.wnids() if model.num_classes == 1000 else [
       str(i) for i in range(model.num_classes)]
@@ -128,9 +129,9 @@ def import_weights(source: str, weights: str, variant: str, out: str,
           'preprocessing': prep}
 
 
-def build(source, weights, variant, include_top, convention=None, state=None):
+def build(source, weights, variant, include_top, convention=None, contents=None):
   """(model, variables) of a weights file, every shape checked against the model."""
-  variables = read_variables(source, weights, variant, include_top, convention, state)
+  variables = read_variables(source, weights, variant, include_top, convention, contents)
   params = variables['params']
   num_classes = params['fc8']['kernel'].shape[1] if include_top else 1000
   fc_width = params['fc7']['kernel'].shape[0] if include_top else 4096
@@ -221,8 +222,8 @@ def load(name_or_path: str, checkpoint='best'):
   one a run computed and cached.
   """
   if os.path.isfile(name_or_path):
-    source, variant, include_top, state = weight_readers.detect(name_or_path)
-    model, variables = build(source, name_or_path, variant, include_top, state=state)
+    source, variant, include_top, contents = weight_readers.detect(name_or_path)
+    model, variables = build(source, name_or_path, variant, include_top, contents=contents)
     return model, variables, np.asarray(mean_rgb_of(CONVENTIONS[source]), np.float32)
   directory = resolve(name_or_path)
   model, variables, meta, _ = checkpointing.load_model(directory, checkpoint)
@@ -243,16 +244,14 @@ def fetch(name: str) -> str:
   converts, the others wait for it and then read its checkpoint.
   """
   entry = named_weights.find(name)
-  cache = named_weights.cache_dir()
-  target = os.path.join(cache, entry.name)
-  done = os.path.join(target, checkpointing.CHECKPOINT_SUBDIR)  # Appears whole (rename).
-  if os.path.isdir(done):
+  cache, target = named_weights.cache_dir(), cached_directory(name)
+  if is_cached(name):
     return target
   # JAX's backends start now, while every process of a multi-process run is still in step
   # (starting them is collective); the lock's waiters must not be the ones to start them.
   jax.process_index()
   with download.file_lock(os.path.join(cache, f'.{entry.name}.lock')):
-    if os.path.isdir(done):  # Another process finished it while this one waited.
+    if is_cached(name):  # Another process finished it while this one waited.
       return target
     path, ours = download.fetch(entry, os.path.join(cache, 'downloads'))
     try:
@@ -284,10 +283,17 @@ def convert_in_a_child(entry: named_weights.Weights, path: str, target: str):
     raise RuntimeError(f'Converting {path} failed: {result.stderr.strip()[-2000:]}')
 
 
+def cached_directory(name: str) -> str:
+  return os.path.join(named_weights.cache_dir(), name)
+
+
+def is_cached(name: str) -> bool:
+  """Whether name's converted checkpoint is in the cache (it appears whole: a rename)."""
+  return os.path.isdir(os.path.join(cached_directory(name), checkpointing.CHECKPOINT_SUBDIR))
+
+
 def cached_names() -> set[str]:
-  cache = named_weights.cache_dir()
-  return {name for name in named_weights.WEIGHTS
-          if os.path.isdir(os.path.join(cache, name, checkpointing.CHECKPOINT_SUBDIR))}
+  return {name for name in named_weights.WEIGHTS if is_cached(name)}
 
 
 def run_mean_rgb(directory: str, meta) -> list[float]:

@@ -34,6 +34,17 @@ def variant_with_convs(count: int) -> str:
   return by_count.get(count, f'none of A/B/D/E ({count} conv layers)')
 
 
+def keras_conv_layers(layers) -> list[str]:
+  """The conv layers (block1_conv1, ...) of a Keras file's layer names."""
+  return [n for n in layers if n.startswith('block') and '_conv' in n]
+
+
+def torch_conv_ids(state) -> list[int]:
+  """The N of every conv kernel features.N.weight of a torch state dict, ascending."""
+  return sorted({int(k.split('.')[1]) for k, v in state.items()
+                 if k.startswith('features.') and k.endswith('.weight') and v.ndim == 4})
+
+
 def as_float32(tree):
   """Contiguous float32 copies of every array of {layer: {name: array}}."""
   return {layer: {k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()}
@@ -82,10 +93,14 @@ def read_keras_h5(path: str) -> dict[str, list[np.ndarray]]:
   return layers
 
 
-def keras_variables(path: str, variant: str, include_top: bool) -> dict[str, Any]:
-  """{'params'} of a Keras VGG16/19 weights file; conv1_1 still takes BGR."""
-  layers = read_keras_h5(path)
-  convs = [n for n in layers if n.startswith('block') and '_conv' in n]
+def keras_variables(path: str, variant: str, include_top: bool,
+                    layers=None) -> dict[str, Any]:
+  """{'params'} of a Keras VGG16/19 weights file; conv1_1 still takes BGR.
+
+  layers: path's read_keras_h5 when the caller has read it already.
+  """
+  layers = read_keras_h5(path) if layers is None else layers
+  convs = keras_conv_layers(layers)
   if len(convs) != len(conv_names(variant)):
     raise ValueError(f'{path} holds {len(convs)} conv layers, a VGG of variant '
                      f'{variant_with_convs(len(convs))}; variant {variant} has '
@@ -116,29 +131,29 @@ def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
 
 
 def detect(path: str) -> tuple[str, str, bool, Any]:
-  """(source, variant, include_top, torch state dict or None) read from a weights file."""
+  """(source, variant, include_top, contents) of a weights file, read once.
+
+  contents: the Keras layers or torch state dict, for keras_variables / torch_variables.
+  """
   if path.endswith('.h5'):
     layers = read_keras_h5(path)
-    convs = [n for n in layers if n.startswith('block') and '_conv' in n]
     has_top = all(n in layers for n in ('fc1', 'fc2', 'predictions'))
-    return 'keras', variant_of(len(convs), path), has_top, None
+    return 'keras', variant_of(len(keras_conv_layers(layers)), path), has_top, layers
   if not path.endswith(('.pth', '.pt', '.bin', '.safetensors')):
     raise ValueError(f'{path}: not a weights file this reads (.h5, .pth, .pt, .bin, '
                      '.safetensors).')
   state = read_torch_state_dict(path)
   source = 'timm' if any(k.startswith('pre_logits.') for k in state) else 'torchvision'
-  convs = {k.split('.')[1] for k, v in state.items()
-           if k.startswith('features.') and k.endswith('.weight') and v.ndim == 4}
   has_top = all(f'{layer}.weight' in state for layer in TORCH_HEADS[source])
-  return source, variant_of(len(convs), path), has_top, state
+  return source, variant_of(len(torch_conv_ids(state)), path), has_top, state
 
 
 def variant_of(count: int, path: str) -> str:
-  by_count = {len(conv_names(v)): v for v in ('A', 'B', 'D', 'E')}
-  if count not in by_count:
+  variant = variant_with_convs(count)
+  if variant not in models.CONFIGS:
     raise ValueError(f'{path} holds {count} conv layers: not a VGG-11/13/16/19 '
                      '(8, 10, 13 or 16).')
-  return by_count[count]
+  return variant
 
 
 def check_torch_layout(state, path: str, source: str):
@@ -152,8 +167,7 @@ def check_torch_layout(state, path: str, source: str):
 
 def torch_conv_indices(state, path: str, variant: str, source: str) -> tuple[list[int], bool]:
   """(features.N index of each conv, whether a BN follows each), checked against variant."""
-  conv_ids = sorted({int(k.split('.')[1]) for k, v in state.items()
-                     if k.startswith('features.') and k.endswith('.weight') and v.ndim == 4})
+  conv_ids = torch_conv_ids(state)
   others = {int(k.split('.')[1]) for k in state if k.startswith('features.')} - set(conv_ids)
   bn = '_bn' if others else ''
   if len(conv_ids) != len(conv_names(variant)):
@@ -199,7 +213,7 @@ def torch_variables(path: str, variant: str, include_top: bool,
   """{'params'} (and 'batch_stats' for vgg*_bn) of a torchvision or timm state dict.
 
   conv1_1 still takes torch's normalised input (x/255 - mean) / std. state: path's
-  state dict when the caller has read it already.
+  state dict when the caller has read it already (detect's contents).
   """
   state = read_torch_state_dict(path) if state is None else state
   check_torch_layout(state, path, source)
