@@ -42,10 +42,7 @@ _DISTRIBUTED = flags.DEFINE_enum(
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process: 0..num_processes-1.')
-_REUSE_HOST_MEMORY = flags.DEFINE_bool(
-    'reuse_host_memory', True,
-    'Where JAX computes on the CPU, keep freed host memory for reuse (glibc): faster CPU '
-    'steps, slower compiles; see vgg_jax/host_memory.py and docs/performance.md.')
+flags.adopt_module_key_flags(host_memory)  # Its --reuse_host_memory, in --help.
 _CPU_COLLECTIVES = flags.DEFINE_enum(
     'cpu_collectives', None, ['gloo', 'mpi'],
     'Collectives for multi-process runs on CPU devices (testing on one machine).')
@@ -97,13 +94,8 @@ def merge_config(defaults, stored: dict, overrides: dict):
         node[key] = value
 
   update(config, stored)
-  for path, value in overrides.items():
-    *parents, leaf = path.split('.')
-    node = config
-    for parent in parents:
-      node = node[parent]
-    with node.ignore_type():
-      node[leaf] = value
+  with config.ignore_type():
+    config.update_from_flattened_dict(overrides)
   return config
 
 
@@ -118,7 +110,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if _MODE.value in ('predict', 'table'):  # Print the answer only, not the progress log.
     logging.set_verbosity(logging.WARNING)
-  if _REUSE_HOST_MEMORY.value and host_memory.reuse_freed_memory():
+  if host_memory.REUSE_HOST_MEMORY.value and host_memory.reuse_freed_memory():
     logging.info('Reusing freed host memory (--noreuse_host_memory turns this off).')
   # Imported only now: host memory must be set up before JAX and TensorFlow start threads.
   import jax  # pylint: disable=g-import-not-at-top
@@ -126,9 +118,11 @@ def main(argv):
   from vgg_jax import evaluate  # pylint: disable=g-import-not-at-top
   from vgg_jax import imagenet_classes  # pylint: disable=g-import-not-at-top
   from vgg_jax import models  # pylint: disable=g-import-not-at-top
+  from vgg_jax import monitoring  # pylint: disable=g-import-not-at-top
   from vgg_jax import pretrained  # pylint: disable=g-import-not-at-top
   from vgg_jax import train  # pylint: disable=g-import-not-at-top
   checkpointing.quiet_orbax_logs()
+  monitoring.quiet_jax_backend_logs()
   if _MODE.value == 'table':
     models.print_table2()
     return

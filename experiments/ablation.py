@@ -33,6 +33,7 @@ from vgg_jax import checkpointing
 from vgg_jax import files
 from vgg_jax import host_memory
 from vgg_jax import models
+from vgg_jax import monitoring
 
 _PRESET = flags.DEFINE_enum('preset', 'digits', ['digits', 'cifar10', 'imagenet'],
                             'Which study to run.')
@@ -45,15 +46,13 @@ _INITS = flags.DEFINE_list('inits', None, "The deeper nets' initialisations, 'wa
                            "'glorot' (preset default).")
 _BUDGETS = flags.DEFINE_list('budgets', None, "The deeper nets' step budgets in multiples of "
                              "A's, e.g. '1,2' (preset default: 1).")
-_REUSE_HOST_MEMORY = flags.DEFINE_bool(
-    'reuse_host_memory', True, 'Keep freed host memory for reuse (vgg_jax/host_memory.py).')
+flags.adopt_module_key_flags(host_memory)  # Its --reuse_host_memory, in --help.
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir (cifar10, imagenet).')
 
 VARIANTS = tuple(models.CONFIGS)
 SHALLOW = ('A', 'A-LRN')  # Trained once; the deeper nets start from A or from Glorot.
 INITS = ('warm', 'glorot')
 SCALE_VARIANTS = ('C', 'D', 'E')  # Trained at the further scales of Tables 3 and 4.
-PROTOCOLS_TABLE5 = ('dense', 'multicrop', 'dense+multicrop')
 
 
 @dataclasses.dataclass
@@ -160,7 +159,8 @@ def get_preset(name: str, quick: bool) -> Preset:
         (32, 36) if quick else (32, 36, 40), 'dense', flip=False, inits=INITS,
         budgets=(1.0,), paper=False,
         fusion_scales=(32, 36) if quick else (32, 36, 40),
-        # --quick: multi-crop of all 450 test images was 60% of the flow's time.
+        # --quick: Tables 5 and 6 on 64 test images; multi-crop of all 450 would dominate
+        # the flow's time (docs/performance.md).
         fusion_max_examples=64 if quick else 0,
         table5_note='the warm-started D and E at A\'s budget',
         budget_rule=('Budget rule: every net gets A\'s 315 steps (15 epochs), both '
@@ -234,7 +234,7 @@ def plan_runs(preset: Preset, root: str, seed: int) -> list[Run]:
       source = '' if extra.start_from == preset.scale_name else extra.start_from
       config.init_from = os.path.join(root, run_name(variant, seed, source, preset.inits[0]))
       config.init_layers = models.layer_names(variant)  # The whole net.
-      config.learning_rate = extra.learning_rate
+      config.optimizer.learning_rate = extra.learning_rate
       config.data.scale_min, config.data.scale_max = extra.scale_min, extra.scale_max
       config.data.eval_scale = extra.single_scales[0]
       add(variant, preset.inits[0], 1.0, extra.name, config, extra.single_scales,
@@ -314,10 +314,10 @@ def tables_5_and_6(preset: Preset, rows, root: str):
       table5[variant] = {p: [evaluate_runs([r['workdir']], p, preset.fusion_scales,
                                            preset.flip, r['workdir'],
                                            preset.fusion_examples) for r in chosen]
-                         for p in PROTOCOLS_TABLE5}
+                         for p in ablation_report.PROTOCOLS_TABLE5}
   ranked = sorted(rows, key=lambda r: (r['multi_top1'], r['multi_top5']))
   # All runs with the cheaper dense protocol: 50 crops per scale of every run would take
-  # longer than the study (measured: ~55 s per digits run on 2 CPU cores).
+  # longer than the study (docs/performance.md).
   groups = [('best single', ranked[:1], 'dense+multicrop'),
             ('best two', ranked[:2], 'dense+multicrop'),
             ('all runs', ranked, preset.multi_protocol)]
@@ -374,9 +374,10 @@ def command_line() -> str:
 
 def main(argv):
   del argv
-  if _REUSE_HOST_MEMORY.value:
+  if host_memory.REUSE_HOST_MEMORY.value:
     host_memory.reuse_freed_memory()  # Faster CPU steps, before JAX starts its threads.
   checkpointing.quiet_orbax_logs()
+  monitoring.quiet_jax_backend_logs()
   start = time.time()
   preset = preset_from_flags()
   seeds = _SEEDS.value or preset.seeds

@@ -27,6 +27,7 @@ PAPER_SCALES = {
                 'E': ((25.5, 8.0), (24.8, 7.5))},
 }
 # Table 5 (S jittered, Q = {256, 384, 512}): dense, multi-crop, both.
+PROTOCOLS_TABLE5 = ('dense', 'multicrop', 'dense+multicrop')
 PAPER_TABLE5 = {'D': {'dense': (24.8, 7.5), 'multicrop': (24.6, 7.5),
                       'dense+multicrop': (24.4, 7.2)},
                 'E': {'dense': (24.8, 7.5), 'multicrop': (24.6, 7.4),
@@ -118,19 +119,18 @@ def scale_table(rows, preset) -> list[str]:
 
 def table5(results, preset) -> list[str]:
   """Dense vs multi-crop vs both: results {variant: {protocol: [eval results over seeds]}}."""
-  protocols = ('dense', 'multicrop', 'dense+multicrop')
-  header = '| config | ' + ' | '.join(f'{p} top-1 / top-5' for p in protocols) + ' |'
+  header = '| config | ' + ' | '.join(f'{p} top-1 / top-5' for p in PROTOCOLS_TABLE5) + ' |'
   if preset.paper:
     header += ' paper dense | paper multi-crop | paper both |'
   lines = [header, '|' + '---|' * (header.count('|') - 1)]
   for variant, by_protocol in results.items():
     cells = [f'{cell([r["top1_error"] for r in by_protocol[p]])} / '
-             f'{cell([r["top5_error"] for r in by_protocol[p]])}' for p in protocols]
+             f'{cell([r["top5_error"] for r in by_protocol[p]])}' for p in PROTOCOLS_TABLE5]
     line = f'| {variant} | ' + ' | '.join(cells) + ' |'
     if preset.paper:
       paper = PAPER_TABLE5.get(variant, {})
       line += ''.join(f' {paper[p][0]} / {paper[p][1]} |' if p in paper else ' |'
-                      for p in protocols)
+                      for p in PROTOCOLS_TABLE5)
     lines.append(line)
   return lines
 
@@ -188,11 +188,11 @@ def write_markdown(path, rows, preset, header: dict, table5_results, fusions):
 
 def write_plot(path, rows, variants, title: str):
   """Single- and multi-scale top-1/top-5 error against depth, one colour per column."""
-  import matplotlib  # pylint: disable=g-import-not-at-top  (optional: the ablation extra)
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  # Optional: the ablation extra. A bare Figure (no pyplot) renders with Agg, no display.
+  from matplotlib import figure  # pylint: disable=g-import-not-at-top
   columns = sorted({column_key(r) for r in rows}, key=column_order)
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+  fig = figure.Figure(figsize=(11, 4.2))
+  axes = fig.subplots(1, 2)
   for ax, metric in ((axes[0], 'top1'), (axes[1], 'top5')):
     for c, column in enumerate(columns):
       for test, marker in (('single', 'o'), ('multi', 's')):
@@ -218,7 +218,6 @@ def write_plot(path, rows, variants, title: str):
   fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
-  plt.close(fig)
 
 
 def eval_curve(workdir: str) -> tuple[np.ndarray, np.ndarray]:
@@ -232,10 +231,10 @@ def eval_curve(workdir: str) -> tuple[np.ndarray, np.ndarray]:
 
 def write_curves(path, rows, variants, title: str):
   """Eval top-1 error against the step, mean over seeds, per configuration and column."""
-  import matplotlib  # pylint: disable=g-import-not-at-top  (optional: the ablation extra)
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(8.5, 5))
+  # Optional: the ablation extra. A bare Figure (no pyplot) renders with Agg, no display.
+  from matplotlib import figure  # pylint: disable=g-import-not-at-top
+  fig = figure.Figure(figsize=(8.5, 5))
+  ax = fig.subplots()
   styles = {'': '-', 'warm': '-', 'glorot': '--', 'paper': '-'}
   for v, variant in enumerate(variants):
     for init, budget in sorted({column_key(r) for r in rows if r['variant'] == variant}):
@@ -256,4 +255,3 @@ def write_curves(path, rows, variants, title: str):
   ax.set_title(title, fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
-  plt.close(fig)

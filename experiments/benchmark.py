@@ -22,7 +22,6 @@ import resource
 import statistics
 import sys
 import time
-import types
 
 from absl import app
 from absl import flags
@@ -50,23 +49,18 @@ _REPEATS = flags.DEFINE_integer('repeats', 3, 'Alternating JAX/torch pairs with 
 _CONV_IMPL = flags.DEFINE_enum('conv_impl', 'auto', list(layers.CONV_IMPLS), 'JAX conv path.')
 _POOL_IMPL = flags.DEFINE_enum('pool_impl', 'auto', list(layers.POOL_IMPLS), 'JAX pool path.')
 _ACCUM = flags.DEFINE_integer('grad_accum_steps', 1, 'Micro-batches per step.')
-_REUSE_HOST_MEMORY = flags.DEFINE_bool(
-    'reuse_host_memory', True,
-    'Where JAX computes on the CPU, host_memory.reuse_freed_memory() first (it applies to '
-    'both frameworks in the process).')
+flags.adopt_module_key_flags(host_memory)  # Its --reuse_host_memory, in --help.
 _VS_TORCH = flags.DEFINE_bool('vs_torch', False, 'Also time an equivalent PyTorch VGG.')
 _TORCH_COMPILE = flags.DEFINE_bool('torch_compile', False, 'torch.compile the torch model.')
 
 
-def optimizer_config() -> types.SimpleNamespace:
-  """The fields of base.optimizer_config() that optim.create_optimizer reads.
-
-  Spelled out because this path runs without ml_collections (base.py needs it).
-  """
-  return types.SimpleNamespace(
-      schedule='cosine', learning_rate=1e-2, momentum=0.9, weight_decay=5e-4,
-      decay_biases=False, step_decay_epochs=(), freeze_conv_base=False,
-      unfreeze_last_stage=False)
+# base.optimizer_config() with a cosine schedule, typed: this path runs without
+# ml_collections, which base.py needs.
+OPTIMIZER = optim.OptimizerConfig(
+    learning_rate=1e-2, momentum=0.9, weight_decay=5e-4, decay_biases=False,
+    schedule='cosine', plateau_factor=0.1, plateau_patience=2, plateau_max_decays=3,
+    plateau_min_delta=0.0, step_decay_epochs=(), freeze_conv_base=False,
+    unfreeze_last_stage=False)
 
 
 _HOST_MEMORY_REUSED = []  # main() appends whether reuse_freed_memory() took effect.
@@ -118,7 +112,7 @@ class JaxRun:
                             dtype=jnp.bfloat16 if _DTYPE.value == 'bfloat16' else jnp.float32)
     mesh = sharding.create_mesh()
     sharding.check_batch_size(_BATCH_SIZE.value, mesh.size, _ACCUM.value, name='batch_size')
-    tx = optim.create_optimizer(optimizer_config(), 100, 10_000)
+    tx = optim.create_optimizer(OPTIMIZER, 100, 10_000)
     self.state = jax.jit(lambda r: steps.create_train_state(self.model, tx, r),
                          out_shardings=sharding.replicated(mesh))(jax.random.key(0))
     size = _IMAGE_SIZE.value
@@ -167,21 +161,27 @@ class TorchRun:
     self.device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     if self.device.type == 'cuda':
       torch.backends.cudnn.benchmark = True  # Autotuned convolutions, as XLA's.
-    layers, in_channels, size = [], 3, _IMAGE_SIZE.value
-    for kernel_sizes, channels in zip(models.CONFIGS[_VARIANT.value],
-                                      models.stage_channels(_WIDTH.value)):
-      for k in kernel_sizes:
-        layers += [nn.Conv2d(in_channels, channels, k, padding=k // 2), nn.ReLU()]
-        if len(layers) == 2 and _VARIANT.value in models.LRN_VARIANTS:
-          # torch divides alpha by n: alpha = n * 1e-4 gives AlexNet's formula.
-          layers.append(nn.LocalResponseNorm(5, alpha=5 * 1e-4, beta=0.75, k=2.0))
-        in_channels = channels
-      layers.append(nn.MaxPool2d(2))
-      size //= 2
-    fc = _FC_WIDTH.value
-    self.model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(in_channels * size * size, fc),
-                               nn.ReLU(), nn.Dropout(0.5), nn.Linear(fc, fc), nn.ReLU(),
-                               nn.Dropout(0.5), nn.Linear(fc, _NUM_CLASSES.value)).to(self.device)
+    modules, in_channels, size = [], 3, _IMAGE_SIZE.value
+    for layer in models.layer_table(_VARIANT.value, width=_WIDTH.value, fc_width=_FC_WIDTH.value,
+                                    num_classes=_NUM_CLASSES.value):
+      if layer.kind == 'conv':
+        k = layer.kernel_size
+        modules.append(nn.Conv2d(in_channels, layer.features, k, padding=k // 2))
+      elif layer.kind == 'relu':
+        modules.append(nn.ReLU())
+      elif layer.kind == 'lrn':  # torch divides alpha by n: alpha = n * 1e-4 is AlexNet's.
+        modules.append(nn.LocalResponseNorm(5, alpha=5 * 1e-4, beta=0.75, k=2.0))
+      elif layer.kind == 'pool':
+        modules.append(nn.MaxPool2d(2))
+        size //= 2
+      elif layer.kind == 'dropout':
+        modules.append(nn.Dropout(0.5))
+      elif layer.kind == 'fc':
+        modules += [nn.Flatten(), nn.Linear(in_channels * size * size, layer.features)]
+      else:
+        modules.append(nn.Linear(in_channels, layer.features))
+      in_channels = layer.features or in_channels
+    self.model = nn.Sequential(*modules).to(self.device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     self.model = self.model.to(memory_format=memory_format)
     weights = [p for n, p in self.model.named_parameters() if n.endswith('weight')]
@@ -230,7 +230,8 @@ class TorchRun:
 
 def main(argv):
   del argv
-  _HOST_MEMORY_REUSED.append(_REUSE_HOST_MEMORY.value and host_memory.reuse_freed_memory())
+  _HOST_MEMORY_REUSED.append(host_memory.REUSE_HOST_MEMORY.value and
+                             host_memory.reuse_freed_memory())
   torch = None
   if _VS_TORCH.value:
     try:

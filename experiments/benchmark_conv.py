@@ -57,7 +57,7 @@ def layer_calls(batch: int, size: int, channels: int, features: int) -> dict:
     step = jax.jit(forward_backward)
     calls[name] = lambda step=step: jax.block_until_ready(step(x, kernel, grad))
   if _TORCH.value:
-    import torch  # pylint: disable=g-import-not-at-top
+    import torch  # pylint: disable=g-import-not-at-top  (optional: only --torch needs it)
     for layout in (torch.channels_last, torch.contiguous_format):
       conv = torch.nn.Conv2d(channels, features, 3, padding=1, bias=False)
       conv = conv.to(memory_format=layout)
@@ -94,7 +94,8 @@ def ab_step(steps: int) -> dict:
 
 def main(argv):
   del argv
-  benchmark._HOST_MEMORY_REUSED.append(host_memory.reuse_freed_memory())
+  benchmark._HOST_MEMORY_REUSED.append(host_memory.REUSE_HOST_MEMORY.value and
+                                       host_memory.reuse_freed_memory())
   for spec in _LAYERS.value:
     batch, size, channels, features = (int(v) for v in spec.split(':'))
     print(json.dumps({'layer': spec, **median_ms(layer_calls(batch, size, channels, features),

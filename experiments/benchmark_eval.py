@@ -34,6 +34,7 @@ _BATCH_SIZE = flags.DEFINE_integer('batch_size', 25, 'Views per forward pass.')
 _CONV_IMPL = flags.DEFINE_enum('conv_impl', 'auto', list(layers.CONV_IMPLS), 'JAX conv path.')
 _PROTOCOLS = flags.DEFINE_list('protocols', ['single', 'dense', 'multicrop'],
                                'Protocols to time.')
+flags.adopt_module_key_flags(host_memory)  # Its --reuse_host_memory, in --help.
 
 
 def time_protocol(predictor, images, protocol: str) -> dict:
@@ -50,7 +51,7 @@ def time_protocol(predictor, images, protocol: str) -> dict:
 
 def main(argv):
   del argv
-  if jax.default_backend() == 'cpu':
+  if host_memory.REUSE_HOST_MEMORY.value and jax.default_backend() == 'cpu':
     host_memory.reuse_freed_memory()  # As launch.py does on the CPU.
   model = models.VGG(variant=_VARIANT.value, num_classes=1000, image_size=_IMAGE_SIZE.value,
                      width=_WIDTH.value, fc_width=_FC_WIDTH.value, conv_impl=_CONV_IMPL.value)

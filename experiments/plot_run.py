@@ -16,9 +16,7 @@ import numpy as np
 
 from vgg_jax import monitoring
 
-# Series plotted, and shown in percent.
-TRAIN_KEYS = ('train/loss', 'train/top1_error', 'train/learning_rate')
-EVAL_KEYS = ('eval/loss', 'eval/top1_error', 'eval/top5_error')
+# Series shown in percent.
 PERCENT_KEYS = ('train/top1_error', 'eval/top1_error', 'eval/top5_error')
 
 
@@ -84,13 +82,13 @@ def draw(ax, series, name: str, label: str, style: dict):
 
 def write_curves(series: dict[str, np.ndarray], title: str, out: str):
   """The three panels (loss, top-1 error, learning rate) as a PNG at out."""
-  import matplotlib  # pylint: disable=g-import-not-at-top  (optional: the ablation extra)
-  matplotlib.use('Agg')  # No display: write files only.
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  # Optional: the ablation extra. A bare Figure (no pyplot) renders with Agg, no display.
+  from matplotlib import figure  # pylint: disable=g-import-not-at-top
   few = len(series['step']) <= 60  # Markers while single points can still be told apart.
   train = {'color': 'C0', 'marker': '.' if few else None, 'linewidth': 1.2}
   evals = {'color': 'C3', 'marker': 'o', 'markersize': 4, 'linewidth': 1.5}
-  fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+  fig = figure.Figure(figsize=(14, 4.2))
+  axes = fig.subplots(1, 3)
   panels = (
       (axes[0], 'loss', (('train/loss', 'train', train), ('eval/loss', 'eval', evals))),
       (axes[1], 'top-1 error (%)',
@@ -115,7 +113,6 @@ def write_curves(series: dict[str, np.ndarray], title: str, out: str):
   fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(out, dpi=110)
-  plt.close(fig)
 
 
 def plot_run(workdir: str, out: str | None = None) -> str:

@@ -252,10 +252,10 @@ def loss_plot_path(out: str) -> str:
 
 def write_loss_plot(path: str, losses, title: str):
   """Total loss against the step (0 = the start), log scale."""
-  import matplotlib  # pylint: disable=g-import-not-at-top  (optional: only this plot needs it)
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(6, 4))
+  # Optional: only this plot needs it. A bare Figure (no pyplot) renders with Agg, no display.
+  from matplotlib import figure  # pylint: disable=g-import-not-at-top
+  fig = figure.Figure(figsize=(6, 4))
+  ax = fig.subplots()
   ax.plot(np.arange(len(losses)), losses)
   ax.set_yscale('log')
   ax.set_xlabel('step')
@@ -264,7 +264,6 @@ def write_loss_plot(path: str, losses, title: str):
   ax.grid(alpha=0.3, which='both')
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)
 
 
 def stylize(weights: str, content_path: str, style_path: str, out: str,
@@ -291,6 +290,7 @@ def stylize(weights: str, content_path: str, style_path: str, out: str,
 
 def main(argv):
   checkpointing.quiet_orbax_logs()
+  monitoring.quiet_jax_backend_logs()
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not (_WEIGHTS.value and _CONTENT.value and _STYLE.value and _OUT.value):

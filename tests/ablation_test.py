@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+import data_helpers
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -88,19 +90,19 @@ def run_in_process(argv, monkeypatch):
     flags.FLAGS.unparse_flags()
 
 
-def quick_on_mock_data(tmp_path, mock_tfds, monkeypatch, dataset: str, eval_split: str):
+def quick_on_mock_data(tmp_path, monkeypatch, dataset: str, eval_split: str):
   """The --quick preset named like `dataset` on 40-example mock splits; its CSV rows."""
   data_dir = tmp_path / 'tfds'
   preset = 'imagenet' if dataset == 'imagenet2012' else dataset
-  with mock_tfds(dataset, data_dir, {'train': 40, eval_split: 40}, 40):
+  with data_helpers.mock_tfds(dataset, data_dir, {'train': 40, eval_split: 40}, 40):
     run_in_process([f'--preset={preset}', '--quick', f'--workdir={tmp_path / "out"}',
                     f'--data_dir={data_dir}', '--variants=A,D'], monkeypatch)
   return list(csv.DictReader(open(tmp_path / 'out' / 'ablation.csv')))
 
 
 @pytest.mark.slow
-def test_cifar10_quick_on_mock_data(tmp_path, mock_tfds, monkeypatch):
-  rows = quick_on_mock_data(tmp_path, mock_tfds, monkeypatch, 'cifar10', 'test')
+def test_cifar10_quick_on_mock_data(tmp_path, monkeypatch):
+  rows = quick_on_mock_data(tmp_path, monkeypatch, 'cifar10', 'test')
   assert [(r['variant'], r['init']) for r in rows] == [('A', ''), ('D', 'warm'),
                                                        ('D', 'glorot')]
   assert all(int(r['eval_images']) == 16 for r in rows)  # --quick: 16 test images.
@@ -110,8 +112,8 @@ def test_cifar10_quick_on_mock_data(tmp_path, mock_tfds, monkeypatch):
 
 
 @pytest.mark.slow
-def test_imagenet_quick_on_mock_data_runs_every_column(tmp_path, mock_tfds, monkeypatch):
-  rows = quick_on_mock_data(tmp_path, mock_tfds, monkeypatch, 'imagenet2012', 'validation')
+def test_imagenet_quick_on_mock_data_runs_every_column(tmp_path, monkeypatch):
+  rows = quick_on_mock_data(tmp_path, monkeypatch, 'imagenet2012', 'validation')
   assert [(r['variant'], r['train_scale']) for r in rows] == [
       ('A', '256'), ('D', '256'), ('D', '384'), ('D', '256-512')]
   assert all(int(r['eval_images']) == 4 for r in rows)  # --quick: 4 test images.
@@ -142,7 +144,7 @@ def test_imagenet_preset_plans_the_papers_training_scales(tmp_path):
   assert by_name['D_warm_seed0'][3:] == ((256,), (224, 256, 288))
   # S=384 from the S=256 net at lr 1e-3; S in [256, 512] from the S=384 net (Tables 3, 4).
   s384 = by_name['E_S384_warm_seed0'][2]
-  assert s384.init_from == str(tmp_path / 'E_warm_seed0') and s384.learning_rate == 1e-3
+  assert s384.init_from == str(tmp_path / 'E_warm_seed0') and s384.optimizer.learning_rate == 1e-3
   assert (s384.data.scale_min, s384.data.scale_max, s384.data.eval_scale) == (384, 384, 384)
   jitter = by_name['C_S256-512_warm_seed0']
   assert jitter[2].init_from == str(tmp_path / 'C_S384_warm_seed0')

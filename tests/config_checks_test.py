@@ -10,6 +10,7 @@ from experiments.configs import fake_data_benchmark
 from experiments.configs import finetune
 from experiments.configs import image_folder
 from experiments.configs import imagenet
+import run_helpers
 from vgg_jax import config_checks
 from vgg_jax import models
 from vgg_jax import train
@@ -35,8 +36,12 @@ def test_shipped_configs_pass(make):
     ({'data.source': 'csv'}, r"config.data.source='csv': must be one of"),
     ({'data.scale_min': 24}, r'config.data.scale_min=24: the training scale S must be at least'),
     ({'data.scale_max': 30}, r'config.data.scale_max=30: must be at least data.scale_min=32'),
-    ({'schedule': 'linear'}, r"config.schedule='linear': must be one of"),
-    ({'momentum': 1.5}, r'config.momentum=1.5: must be in \[0, 1\)'),
+    ({'data.eval_scale': 30}, r'config.data.eval_scale=30: the test scale Q must be at least'),
+    ({'model.head_width': 0}, r'config.model.head_width=0: must be a positive integer'),
+    ({'model.num_classes': -1}, r'config.model.num_classes=-1: must be a class count'),
+    ({'optimizer.schedule': 'linear'}, r"config.optimizer.schedule='linear': must be one of"),
+    ({'optimizer.momentum': 1.5}, r'config.optimizer.momentum=1.5: must be in \[0, 1\)'),
+    ({'optimizer.plateau_min_delta': -0.1}, r'config.optimizer.plateau_min_delta=-0.1: must be'),
     ({'global_batch_size': 0}, r'config.global_batch_size=0: must be a positive integer'),
     ({'eval_every_steps': -5}, r'config.eval_every_steps=-5: must be a positive integer'),
     ({'init_from': 'vgg17'}, r"config.init_from='vgg17': must be a run or import directory, "
@@ -45,8 +50,8 @@ def test_shipped_configs_pass(make):
      r"init_from='vgg19'"),
     ({'init_from': 'vgg11_bn'}, r'config.model.batch_norm=False: must be True'),
 ])
-def test_bad_field_is_named_and_nothing_is_written(tiny_config, tmp_path, overrides, message):
-  config = tiny_config(**overrides)
+def test_bad_field_is_named_and_nothing_is_written(tmp_path, overrides, message):
+  config = run_helpers.tiny_config(**overrides)
   with pytest.raises(ValueError, match=message):
     config_checks.check_train_config(config)
   with pytest.raises(ValueError, match=message):
@@ -54,22 +59,22 @@ def test_bad_field_is_named_and_nothing_is_written(tiny_config, tmp_path, overri
   assert not os.path.exists(tmp_path / 'run')
 
 
-def test_folder_source_needs_its_root(tiny_config):
-  config = tiny_config(**{'data.source': 'folder', 'data.folder': ''})
+def test_folder_source_needs_its_root():
+  config = run_helpers.tiny_config(**{'data.source': 'folder', 'data.folder': ''})
   with pytest.raises(ValueError, match="config.data.folder='': must name the image folder"):
     config_checks.check_train_config(config)
 
 
-def test_a_config_stored_before_the_later_fields_still_passes(tiny_config):
-  config = tiny_config()
+def test_a_config_stored_before_the_later_fields_still_passes():
+  config = run_helpers.tiny_config()
   del config.model['pool_impl']
   del config.data['device_window']
   config_checks.check_train_config(config)
   assert models.create_model(config.model).pool_impl == 'auto'
 
 
-def test_a_missing_field_is_named(tiny_config):
-  config = tiny_config()
+def test_a_missing_field_is_named():
+  config = run_helpers.tiny_config()
   del config.data['pca_stddev']
   with pytest.raises(ValueError, match='config.data.pca_stddev is missing'):
     config_checks.check_train_config(config)

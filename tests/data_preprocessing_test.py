@@ -56,48 +56,34 @@ def test_multi_crop_views_count_and_offsets():
       preprocessing.multi_crop_views(image, image_size=32, flip=False), views[:25])
 
 
-def smooth_jpeg(width=500, height=375, seed=0):
-  """A smooth photo-like JPEG, the benchmark's kind of image."""
-  rng = np.random.default_rng(seed)
-  small = rng.integers(0, 256, size=(12, 16, 3), dtype=np.uint8)
+def smooth_image(width, height, image_format='JPEG'):
+  """A smooth photo-like JPEG (or PNG), the benchmark's kind of image, encoded."""
+  small = np.random.default_rng(0).integers(0, 256, size=(12, 16, 3), dtype=np.uint8)
   buffer = io.BytesIO()
-  Image.fromarray(small).resize((width, height), Image.BICUBIC).save(buffer, 'JPEG', quality=95)
+  Image.fromarray(small).resize((width, height), Image.BICUBIC).save(buffer, image_format,
+                                                                     quality=95)
   return buffer.getvalue()
 
 
-@pytest.mark.parametrize('size, scales', [((500, 375), (256, 512)), ((375, 500), (256, 256)),
-                                          ((90, 300), (64, 96))])
-def test_crop_before_decode_matches_decode_then_crop(size, scales):
-  jpeg = smooth_jpeg(*size)
+@pytest.mark.parametrize('image_format, size, scales', [
+    ('JPEG', (500, 375), (256, 512)), ('JPEG', (375, 500), (256, 256)),
+    ('JPEG', (90, 300), (64, 96)),  # JPEGs: only the crop's window is decoded.
+    ('PNG', (60, 50), (40, 48)),  # Other bytes: decoded whole.
+])
+def test_encoded_crops_equal_decoded_crops(image_format, size, scales):
+  # Bytes are cut by `resample`, decoded arrays by `resize` then a slice: same S, offset,
+  # flip, colour shift and filter, so equal up to float round-off.
+  encoded = tf.constant(smooth_image(*size, image_format))
+  decoded = preprocessing.decode_image(encoded, True)
   kwargs = dict(image_size=scales[0] * 7 // 8, scale_min=scales[0], scale_max=scales[1],
                 random_flip=True, pca_stddev=0.1, eigval=statistics.IMAGENET_PCA_EIGVAL,
                 eigvec=statistics.IMAGENET_PCA_EIGVEC, mean_rgb=MEAN)
-  diffs = []
   for i in range(6):
     seed = tf.constant([3, i], tf.int64)
-    cropped_first = preprocessing.preprocess_for_train(tf.constant(jpeg), seed, encoded=True,
-                                                       **kwargs).numpy()
-    decoded = preprocessing.decode_image(tf.constant(jpeg), True)
-    reference = preprocessing.preprocess_for_train(decoded, seed, **kwargs).numpy()
-    assert cropped_first.shape == reference.shape == (kwargs['image_size'],) * 2 + (3,)
-    diffs.append(np.abs(cropped_first - reference).max())
-  # Same S, offset, flip, colour shift and resampling: equal up to float round-off.
-  assert max(diffs) < 1e-2, diffs
-
-
-def test_non_jpeg_bytes_are_decoded_whole():
-  buffer = io.BytesIO()
-  Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 60, 3), np.uint8)).save(
-      buffer, 'PNG')
-  kwargs = dict(image_size=32, scale_min=40, scale_max=48, random_flip=True, pca_stddev=0.0,
-                eigval=None, eigvec=None, mean_rgb=MEAN)
-  seed = tf.constant([1, 2], tf.int64)
-  from_bytes = preprocessing.preprocess_for_train(tf.constant(buffer.getvalue()), seed,
-                                                  encoded=True, **kwargs)
-  decoded = preprocessing.decode_image(tf.constant(buffer.getvalue()), True)
-  # Bytes: the whole image resampled to the crop; an array: resized, then cropped.
-  np.testing.assert_allclose(from_bytes, preprocessing.preprocess_for_train(decoded, seed,
-                                                                            **kwargs), atol=1e-3)
+    from_bytes = preprocessing.preprocess_for_train(encoded, seed, encoded=True, **kwargs)
+    reference = preprocessing.preprocess_for_train(decoded, seed, **kwargs)
+    assert from_bytes.shape == reference.shape == (kwargs['image_size'],) * 2 + (3,)
+    np.testing.assert_allclose(from_bytes, reference, atol=1e-3)
 
 
 def exif_jpeg(path, orientation, width=48, height=24):
@@ -137,6 +123,7 @@ def test_apply_orientation_matches_pil_exif_transpose(tmp_path, orientation):
 ])
 @pytest.mark.parametrize('flip', [False, True])
 def test_resample_equals_scale_and_translate(shape, scale, translation, flip):
+  # ScaleAndTranslate is the kernel `resize` (tf.image.resize, antialias) runs.
   image = np.random.default_rng(0).integers(0, 256, shape + (3,), dtype=np.uint8)
   reference = tf.raw_ops.ScaleAndTranslate(
       images=tf.cast(image, tf.float32)[None], size=[150, 100], scale=scale,

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import data_helpers
+import run_helpers
 from vgg_jax import config_checks
 from vgg_jax import device_crops
 from vgg_jax import sharding
@@ -51,11 +53,12 @@ def test_train_images_equal_the_host_resample():
   np.testing.assert_array_equal(device_crops.train_images(noisy, 24), crops)
 
 
-def test_window_batches_give_the_host_pipelines_crops(folder, data_config):
+def test_window_batches_give_the_host_pipelines_crops(folder):
   # JPEGs (RGB, gray, CMYK) and PNGs of 40-90 px; S ~ U[40, 56] with flips and colour
   # shifts. A 64 px window holds most crops' sources; larger ones are cropped on the host.
-  config = data_config(source='folder', folder=folder, eval_split='validation', scale_min=40,
-                       scale_max=56, eval_scale=40, random_flip=True, pca_stddev=0.1)
+  config = data_helpers.data_config(source='folder', folder=folder, eval_split='validation',
+                                    scale_min=40, scale_max=56, eval_scale=40, random_flip=True,
+                                    pca_stddev=0.1)
   host = take_batches(config, 3)
   config.device_window = 64
   windows = take_batches(config, 3)
@@ -76,8 +79,8 @@ def test_window_batches_give_the_host_pipelines_crops(folder, data_config):
   assert sent_whole >= 8 and cropped_on_host >= 1, (sent_whole, cropped_on_host)
 
 
-def test_train_step_on_windows_equals_the_step_on_their_crops(tiny_config):
-  config = tiny_config()
+def test_train_step_on_windows_equals_the_step_on_their_crops():
+  config = run_helpers.tiny_config()
   batch = window_batch(np.random.default_rng(1), 16, 48, 32)
   crops = {'images': np.asarray(device_crops.train_images(batch, 32)),
            'labels': batch['labels'] % 10}
@@ -90,12 +93,12 @@ def test_train_step_on_windows_equals_the_step_on_their_crops(tiny_config):
 
 
 @pytest.mark.parametrize('window', [16, -1])
-def test_bad_device_window_names_the_field(tiny_config, window):
-  config = tiny_config(**{'data.device_window': window})
+def test_bad_device_window_names_the_field(window):
+  config = run_helpers.tiny_config(**{'data.device_window': window})
   with pytest.raises(ValueError, match='data.device_window'):
     config_checks.check_train_config(config)
 
 
-def test_iterator_without_windows_keeps_float_images(data_config):
-  batch = take_batches(data_config(), 1)[0]
+def test_iterator_without_windows_keeps_float_images():
+  batch = take_batches(data_helpers.data_config(), 1)[0]
   assert set(batch) == {'images', 'labels'} and batch['images'].dtype == np.float32

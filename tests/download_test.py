@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import http_server  # tests/ is on sys.path
-from run_helpers import free_port
+import run_helpers
 from vgg_jax import download
 from vgg_jax import named_weights
 
@@ -74,7 +74,7 @@ def test_a_dropped_connection_is_never_used_and_the_next_fetch_succeeds(served, 
 
 @pytest.mark.parametrize('via', ['url', 'mirror'])
 def test_no_network_fails_fast_with_the_way_out(tmp_path, monkeypatch, via):
-  port = free_port()  # Nobody listens on it.
+  port = run_helpers.free_port()  # Nobody listens on it.
   data = tmp_path / FILE
   data.write_bytes(b'x' * 1000)
   if via == 'mirror':

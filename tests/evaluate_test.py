@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 from experiments.configs import base
+import run_helpers
 from vgg_jax import checkpointing
 from vgg_jax import evaluate
 from vgg_jax import models
+from vgg_jax import pretrained
 from vgg_jax import train
 
 
@@ -28,9 +30,9 @@ def eval_config(**overrides):
 
 
 @pytest.fixture(scope='module')
-def run_dir(tmp_path_factory, tiny_config):
+def run_dir(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('run')
-  config = tiny_config(num_train_steps=16, eval_every_steps=8)
+  config = run_helpers.tiny_config(num_train_steps=16, eval_every_steps=8)
   result = train.train_and_evaluate(config, str(workdir))
   return workdir, result
 
@@ -38,7 +40,7 @@ def run_dir(tmp_path_factory, tiny_config):
 def random_predictor(num_classes=10):
   model = models.VGG(variant='A', width=1 / 16, fc_width=32, image_size=32,
                      num_classes=num_classes)
-  params = models.init_params(model, jax.random.key(0))
+  params = models.init_variables(model, jax.random.key(0))['params']
   return evaluate.Predictor(model, {'params': params}, batch_size=16)
 
 
@@ -111,7 +113,7 @@ def test_best_checkpoint_is_the_lowest_eval_error(run_dir):
     checkpointing.resolve_step(str(workdir), '7')
 
 
-def test_bad_input(run_dir, tmp_path, tiny_config):
+def test_bad_input(run_dir, tmp_path):
   workdir, _ = run_dir
   with pytest.raises(ValueError, match="Unknown evaluation protocol 'tencrop'"):
     evaluate.run(eval_config(protocol='tencrop'), [str(workdir)])
@@ -120,10 +122,10 @@ def test_bad_input(run_dir, tmp_path, tiny_config):
   with pytest.raises(FileNotFoundError, match='No checkpoints in'):
     evaluate.run(eval_config(), [str(tmp_path)])
   other = str(tmp_path / 'other')  # A 12-class checkpoint, saved without training.
-  config = tiny_config(**{'model.num_classes': 12})
+  config = run_helpers.tiny_config(**{'model.num_classes': 12})
   model = models.create_model(config.model)
   state = {'step': np.zeros((), np.int32),
-           'params': models.init_params(model, jax.random.key(0))}
+           'params': models.init_variables(model, jax.random.key(0))['params']}
   meta = checkpointing.make_meta(config.to_dict(), 0, global_batch_size=16, num_classes=12,
                                  class_names=[str(i) for i in range(12)])
   with checkpointing.create_manager(other, async_save=False) as manager:
@@ -160,11 +162,11 @@ def test_flip_off_uses_only_unflipped_views():
 
 
 @pytest.mark.slow
-def test_launch_evaluate_uses_the_runs_stored_config(tmp_path, folder, tiny_config):
+def test_launch_evaluate_uses_the_runs_stored_config(tmp_path, folder):
   # A folder run with test-time flips, evaluated without --config: the digits default
   # (flips off) must not replace the run's own eval settings; explicit flags still win.
   workdir = tmp_path / 'run'
-  config = tiny_config(num_train_steps=2, **{
+  config = run_helpers.tiny_config(num_train_steps=2, **{
       'data.source': 'folder', 'data.folder': folder, 'data.eval_split': 'validation',
       'model.num_classes': 0, 'eval.flip': True, 'eval_batch_size': 8})
   train.train_and_evaluate(config, str(workdir))
@@ -183,13 +185,12 @@ def test_launch_evaluate_uses_the_runs_stored_config(tmp_path, folder, tiny_conf
   assert json.load(open(workdir / 'eval_dense.json'))['views_per_image'] == 1
 
 
-def test_batch_norm_run_evaluates_and_predicts_with_its_running_statistics(tmp_path,
-                                                                          tiny_config):
-  config = tiny_config(**{'model.batch_norm': True, 'num_train_steps': 8})
+def test_batch_norm_run_evaluates_and_predicts_with_its_running_statistics(tmp_path):
+  config = run_helpers.tiny_config(**{'model.batch_norm': True, 'num_train_steps': 8})
   result = train.train_and_evaluate(config, str(tmp_path))
   out = evaluate.run(eval_config(checkpoint='latest'), [str(tmp_path)])
   assert out['top1_error'] == pytest.approx(result['eval/top1_error'], abs=1e-6)
-  model, variables, _, _ = checkpointing.load_model(str(tmp_path), 'latest')
+  model, variables, _, _ = pretrained.load_checkpoint(str(tmp_path), 'latest')
   assert model.batch_norm and set(variables) == {'params', 'batch_stats'}
   # The predictor uses the running statistics: the same as model.apply in eval mode, and
   # unlike the statistics of the batch itself.

@@ -13,44 +13,47 @@ import jax
 import numpy as np
 import pytest
 
+import run_helpers  # tests/ is on sys.path
 from vgg_jax import checkpointing
 from vgg_jax import train
-from run_helpers import failure_text, finished_steps, free_port, wait_for  # tests/ is on sys.path
 
 OVERRIDES = dict(num_train_steps=60, checkpoint_every_steps=3, eval_every_steps=1000,
                  log_every_steps=3)
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_points_ends_bitwise_equal_to_an_uninterrupted_run(
-    tmp_path, tiny_config, launch_args, final_params, assert_trees_equal):
+def test_sigkill_at_random_points_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path):
   rng = np.random.default_rng(0)
   killed, kills = tmp_path / 'killed', []
   while len(kills) < 4:
-    before = finished_steps(killed)
-    process = subprocess.Popen(launch_args(killed, **OVERRIDES), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    before = run_helpers.finished_steps(killed)
+    process = subprocess.Popen(run_helpers.launch_args(killed, **OVERRIDES),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:  # Kill a random moment after a new checkpoint started: some land mid-save.
-      assert wait_for(lambda: finished_steps(killed) != before or process.poll() is not None)
+      assert run_helpers.wait_for(
+          lambda: run_helpers.finished_steps(killed) != before or process.poll() is not None)
       time.sleep(rng.uniform(0.0, 1.5))
       process.send_signal(signal.SIGKILL)
       process.wait(timeout=30)
     finally:
       process.kill()
-    kills.append(finished_steps(killed)[-1] if finished_steps(killed) else 0)
+    saved = run_helpers.finished_steps(killed)
+    kills.append(saved[-1] if saved else 0)
     if kills[-1] >= OVERRIDES['num_train_steps']:
       break
   assert len(kills) >= 3, kills  # At least three kill points landed mid-run.
-  assert train.train_and_evaluate(tiny_config(**OVERRIDES), str(killed))['step'] == 60
+  assert train.train_and_evaluate(run_helpers.tiny_config(**OVERRIDES), str(killed))['step'] == 60
   uninterrupted = tmp_path / 'uninterrupted'
-  train.train_and_evaluate(tiny_config(**OVERRIDES), str(uninterrupted))
-  assert_trees_equal(final_params(killed), final_params(uninterrupted))
+  train.train_and_evaluate(run_helpers.tiny_config(**OVERRIDES), str(uninterrupted))
+  run_helpers.assert_trees_equal(run_helpers.final_params(killed),
+                                 run_helpers.final_params(uninterrupted))
 
 
-def start_two_processes(workdir, launch_args, overrides, fault=None):
+def start_two_processes(workdir, overrides, fault=None):
   """Two gloo processes of launch.py (4 fake devices each); fault: FAULT for fault_launch.py."""
-  port, env = free_port(), dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
-  args = launch_args(workdir, **overrides)
+  port = run_helpers.free_port()
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  args = run_helpers.launch_args(workdir, **overrides)
   if fault:
     env['FAULT'] = fault
     args[1] = os.path.join(os.path.dirname(__file__), 'fault_launch.py')
@@ -67,13 +70,13 @@ MOMENTS = {'compile': 0, 'step': 3, 'eval': 4, 'save': 2}  # The step each fault
 
 
 @pytest.fixture(name='uninterrupted', scope='module')
-def uninterrupted_fixture(tmp_path_factory, launch_args, final_params):
+def uninterrupted_fixture(tmp_path_factory):
   """The parameters of the matrix's run with no fault, two processes as in each cell."""
   workdir = tmp_path_factory.mktemp('uninterrupted') / 'run'
-  procs = start_two_processes(workdir, launch_args, MATRIX)
+  procs = start_two_processes(workdir, MATRIX)
   outputs = [p.communicate(timeout=300)[0] for p in procs]
-  assert [p.returncode for p in procs] == [0, 0], ''.join(map(failure_text, outputs))
-  return final_params(workdir)
+  assert [p.returncode for p in procs] == [0, 0], ''.join(map(run_helpers.failure_text, outputs))
+  return run_helpers.final_params(workdir)
 
 
 def run_until_the_survivor_exits(procs, victim: int) -> tuple[str, float]:
@@ -92,7 +95,7 @@ def run_until_the_survivor_exits(procs, victim: int) -> tuple[str, float]:
     for p in procs:
       p.kill()
     reader.join(timeout=10)
-  assert fault_at, 'the fault was never injected:\n' + failure_text(output)
+  assert fault_at, 'the fault was never injected:\n' + run_helpers.failure_text(output)
   return output, exited - fault_at[0]
 
 
@@ -101,31 +104,31 @@ def run_until_the_survivor_exits(procs, victim: int) -> tuple[str, float]:
 @pytest.mark.parametrize('moment', list(MOMENTS))
 @pytest.mark.parametrize('victim', [0, 1])
 def test_a_lost_process_stops_the_other_cleanly_and_a_rerun_ends_as_if_uninterrupted(
-    tmp_path, launch_args, final_params, assert_trees_equal, uninterrupted, victim, moment,
-    way):
+    tmp_path, uninterrupted, victim, moment, way):
   """Survivor: exit 75 within 30 s, the one line, no abort; then a rerun of both resumes."""
   workdir = tmp_path / 'run'
-  procs = start_two_processes(workdir, launch_args, MATRIX,
+  procs = start_two_processes(workdir, MATRIX,
                               fault=f'{victim}:{moment}:{way}:{MOMENTS[moment]}')
   output, seconds = run_until_the_survivor_exits(procs, victim)
   survivor = procs[1 - victim]
-  assert survivor.returncode == 75, failure_text(output)
-  assert seconds < 30, (seconds, failure_text(output))
+  assert survivor.returncode == 75, run_helpers.failure_text(output)
+  assert seconds < 30, (seconds, run_helpers.failure_text(output))
   lines = [l for l in output.splitlines() if 'Lost peer process' in l]
-  assert len(lines) == 1 and f'[{victim}] of 2' in lines[0], failure_text(output)
-  assert 'Fatal Python error' not in output, failure_text(output)
+  assert len(lines) == 1 and f'[{victim}] of 2' in lines[0], run_helpers.failure_text(output)
+  assert 'Fatal Python error' not in output, run_helpers.failure_text(output)
   where = lines[0].split('resume from ')[1]
   resume_step = int(where.split()[1]) if where.startswith('step') else None
-  assert resume_step in (None, *finished_steps(workdir)), (where, finished_steps(workdir))
+  saved = run_helpers.finished_steps(workdir)
+  assert resume_step in (None, *saved), (where, saved)
   print(f'cell {victim}:{moment}:{way}: survivor exit 75 after {seconds:.1f} s')
 
-  procs = start_two_processes(workdir, launch_args, MATRIX)  # Rerun both.
+  procs = start_two_processes(workdir, MATRIX)  # Rerun both.
   outputs = [p.communicate(timeout=300)[0] for p in procs]
-  assert [p.returncode for p in procs] == [0, 0], ''.join(map(failure_text, outputs))
+  assert [p.returncode for p in procs] == [0, 0], ''.join(map(run_helpers.failure_text, outputs))
   if resume_step is not None:
-    assert f'Resumed from step {resume_step}' in outputs[0], failure_text(outputs[0])
-  assert finished_steps(workdir)[-1] == MATRIX['num_train_steps']
-  assert_trees_equal(final_params(workdir), uninterrupted)
+    assert f'Resumed from step {resume_step}' in outputs[0], run_helpers.failure_text(outputs[0])
+  assert run_helpers.finished_steps(workdir)[-1] == MATRIX['num_train_steps']
+  run_helpers.assert_trees_equal(run_helpers.final_params(workdir), uninterrupted)
 
 
 @pytest.fixture
@@ -142,14 +145,14 @@ def small_disk(tmp_path):
 
 
 @pytest.mark.slow
-def test_full_disk_stops_the_run_and_the_last_checkpoint_restores(small_disk, launch_args):
+def test_full_disk_stops_the_run_and_the_last_checkpoint_restores(small_disk):
   workdir = small_disk / 'run'
   overrides = dict(OVERRIDES, num_train_steps=100_000, checkpoint_every_steps=5)
-  process = subprocess.Popen(launch_args(workdir, **overrides), stdout=subprocess.PIPE,
+  process = subprocess.Popen(run_helpers.launch_args(workdir, **overrides), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
   try:
-    assert wait_for(lambda: finished_steps(workdir), timeout=240)
-    saved = finished_steps(workdir)[-1]
+    assert run_helpers.wait_for(lambda: run_helpers.finished_steps(workdir), timeout=240)
+    saved = run_helpers.finished_steps(workdir)[-1]
     filler = small_disk / 'filler'
     with open(filler, 'wb') as f:  # Fill the disk: the next write fails with ENOSPC.
       try:
@@ -165,5 +168,5 @@ def test_full_disk_stops_the_run_and_the_last_checkpoint_restores(small_disk, la
   assert 'No space left on device' in output, output[-3000:]
   os.remove(filler)
   params, meta = checkpointing.load_params(str(workdir))  # Restores after the failure.
-  assert meta['step'] >= saved and meta['step'] in finished_steps(workdir)
+  assert meta['step'] >= saved and meta['step'] in run_helpers.finished_steps(workdir)
   assert all(np.all(np.isfinite(p)) for p in jax.tree_util.tree_leaves(params))

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+import data_helpers
 from vgg_jax import features
 from vgg_jax import models
 from vgg_jax import pretrained
@@ -40,14 +41,13 @@ def assert_close(got, expected, name):
     ('vgg16', 'D', ('conv1_1', 'relu1_2', 'conv3_3', 'relu4_3', 'pool5')),
     ('vgg11_bn', 'A', ('conv1_1', 'bn1_1', 'relu2_1', 'conv3_2', 'bn4_2', 'pool5')),
 ])
-def test_torchvision_features_match_slices_of_its_features(builder, variant, layers, tmp_path,
-                                                           randomize_batch_norm):
+def test_torchvision_features_match_slices_of_its_features(builder, variant, layers, tmp_path):
   torch = pytest.importorskip('torch', reason='the torchvision comparison needs torch')
   torchvision = pytest.importorskip('torchvision', reason='the comparison needs torchvision')
   safetensors_torch = pytest.importorskip('safetensors.torch', reason='writes .safetensors')
   torch.manual_seed(1)
   net = getattr(torchvision.models, builder)(weights=None)
-  randomize_batch_norm(net, torch)
+  data_helpers.randomize_batch_norm(net, torch)
   net.eval()
   state = {k: v.contiguous() for k, v in net.state_dict().items() if k.startswith('features.')}
   safetensors_torch.save_file(state, str(tmp_path / f'{builder}.safetensors'))

@@ -141,6 +141,17 @@ def test_gram_and_style_loss_are_gatys_formulas():
   np.testing.assert_allclose(got, expected, rtol=1e-4)
 
 
+def test_style_targets_are_the_gram_matrices_of_the_style_images():
+  model, variables = tiny('A')
+  x = images()
+  targets = features.style_targets(model, variables, x, ['relu1_1', 'relu3_2'])
+  feats = features.extract(model, variables, x, ['relu1_1', 'relu3_2'])
+  assert sorted(targets) == ['relu1_1', 'relu3_2'] and targets['relu3_2'].shape == (2, 32, 32)
+  for name, gram in targets.items():
+    np.testing.assert_array_equal(gram, features.gram_matrix(feats[name]))
+  np.testing.assert_array_equal(features.style_loss(targets, targets), [0.0, 0.0])
+
+
 def test_bfloat16_features_and_losses():
   model32, variables = tiny('A')
   model16 = models.VGG(variant='A', width=0.125, fc_width=32, num_classes=10, image_size=32,

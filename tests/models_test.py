@@ -174,11 +174,12 @@ def test_kernel_init_schemes():
 
 
 @pytest.mark.parametrize('kwargs, message', [
-    (dict(variant='F'), "Unknown VGG variant 'F'"),
-    (dict(num_classes=0), 'num_classes must be a positive integer, got 0'),
-    (dict(image_size=16), 'image_size=16 is smaller than 32'),
-    (dict(kernel_init='he'), "kernel_init='he' is not one of"),
-    (dict(width=0), 'width and fc_width must be positive'),
+    (dict(variant='F'), "variant='F': must be one of"),
+    (dict(num_classes=0), 'num_classes=0: must be a positive integer'),
+    (dict(image_size=16), r'image_size=16: must be at least 32 \(five 2x2 pools\)'),
+    (dict(kernel_init='he'), "kernel_init='he': must be one of"),
+    (dict(width=0), 'width=0: must be > 0'),
+    (dict(batch_norm='yes'), "batch_norm='yes': must be True or False"),
 ])
 def test_bad_construction_names_the_value(kwargs, message):
   with pytest.raises(ValueError, match=message):
@@ -232,7 +233,7 @@ def test_matmul_convolution_and_reshape_pool_equal_xla_outputs_and_gradients(var
 
 def test_conv_impl_auto_picks_matmul_on_cpu_and_rejects_unknown():
   assert layers.resolve_conv_impl('auto') == 'matmul'  # Tests run on the CPU backend.
-  with pytest.raises(ValueError, match="conv_impl='fft' is not one of"):
+  with pytest.raises(ValueError, match="conv_impl='fft': must be one of"):
     models.VGG(conv_impl='fft')
 
 
@@ -240,7 +241,7 @@ def test_pool_impl_auto_follows_the_conv_path_and_rejects_unknown():
   assert layers.resolve_pool_impl('auto', 'matmul') == 'reshape'
   assert layers.resolve_pool_impl('auto', 'xla') == 'xla'
   assert layers.resolve_pool_impl('reshape', 'xla') == 'reshape'
-  with pytest.raises(ValueError, match="pool_impl='avg' is not one of"):
+  with pytest.raises(ValueError, match="pool_impl='avg': must be one of"):
     models.VGG(pool_impl='avg')
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import http_server  # tests/ is on sys.path
-from run_helpers import failure_text, free_port
+import run_helpers
 from vgg_jax import checkpointing
 from vgg_jax import download
 from vgg_jax import imagenet_classes
@@ -90,7 +90,8 @@ def test_a_name_downloads_and_converts_once_then_loads_from_the_cache(served, en
   assert checkpointing.load_meta(str(env / NAME))['imported_from'] == entry.url
   assert NAME in pretrained.cached_names()
   # Later loads read the cache: no request, even with the network gone.
-  monkeypatch.setenv(named_weights.MIRROR_ENV, f'http://127.0.0.1:{free_port()}')  # Closed.
+  closed = run_helpers.free_port()  # Nobody listens on it.
+  monkeypatch.setenv(named_weights.MIRROR_ENV, f'http://127.0.0.1:{closed}')
   _, again, _ = pretrained.load(NAME)
   jax.tree_util.tree_map(np.testing.assert_array_equal, again, variables)
   assert len(behaviour.requests) == 1
@@ -142,7 +143,7 @@ def test_two_processes_loading_one_name_download_and_convert_it_once(served, env
   """
   entry, _, behaviour = served
   behaviour.hang_seconds = 1.0  # The first holds the lock a while: the second must wait.
-  port = str(free_port())
+  port = str(run_helpers.free_port())
   env_vars = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
   procs = [subprocess.Popen([sys.executable, '-c', child_script(entry, distributed), port,
                              str(i)], env=env_vars, cwd=ROOT, stdout=subprocess.PIPE,
@@ -154,7 +155,7 @@ def test_two_processes_loading_one_name_download_and_convert_it_once(served, env
     for p in procs:
       p.kill()
   for p, output in zip(procs, outputs):
-    assert p.returncode == 0, failure_text(output)
+    assert p.returncode == 0, run_helpers.failure_text(output)
   sums = [output.strip().splitlines()[-1] for output in outputs]
   assert sums[0] == sums[1] and float(sums[0]) > 0
   assert len(behaviour.requests) == 1
@@ -165,7 +166,7 @@ def test_two_processes_loading_one_name_download_and_convert_it_once(served, env
 
 
 @pytest.mark.slow
-def test_finetune_from_a_name_in_one_config(served, env, tmp_path, assert_trees_equal):
+def test_finetune_from_a_name_in_one_config(served, env, tmp_path):
   """finetune.py with init_from=NAME: fetched, frozen conv base, the weights' own mean."""
   from experiments.configs import finetune  # pylint: disable=g-import-not-at-top
   from pretrained_test import write_two_class_folder  # pylint: disable=g-import-not-at-top
@@ -183,7 +184,7 @@ def test_finetune_from_a_name_in_one_config(served, env, tmp_path, assert_trees_
   before, _ = checkpointing.load_params(str(env / NAME))
   for layer in before:
     if layer.startswith('conv'):
-      assert_trees_equal(after[layer], before[layer])
+      run_helpers.assert_trees_equal(after[layer], before[layer])
   assert meta['class_names'] == ['a', 'b'] and after['head2']['kernel'].shape == (16, 2)
   assert meta['config']['data']['mean_rgb'] == pytest.approx(
       [255 * m for m in pretrained.TORCH_MEAN])
@@ -202,7 +203,7 @@ def test_predict_on_imagenet_weights_prints_class_names(tmp_path):
       [sys.executable, os.path.join(ROOT, 'launch.py'), '--mode=predict',
        f'--workdir={tmp_path / "imported"}', str(image)],
       capture_output=True, text=True, timeout=300, cwd=ROOT)
-  assert result.returncode == 0, failure_text(result.stdout + result.stderr)
+  assert result.returncode == 0, run_helpers.failure_text(result.stdout + result.stderr)
   lines = result.stdout.strip().splitlines()
   assert lines[0] == str(image) and len(lines) == 6
   names = dict(imagenet_classes.classes())

@@ -14,6 +14,8 @@ from PIL import Image
 from PIL import ImageOps
 import pytest
 
+import data_helpers
+import run_helpers
 from vgg_jax import checkpointing
 from vgg_jax import evaluate
 from vgg_jax import models
@@ -196,7 +198,7 @@ def test_torch_model_built_by_hand_when_torch_is_installed(torch_vgg11, tmp_path
   np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max(), rtol=0)
 
 
-def shrink_head(net, torch, randomize_batch_norm):
+def shrink_head(net, torch):
   """fc6/fc7 64 wide (fc6 still over the 7x7x512 map), so the files stay small."""
   if hasattr(net, 'classifier'):  # torchvision: Linear layers in classifier.0/3/6.
     net.classifier[0], net.classifier[3] = torch.nn.Linear(25088, 64), torch.nn.Linear(64, 64)
@@ -204,7 +206,7 @@ def shrink_head(net, torch, randomize_batch_norm):
   else:  # timm: fc6/fc7 as 7x7 and 1x1 convs, then head.fc.
     net.pre_logits.fc1, net.pre_logits.fc2 = torch.nn.Conv2d(512, 64, 7), torch.nn.Conv2d(64, 64, 1)
     net.head.fc = torch.nn.Linear(64, 1000)
-  randomize_batch_norm(net, torch)
+  data_helpers.randomize_batch_norm(net, torch)
   return net.eval()
 
 
@@ -220,12 +222,12 @@ def save_state(net, path, torch):
 
 
 @pytest.fixture(scope='module')
-def torchvision_vgg11_bn(tmp_path_factory, randomize_batch_norm):
+def torchvision_vgg11_bn(tmp_path_factory):
   """torchvision's vgg11_bn (random, BN stats set, fc6/fc7 64 wide): files and logits."""
   torch = pytest.importorskip('torch', reason='the torchvision comparison needs torch')
   torchvision = pytest.importorskip('torchvision', reason='the comparison needs torchvision')
   torch.manual_seed(0)
-  net = shrink_head(torchvision.models.vgg11_bn(weights=None), torch, randomize_batch_norm)
+  net = shrink_head(torchvision.models.vgg11_bn(weights=None), torch)
   directory = tmp_path_factory.mktemp('torchvision_bn')
   images = rgb_images(2, seed=11)
   return {'.safetensors': save_state(net, directory / 'vgg11_bn.safetensors', torch),
@@ -234,7 +236,7 @@ def torchvision_vgg11_bn(tmp_path_factory, randomize_batch_norm):
 
 
 @pytest.fixture(scope='module')
-def timm_nets(tmp_path_factory, randomize_batch_norm):
+def timm_nets(tmp_path_factory):
   """timm's vgg11 (as .safetensors) and vgg11_bn (as .pth), random: files and logits."""
   torch = pytest.importorskip('torch', reason='the timm comparison needs torch')
   timm = pytest.importorskip('timm', reason='the timm comparison needs timm')
@@ -243,15 +245,13 @@ def timm_nets(tmp_path_factory, randomize_batch_norm):
   images = rgb_images(2, seed=12)
   nets = {}
   for name, ext in (('vgg11', '.safetensors'), ('vgg11_bn', '.pth')):
-    net = shrink_head(timm.create_model(name, pretrained=False), torch,
-                      randomize_batch_norm)
+    net = shrink_head(timm.create_model(name, pretrained=False), torch)
     nets[name] = {'path': save_state(net, directory / f'{name}{ext}', torch),
                   'images': images, 'logits': torch_logits(net, images, torch)}
   return nets
 
 
-def test_torchvision_vgg11_bn_import_matches_torchvision(torchvision_vgg11_bn, tmp_path,
-                                                         assert_trees_equal):
+def test_torchvision_vgg11_bn_import_matches_torchvision(torchvision_vgg11_bn, tmp_path):
   safetensors_numpy = pytest.importorskip('safetensors.numpy', reason='reads .safetensors')
   summary = pretrained.import_weights(
       'torchvision', str(torchvision_vgg11_bn['.safetensors']), 'A', str(tmp_path / 'st'))
@@ -267,7 +267,7 @@ def test_torchvision_vgg11_bn_import_matches_torchvision(torchvision_vgg11_bn, t
                                 state['features.1.running_var'])
   pretrained.import_weights('torchvision', str(torchvision_vgg11_bn['.pth']), 'A',
                             str(tmp_path / 'pth'))
-  assert_trees_equal(checkpointing.load_variables(str(tmp_path / 'pth'))[0], variables)
+  run_helpers.assert_trees_equal(checkpointing.load_variables(str(tmp_path / 'pth'))[0], variables)
   assert_close(file_logits(torchvision_vgg11_bn['.pth'], torchvision_vgg11_bn['images']),
                torchvision_vgg11_bn['logits'])  # Read without torch (vgg_jax.torch_files).
 
@@ -361,16 +361,15 @@ def write_two_class_folder(root, size=40, count=16):
 
 
 @pytest.fixture(scope='module')
-def source(tmp_path_factory, tiny_config):
+def source(tmp_path_factory):
   """A small trained digits run standing in for imported weights."""
   workdir = tmp_path_factory.mktemp('pretrained')
-  train.train_and_evaluate(tiny_config(num_train_steps=2), str(workdir))
+  train.train_and_evaluate(run_helpers.tiny_config(num_train_steps=2), str(workdir))
   return workdir
 
 
 @pytest.mark.parametrize('head', ['fc8', 'small'])
-def test_finetune_freezes_the_conv_base_and_learns_the_head(tmp_path, head, source,
-                                                            assert_trees_equal):
+def test_finetune_freezes_the_conv_base_and_learns_the_head(tmp_path, head, source):
   folder = tmp_path / 'folder'
   write_two_class_folder(folder)
   from experiments.configs import finetune  # pylint: disable=g-import-not-at-top
@@ -380,15 +379,15 @@ def test_finetune_freezes_the_conv_base_and_learns_the_head(tmp_path, head, sour
                              if n.startswith('conv') or (head == 'fc8' and n in ('fc6', 'fc7')))
   config.data.update(folder=str(folder), scale_min=32, scale_max=36, eval_scale=32)
   config.init_from = str(source)
+  config.optimizer.learning_rate = 0.05
   config.update(global_batch_size=16, eval_batch_size=16, num_train_steps=30,
-                learning_rate=0.05, log_every_steps=10, eval_every_steps=30,
-                checkpoint_every_steps=30)
+                log_every_steps=10, eval_every_steps=30, checkpoint_every_steps=30)
   result = train.train_and_evaluate(config, str(tmp_path / 'run'))
   before, _ = checkpointing.load_params(str(source))
   after, meta = checkpointing.load_params(str(tmp_path / 'run'))
   for layer in after:
     if layer.startswith('conv'):
-      assert_trees_equal(after[layer], before[layer])  # Bit-identical.
+      run_helpers.assert_trees_equal(after[layer], before[layer])  # Bit-identical.
   new_head = 'fc8' if head == 'fc8' else 'head2'
   assert after[new_head]['kernel'].shape[-1] == 2 and meta['class_names'] == ['a', 'b']
   assert result['eval/top1_error'] <= 0.25  # Chance is 0.5.
@@ -396,7 +395,7 @@ def test_finetune_freezes_the_conv_base_and_learns_the_head(tmp_path, head, sour
 
 
 @pytest.mark.slow
-def test_predict_prints_names(tmp_path, source, tiny_config):
+def test_predict_prints_names(tmp_path, source):
   image = tmp_path / 'seven.png'
   Image.fromarray(np.full((48, 40, 3), 200, np.uint8)).save(image)
   result = subprocess.run(
@@ -413,10 +412,10 @@ def test_predict_prints_names(tmp_path, source, tiny_config):
   probabilities = [float(line.split('%')[0]) for line in lines[1:]]
   assert probabilities == sorted(probabilities, reverse=True)
   with pytest.raises(FileNotFoundError, match='No such image file'):
-    evaluate.predict(tiny_config().eval, str(source), [str(tmp_path / 'nope.jpg')])
+    evaluate.predict(run_helpers.tiny_config().eval, str(source), [str(tmp_path / 'nope.jpg')])
 
 
-def test_predict_applies_exif_orientation(tmp_path, source, tiny_config):
+def test_predict_applies_exif_orientation(tmp_path, source):
   # A phone photo stored sideways with orientation 6 ("rotate 90 clockwise to view").
   upright = np.random.default_rng(3).integers(0, 256, (48, 80, 3), dtype=np.uint8)
   Image.fromarray(upright).save(tmp_path / 'upright.png')
@@ -426,7 +425,7 @@ def test_predict_applies_exif_orientation(tmp_path, source, tiny_config):
   stored.save(tmp_path / 'sideways.png', exif=exif)
   viewed = ImageOps.exif_transpose(Image.open(tmp_path / 'sideways.png'))
   assert np.array_equal(np.asarray(viewed), upright)
-  config = tiny_config().eval
+  config = run_helpers.tiny_config().eval
   config.protocol, config.scales = 'dense', (32,)
   (_, upright_top), (_, sideways_top) = evaluate.predict(
       config, str(source), [str(tmp_path / 'upright.png'), str(tmp_path / 'sideways.png')])
@@ -435,17 +434,17 @@ def test_predict_applies_exif_orientation(tmp_path, source, tiny_config):
   assert [n for n, _ in sideways_top] == [n for n, _ in upright_top]
 
 
-def test_load_gives_a_training_runs_model_and_its_computed_mean(tmp_path, tiny_config):
+def test_load_gives_a_training_runs_model_and_its_computed_mean(tmp_path):
   """pretrained.load of a run: the best checkpoint, and the mean RGB it computed at train time."""
   workdir = tmp_path / 'run'
-  config = tiny_config(**{'data.mean_rgb': None, 'num_train_steps': 8})
+  config = run_helpers.tiny_config(**{'data.mean_rgb': None, 'num_train_steps': 8})
   train.train_and_evaluate(config, str(workdir))
   model, variables, mean_rgb = pretrained.load(str(workdir))
   cached = json.load(open(workdir / 'rgb_stats_train.json'))['mean_rgb']
   np.testing.assert_allclose(mean_rgb, cached, rtol=1e-6)
   assert mean_rgb.shape == (3,) and 0 < mean_rgb.min() < 255
   best = checkpointing.resolve_step(str(workdir), 'best')
-  expected_model, expected, _, _ = checkpointing.load_model(str(workdir), best)
+  expected_model, expected, _, _ = pretrained.load_checkpoint(str(workdir), best)
   assert model == expected_model and set(variables) == {'params'}
   jax.tree_util.tree_map(np.testing.assert_array_equal, variables, expected)
   images = rgb_images(3, size=32, seed=3)

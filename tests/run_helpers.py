@@ -1,10 +1,56 @@
-"""Helpers of the tests that run launch.py in subprocesses: ports, polling, checkpoints,
-and what a failed process printed."""
+"""The tests' tiny training run: its config, its launch.py command line, its checkpoints,
+and for runs in subprocesses, ports, polling and what a failed process printed."""
 
+import os
 import socket
+import sys
 import time
 
-from vgg_jax import checkpointing  # After conftest has set up JAX's environment.
+# Imported by test modules, so after conftest has set up JAX's environment.
+import jax
+import numpy as np
+
+from experiments.configs import digits
+from vgg_jax import checkpointing
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A tiny net A on digits: the default config shrunk so a run takes seconds.
+TINY_OVERRIDES = {
+    'model.variant': 'A', 'model.width': 0.0625, 'model.fc_width': 32,
+    'data.mean_rgb': (40.0, 40.0, 40.0), 'data.scale_max': 32, 'global_batch_size': 16,
+    'eval_batch_size': 64, 'num_train_steps': 8, 'log_every_steps': 4,
+    'eval_every_steps': 4, 'checkpoint_every_steps': 4, 'optimizer.schedule': 'step',
+    'optimizer.step_decay_epochs': (0.5,),
+}
+
+
+def tiny_config(**overrides):
+  """digits.get_config() with TINY_OVERRIDES, then overrides ('model.width': ...)."""
+  config = digits.get_config()
+  config.unlock()
+  config.update_from_flattened_dict({**TINY_OVERRIDES, **overrides})
+  return config
+
+
+def launch_args(workdir, **overrides):
+  """The launch.py command line of tiny_config(**overrides) in workdir."""
+  args = [sys.executable, os.path.join(ROOT, 'launch.py'), f'--workdir={workdir}']
+  for key, value in {**TINY_OVERRIDES, **overrides}.items():
+    if isinstance(value, tuple):
+      value = '(' + ','.join(map(str, value)) + ',)'
+    args.append(f'--config.{key}={value}')
+  return args
+
+
+def final_params(workdir):
+  """The parameters (numpy) of a workdir's latest checkpoint."""
+  return checkpointing.load_params(str(workdir))[0]
+
+
+def assert_trees_equal(a, b):
+  """Asserts two pytrees of arrays are bitwise equal."""
+  jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
 
 
 def free_port() -> int:

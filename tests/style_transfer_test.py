@@ -20,7 +20,8 @@ def weights_fixture(tmp_path_factory):
   """A randomly initialised tiny VGG-A written as pretrained's imports are."""
   out = tmp_path_factory.mktemp('style') / 'vgg'
   model = models.VGG(variant='A', width=0.125, fc_width=32, num_classes=10, image_size=32)
-  params = jax.tree_util.tree_map(np.asarray, models.init_params(model, jax.random.key(0)))
+  params = models.init_variables(model, jax.random.key(0))['params']
+  params = jax.tree_util.tree_map(np.asarray, params)
   pretrained.write_checkpoint(str(out), {'params': params}, model,
                               pretrained.preprocessing('keras'), [str(i) for i in range(10)],
                               True, 'random-init')

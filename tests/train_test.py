@@ -12,6 +12,7 @@ from jax.sharding import Mesh
 import numpy as np
 import pytest
 
+import run_helpers  # tests/ is on sys.path
 from vgg_jax import checkpointing
 from vgg_jax import models
 from vgg_jax import optim
@@ -19,8 +20,6 @@ from vgg_jax import sharding
 from vgg_jax import steps
 from vgg_jax import train
 from vgg_jax.data import iterators
-# tests/ is on sys.path.
-from run_helpers import failure_text, finished_steps, free_port, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,9 +29,20 @@ def digits_batch(config, size=16):
       config.data, image_size=32, global_batch_size=size, seed=0))
 
 
+def create_optimizer(config):
+  """config.optimizer's optax chain, for 10 steps an epoch and 100 in all."""
+  return optim.create_optimizer(optim.OptimizerConfig.from_config(config.optimizer), 10, 100)
+
+
+def initial_state(config, model, tx, mesh):
+  """train.initial_state with config's warm start (init_from, init_layers)."""
+  return train.initial_state(model, tx, mesh, jax.random.key(0), config.init_from,
+                             config.init_layers)
+
+
 def setup(config, mesh):
   model = models.create_model(config.model)
-  tx = optim.create_optimizer(config, steps_per_epoch=10, total_steps=100)
+  tx = create_optimizer(config)
   state = jax.jit(lambda r: steps.create_train_state(model, tx, r),
                   out_shardings=sharding.replicated(mesh))(jax.random.key(0))
   return model, tx, state
@@ -48,9 +58,9 @@ def run_steps(config, mesh, batches, accum_steps=1):
 
 
 @pytest.mark.parametrize('batch_norm', [False, True])
-def test_sharded_step_equals_single_device_step(tiny_config, batch_norm):
+def test_sharded_step_equals_single_device_step(batch_norm):
   assert jax.device_count() == 8
-  config = tiny_config(**{'model.batch_norm': batch_norm})
+  config = run_helpers.tiny_config(**{'model.batch_norm': batch_norm})
   batches = [digits_batch(config) for _ in range(3)]
   sharded = run_steps(config, sharding.create_mesh(), batches)
   single = run_steps(config, Mesh(np.asarray(jax.devices()[:1]), ('data',)), batches)
@@ -69,9 +79,9 @@ def test_sharded_step_equals_single_device_step(tiny_config, batch_norm):
     assert not np.allclose(sharded['batch_stats']['bn2_1']['var'], 1)
 
 
-def test_batch_norm_statistics_are_the_global_batchs(tiny_config):
+def test_batch_norm_statistics_are_the_global_batchs():
   """One step from fresh state: running mean = 0.1 * the batch mean of conv1_1's output."""
-  config = tiny_config(**{'model.batch_norm': True})
+  config = run_helpers.tiny_config(**{'model.batch_norm': True})
   batch = digits_batch(config)
   variables = run_steps(config, sharding.create_mesh(), [batch])
   model, _, state = setup(config, sharding.create_mesh())
@@ -81,8 +91,8 @@ def test_batch_norm_statistics_are_the_global_batchs(tiny_config):
                              0.1 * np.mean(conv, axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)
 
 
-def test_accumulation_equals_one_big_batch(tiny_config):
-  config = tiny_config(**{'model.dropout_rate': 0.0})
+def test_accumulation_equals_one_big_batch():
+  config = run_helpers.tiny_config(**{'model.dropout_rate': 0.0})
   mesh = sharding.create_mesh()
   batches = [digits_batch(config, 32) for _ in range(2)]
   big = run_steps(config, mesh, batches)
@@ -101,11 +111,13 @@ def test_after_backward_keeps_gradients_and_spreads_non_finite_ones():
   assert all(np.isnan(g).all() for g in jax.tree_util.tree_leaves(poisoned))
 
 
-def test_plateau_schedule_in_training_lowers_the_lr(tmp_path, tiny_config):
+def test_plateau_schedule_in_training_lowers_the_lr(tmp_path):
   # lr 1e-9: the eval error cannot improve, so each eval after the first decays.
-  config = tiny_config(schedule='plateau', learning_rate=1e-9, plateau_patience=1,
-                       num_train_steps=24, eval_every_steps=4, log_every_steps=1,
-                       checkpoint_every_steps=100)
+  config = run_helpers.tiny_config(**{'optimizer.schedule': 'plateau',
+                                      'optimizer.learning_rate': 1e-9,
+                                      'optimizer.plateau_patience': 1},
+                                   num_train_steps=24, eval_every_steps=4, log_every_steps=1,
+                                   checkpoint_every_steps=100)
   train.train_and_evaluate(config, str(tmp_path))
   rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
   rates = [r['train/learning_rate'] for r in rows if 'train/learning_rate' in r]
@@ -114,8 +126,8 @@ def test_plateau_schedule_in_training_lowers_the_lr(tmp_path, tiny_config):
   assert distinct == [-12, -11, -10, -9]  # Three divisions by 10, no more.
 
 
-def test_train_writes_metrics_checkpoints_and_config(tmp_path, tiny_config):
-  result = train.train_and_evaluate(tiny_config(), str(tmp_path))
+def test_train_writes_metrics_checkpoints_and_config(tmp_path):
+  result = train.train_and_evaluate(run_helpers.tiny_config(), str(tmp_path))
   assert result['step'] == 8 and not result['preempted']
   rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
   train_rows = [r for r in rows if 'train/loss' in r]
@@ -133,27 +145,27 @@ def test_train_writes_metrics_checkpoints_and_config(tmp_path, tiny_config):
   assert set(params) == {'conv1_1', 'conv2_1', 'conv3_1', 'conv3_2', 'conv4_1', 'conv4_2',
                          'conv5_1', 'conv5_2', 'fc6', 'fc7', 'fc8'}
   # A second run on the same workdir resumes at the end and does nothing more.
-  assert train.train_and_evaluate(tiny_config(), str(tmp_path))['step'] == 8
+  assert train.train_and_evaluate(run_helpers.tiny_config(), str(tmp_path))['step'] == 8
 
 
-def test_batch_norm_run_checkpoints_its_statistics_and_resumes_bitwise(tmp_path, tiny_config,
-                                                                        assert_trees_equal):
-  config = tiny_config(**{'model.batch_norm': True, 'model.variant': 'B'})
+def test_batch_norm_run_checkpoints_its_statistics_and_resumes_bitwise(tmp_path):
+  config = run_helpers.tiny_config(**{'model.batch_norm': True, 'model.variant': 'B'})
   straight = train.train_and_evaluate(config, str(tmp_path / 'straight'))
-  train.train_and_evaluate(tiny_config(**{'model.batch_norm': True, 'model.variant': 'B',
-                                          'num_train_steps': 4}), str(tmp_path / 'resumed'))
+  half = run_helpers.tiny_config(**{'model.batch_norm': True, 'model.variant': 'B',
+                                    'num_train_steps': 4})
+  train.train_and_evaluate(half, str(tmp_path / 'resumed'))
   resumed = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
   assert resumed['eval/top1_error'] == straight['eval/top1_error']
   a, meta = checkpointing.load_variables(str(tmp_path / 'straight'))
   b, _ = checkpointing.load_variables(str(tmp_path / 'resumed'))
   assert set(a) == {'params', 'batch_stats'} and meta['config']['model']['batch_norm']
   assert set(a['batch_stats']) == {f'bn{n[4:]}' for n in a['params'] if n.startswith('conv')}
-  assert_trees_equal(a, b)
+  run_helpers.assert_trees_equal(a, b)
 
 
-def test_checkpoint_restores_with_plain_orbax(tmp_path, tiny_config):
+def test_checkpoint_restores_with_plain_orbax(tmp_path):
   import orbax.checkpoint as ocp
-  train.train_and_evaluate(tiny_config(num_train_steps=4), str(tmp_path))
+  train.train_and_evaluate(run_helpers.tiny_config(num_train_steps=4), str(tmp_path))
   with ocp.CheckpointManager(tmp_path / 'checkpoints', item_names=('state', 'meta')) as mngr:
     restored = mngr.restore(4, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
                                                        meta=ocp.args.JsonRestore()))
@@ -163,8 +175,8 @@ def test_checkpoint_restores_with_plain_orbax(tmp_path, tiny_config):
   assert set(restored['state']) == {'step', 'params', 'opt_state'}
 
 
-def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog, tiny_config):
-  config = tiny_config()
+def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog):
+  config = run_helpers.tiny_config()
   train.train_and_evaluate(config, str(tmp_path))
   for root, _, files in os.walk(tmp_path / 'checkpoints' / '8' / 'state'):
     for name in files:
@@ -179,20 +191,22 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog, tiny_config):
   assert os.path.isdir(tmp_path / 'checkpoints' / 'corrupt_step_8')  # Kept, set aside.
 
 
-def test_torn_metrics_line_is_dropped_on_resume(tmp_path, caplog, tiny_config):
-  train.train_and_evaluate(tiny_config(num_train_steps=4), str(tmp_path))
+def test_torn_metrics_line_is_dropped_on_resume(tmp_path, caplog):
+  train.train_and_evaluate(run_helpers.tiny_config(num_train_steps=4), str(tmp_path))
   with open(tmp_path / 'metrics.jsonl', 'a') as f:
     f.write('{"step": 5, "train/lo')  # A crash while the next line was written.
-  result = train.train_and_evaluate(tiny_config(num_train_steps=8), str(tmp_path))
+  result = train.train_and_evaluate(run_helpers.tiny_config(num_train_steps=8), str(tmp_path))
   assert result['step'] == 8
   assert 'metrics.jsonl line 3 is torn' in caplog.text
   rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
   assert [r['step'] for r in rows if 'train/loss' in r] == [4, 8]
 
 
-def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, tiny_config):
-  config = tiny_config(learning_rate=1e12, schedule='plateau', num_train_steps=30,
-                       log_every_steps=1, checkpoint_every_steps=1, eval_every_steps=100)
+def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = run_helpers.tiny_config(**{'optimizer.learning_rate': 1e12,
+                                      'optimizer.schedule': 'plateau'},
+                                   num_train_steps=30, log_every_steps=1,
+                                   checkpoint_every_steps=1, eval_every_steps=100)
   with pytest.raises(FloatingPointError, match=r'at step (\d+): training stopped') as error:
     train.train_and_evaluate(config, str(tmp_path))
   bad_step = int(error.value.args[0].split('at step ')[1].split(':')[0])
@@ -202,64 +216,62 @@ def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, ti
 
 
 @pytest.fixture(scope='module')
-def net_a(tmp_path_factory, tiny_config):
+def net_a(tmp_path_factory):
   """Workdir of a (2-step) finished net-A run."""
   workdir = tmp_path_factory.mktemp('net_a')
-  train.train_and_evaluate(tiny_config(num_train_steps=2), str(workdir))
+  train.train_and_evaluate(run_helpers.tiny_config(num_train_steps=2), str(workdir))
   return workdir
 
 
-def test_warm_start_copies_exactly_the_seven_layers(net_a, tiny_config, final_params,
-                                                    assert_trees_equal):
-  a_params = final_params(str(net_a))
-  config = tiny_config(**{'model.variant': 'D', 'init_from': str(net_a)})
+def test_warm_start_copies_exactly_the_seven_layers(net_a):
+  a_params = run_helpers.final_params(str(net_a))
+  config = run_helpers.tiny_config(**{'model.variant': 'D', 'init_from': str(net_a)})
   mesh = sharding.create_mesh()
   model = models.create_model(config.model)
-  tx = optim.create_optimizer(config, 10, 100)
-  warm = jax.device_get(train.initial_state(config, model, tx, mesh, jax.random.key(0)).params)
+  tx = create_optimizer(config)
+  warm = jax.device_get(initial_state(config, model, tx, mesh).params)
   config.init_from = ''
-  fresh = jax.device_get(train.initial_state(config, model, tx, mesh, jax.random.key(0)).params)
+  fresh = jax.device_get(initial_state(config, model, tx, mesh).params)
   copied = set(config.init_layers)
   assert copied == {'conv1_1', 'conv2_1', 'conv3_1', 'conv3_2', 'fc6', 'fc7', 'fc8'}
   for layer in warm:
     expected = a_params[layer] if layer in copied else fresh[layer]
-    assert_trees_equal(warm[layer], expected)
+    run_helpers.assert_trees_equal(warm[layer], expected)
   assert not np.array_equal(a_params['conv1_1']['kernel'], fresh['conv1_1']['kernel'])
 
 
-def test_warm_start_errors(tmp_path, net_a, tiny_config):
+def test_warm_start_errors(tmp_path, net_a):
   mesh = sharding.create_mesh()
-  config = tiny_config(**{'model.variant': 'D', 'model.width': 0.125, 'init_from': str(net_a)})
+  config = run_helpers.tiny_config(**{'model.variant': 'D', 'model.width': 0.125,
+                                      'init_from': str(net_a)})
   model = models.create_model(config.model)
-  tx = optim.create_optimizer(config, 10, 100)
+  tx = create_optimizer(config)
   with pytest.raises(ValueError, match="layer 'conv1_1' has shapes"):
-    train.initial_state(config, model, tx, mesh, jax.random.key(0))
+    initial_state(config, model, tx, mesh)
   config.init_from = str(tmp_path / 'missing')
   with pytest.raises(FileNotFoundError, match='No checkpoints in'):
-    train.initial_state(config, model, tx, mesh, jax.random.key(0))
-  config = tiny_config(**{'model.batch_norm': True, 'init_from': str(net_a)})
+    initial_state(config, model, tx, mesh)
+  config = run_helpers.tiny_config(**{'model.batch_norm': True, 'init_from': str(net_a)})
   with pytest.raises(ValueError, match='is not a batch-norm net but config.model.batch_norm'):
-    train.initial_state(config, models.create_model(config.model), tx, mesh,
-                        jax.random.key(0))
+    initial_state(config, models.create_model(config.model), tx, mesh)
 
 
 @pytest.fixture(scope='module')
-def bn_net_a(tmp_path_factory, tiny_config):
+def bn_net_a(tmp_path_factory):
   """The workdir of a tiny batch-norm net A trained 2 steps."""
   workdir = tmp_path_factory.mktemp('bn_net_a')
-  train.train_and_evaluate(tiny_config(**{'model.batch_norm': True, 'num_train_steps': 2}),
-                           str(workdir))
+  config = run_helpers.tiny_config(**{'model.batch_norm': True, 'num_train_steps': 2})
+  train.train_and_evaluate(config, str(workdir))
   return workdir
 
 
-def test_batch_norm_warm_start_copies_each_convs_norm_and_statistics(bn_net_a, tiny_config):
+def test_batch_norm_warm_start_copies_each_convs_norm_and_statistics(bn_net_a):
   source, _ = checkpointing.load_variables(str(bn_net_a))
-  config = tiny_config(**{'model.batch_norm': True, 'model.variant': 'B',
-                          'init_from': str(bn_net_a), 'init_layers': ('conv1_1',)})
+  config = run_helpers.tiny_config(**{'model.batch_norm': True, 'model.variant': 'B',
+                                      'init_from': str(bn_net_a), 'init_layers': ('conv1_1',)})
   model = models.create_model(config.model)
-  tx = optim.create_optimizer(config, 10, 100)
-  state = jax.device_get(train.initial_state(config, model, tx, sharding.create_mesh(),
-                                             jax.random.key(0)))
+  tx = create_optimizer(config)
+  state = jax.device_get(initial_state(config, model, tx, sharding.create_mesh()))
   for collection, layer in (('params', 'conv1_1'), ('params', 'bn1_1'),
                             ('batch_stats', 'bn1_1')):
     jax.tree_util.tree_map(np.testing.assert_array_equal, state.variables[collection][layer],
@@ -267,28 +279,29 @@ def test_batch_norm_warm_start_copies_each_convs_norm_and_statistics(bn_net_a, t
   np.testing.assert_array_equal(state.batch_stats['bn1_2']['mean'], 0)  # Not copied: fresh.
 
 
-def test_restoring_another_model_is_refused_and_nothing_is_overwritten(tmp_path, tiny_config):
-  train.train_and_evaluate(tiny_config(num_train_steps=4), str(tmp_path))
+def test_restoring_another_model_is_refused_and_nothing_is_overwritten(tmp_path):
+  train.train_and_evaluate(run_helpers.tiny_config(num_train_steps=4), str(tmp_path))
   before = sorted(os.listdir(tmp_path / 'checkpoints'))
   config_before = open(tmp_path / 'config.json').read()
   for overrides, message in (({'model.variant': 'B'}, "variant: checkpoint 'A' vs config 'B'"),
                              ({'model.num_classes': 7}, 'num_classes: checkpoint 10 vs config 7')):
     with pytest.raises(ValueError, match=message):
-      train.train_and_evaluate(tiny_config(num_train_steps=8, **overrides), str(tmp_path))
+      train.train_and_evaluate(run_helpers.tiny_config(num_train_steps=8, **overrides),
+                               str(tmp_path))
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == before
   assert open(tmp_path / 'config.json').read() == config_before
 
 
-def test_batch_not_divisible_by_devices(tmp_path, tiny_config):
+def test_batch_not_divisible_by_devices(tmp_path):
   with pytest.raises(ValueError, match='global_batch_size=12 is not divisible by the 8 devices'):
-    train.train_and_evaluate(tiny_config(global_batch_size=12), str(tmp_path))
+    train.train_and_evaluate(run_helpers.tiny_config(global_batch_size=12), str(tmp_path))
   with pytest.raises(ValueError, match='x 3 accumulation steps'):
-    train.train_and_evaluate(tiny_config(grad_accum_steps=3), str(tmp_path))
+    train.train_and_evaluate(run_helpers.tiny_config(grad_accum_steps=3), str(tmp_path))
 
 
 @pytest.mark.slow
-def test_misspelt_config_override_fails(tmp_path, launch_args):
-  result = subprocess.run(launch_args(tmp_path, learning_rat=0.1), capture_output=True,
+def test_misspelt_config_override_fails(tmp_path):
+  result = subprocess.run(run_helpers.launch_args(tmp_path, learning_rat=0.1), capture_output=True,
                           text=True, timeout=120)
   assert result.returncode != 0
   assert 'learning_rat' in result.stderr
@@ -296,35 +309,35 @@ def test_misspelt_config_override_fails(tmp_path, launch_args):
 
 
 @pytest.mark.slow
-def test_sigkill_and_resume_equals_uninterrupted_bitwise(tmp_path, tiny_config, launch_args,
-                                                         final_params, assert_trees_equal):
+def test_sigkill_and_resume_equals_uninterrupted_bitwise(tmp_path):
   overrides = dict(num_train_steps=120, checkpoint_every_steps=5, eval_every_steps=1000,
                    log_every_steps=10)
   killed = tmp_path / 'killed'
-  process = subprocess.Popen(launch_args(killed, **overrides), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+  process = subprocess.Popen(run_helpers.launch_args(killed, **overrides),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
-    assert wait_for(lambda: any(s >= 15 for s in finished_steps(killed)))
+    assert run_helpers.wait_for(lambda: any(s >= 15 for s in run_helpers.finished_steps(killed)))
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
   finally:
     process.kill()
-  assert finished_steps(killed)[-1] < 120  # Killed mid-run.
-  resumed = train.train_and_evaluate(tiny_config(**overrides), str(killed))
+  assert run_helpers.finished_steps(killed)[-1] < 120  # Killed mid-run.
+  resumed = train.train_and_evaluate(run_helpers.tiny_config(**overrides), str(killed))
   assert resumed['step'] == 120
   uninterrupted = tmp_path / 'uninterrupted'
-  train.train_and_evaluate(tiny_config(**overrides), str(uninterrupted))
-  assert_trees_equal(final_params(str(killed)), final_params(str(uninterrupted)))
+  train.train_and_evaluate(run_helpers.tiny_config(**overrides), str(uninterrupted))
+  run_helpers.assert_trees_equal(run_helpers.final_params(str(killed)),
+                                 run_helpers.final_params(str(uninterrupted)))
 
 
 @pytest.mark.slow
-def test_sigterm_saves_the_current_step(tmp_path, launch_args):
+def test_sigterm_saves_the_current_step(tmp_path):
   overrides = dict(num_train_steps=100_000, checkpoint_every_steps=50, eval_every_steps=10**6,
                    log_every_steps=10)
-  process = subprocess.Popen(launch_args(tmp_path, **overrides), stdout=subprocess.PIPE,
+  process = subprocess.Popen(run_helpers.launch_args(tmp_path, **overrides), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
   try:
-    assert wait_for(lambda: finished_steps(tmp_path))
+    assert run_helpers.wait_for(lambda: run_helpers.finished_steps(tmp_path))
     time.sleep(0.5)
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=60)
@@ -332,47 +345,47 @@ def test_sigterm_saves_the_current_step(tmp_path, launch_args):
     process.kill()
   assert process.returncode == 143, output[-2000:]
   saved = int(output.split('Preempted: saved step ')[1].split()[0])
-  assert saved in finished_steps(tmp_path) and saved < 100_000
+  assert saved in run_helpers.finished_steps(tmp_path) and saved < 100_000
   params, meta = checkpointing.load_params(str(tmp_path))
   assert meta['step'] == saved
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_process_with_eight_devices(tmp_path, tiny_config, launch_args,
-                                                            final_params):
+def test_two_processes_equal_one_process_with_eight_devices(tmp_path):
   overrides = dict(num_train_steps=6, checkpoint_every_steps=6, eval_every_steps=6)
-  port = free_port()
+  port = run_helpers.free_port()
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
   procs = [subprocess.Popen(
-      launch_args(tmp_path / 'two', **overrides) + [
+      run_helpers.launch_args(tmp_path / 'two', **overrides) + [
           '--distributed=explicit', f'--coordinator_address=127.0.0.1:{port}',
           '--num_processes=2', f'--process_id={i}', '--cpu_collectives=gloo'],
       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
   outputs = [p.communicate(timeout=300)[0] for p in procs]
-  assert [p.returncode for p in procs] == [0, 0], ''.join(map(failure_text, outputs))
+  assert [p.returncode for p in procs] == [0, 0], ''.join(map(run_helpers.failure_text, outputs))
   assert '8 devices, 2 processes' in outputs[0]
   one = tmp_path / 'one'
-  result = train.train_and_evaluate(tiny_config(**overrides), str(one))
+  result = train.train_and_evaluate(run_helpers.tiny_config(**overrides), str(one))
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                         final_params(str(tmp_path / 'two')), final_params(str(one)))
+                         run_helpers.final_params(str(tmp_path / 'two')),
+                         run_helpers.final_params(str(one)))
   two_eval = [json.loads(l) for l in open(tmp_path / 'two' / 'metrics.jsonl')][-1]
   assert two_eval['eval/num_examples'] == result['eval/num_examples'] == 450
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both(tmp_path, launch_args):
+def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both(tmp_path):
   """JAX's preemption sync point: no per-step round trip, one agreed step, both stop."""
   overrides = dict(num_train_steps=100_000, checkpoint_every_steps=50, eval_every_steps=10**6,
                    log_every_steps=10)
-  port = free_port()
+  port = run_helpers.free_port()
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
   procs = [subprocess.Popen(
-      launch_args(tmp_path, **overrides) + [
+      run_helpers.launch_args(tmp_path, **overrides) + [
           '--distributed=explicit', f'--coordinator_address=127.0.0.1:{port}',
           '--num_processes=2', f'--process_id={i}', '--cpu_collectives=gloo'],
       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
   try:
-    assert wait_for(lambda: finished_steps(tmp_path))
+    assert run_helpers.wait_for(lambda: run_helpers.finished_steps(tmp_path))
     time.sleep(0.5)
     procs[1].send_signal(signal.SIGTERM)  # The notice reaches process 0 through JAX.
     outputs = [p.communicate(timeout=120)[0] for p in procs]
@@ -381,16 +394,17 @@ def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both(tmp_path, l
       p.kill()
   assert [p.returncode for p in procs] == [143, 143], outputs[0][-2000:] + outputs[1][-2000:]
   saved = [int(out.split('Preempted: saved step ')[1].split()[0]) for out in outputs]
-  assert saved[0] == saved[1] and saved[0] in finished_steps(tmp_path)
+  assert saved[0] == saved[1] and saved[0] in run_helpers.finished_steps(tmp_path)
   _, meta = checkpointing.load_params(str(tmp_path))
   assert meta['step'] == saved[0] < 100_000
 
 
-def test_a_frozen_batch_norm_base_keeps_its_statistics(tmp_path, tiny_config, bn_net_a):
+def test_a_frozen_batch_norm_base_keeps_its_statistics(tmp_path, bn_net_a):
   """Frozen BatchNorm layers keep scale and statistics; the unfrozen last stage's move."""
   convs = tuple(n for n in models.layer_names('A') if n.startswith('conv'))
-  config = tiny_config(**{'model.batch_norm': True}, num_train_steps=4, freeze_conv_base=True,
-                       unfreeze_last_stage=True, init_from=str(bn_net_a), init_layers=convs)
+  config = run_helpers.tiny_config(**{'model.batch_norm': True, 'optimizer.freeze_conv_base': True,
+                                      'optimizer.unfreeze_last_stage': True},
+                                   num_train_steps=4, init_from=str(bn_net_a), init_layers=convs)
   train.train_and_evaluate(config, str(tmp_path / 'run'))
   before, _ = checkpointing.load_variables(str(bn_net_a))
   after, _ = checkpointing.load_variables(str(tmp_path / 'run'))

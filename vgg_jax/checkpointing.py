@@ -18,8 +18,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from vgg_jax import models
-
 CHECKPOINT_SUBDIR = 'checkpoints'
 BEST_METRIC = 'eval/top1_error'
 
@@ -30,20 +28,21 @@ INTENDED_ORBAX_WARNINGS = ('read_only=True', 'Given directory is read only',
                            'Metadata file does not exist')
 
 
+def filter_orbax_log(record: std_logging.LogRecord) -> bool:
+  """A log filter: False for Orbax's INFO chatter and its warnings about intended use."""
+  if 'orbax' not in record.pathname:
+    return True
+  if record.levelno < std_logging.WARNING:
+    return False
+  return not any(text in record.getMessage() for text in INTENDED_ORBAX_WARNINGS)
+
+
 def quiet_orbax_logs():
   """Drops Orbax's INFO chatter and its warnings about intended read-only use (absl's handler).
 
-  Other Orbax warnings still show. Also drops JAX's INFO line about backends it did not find.
+  Other Orbax warnings still show.
   """
-  def keep(record) -> bool:
-    if 'xla_bridge' in record.pathname and record.levelno < std_logging.WARNING:
-      return False
-    if 'orbax' not in record.pathname:
-      return True
-    if record.levelno < std_logging.WARNING:
-      return False
-    return not any(text in record.getMessage() for text in INTENDED_ORBAX_WARNINGS)
-  logging.get_absl_handler().addFilter(keep)
+  logging.get_absl_handler().addFilter(filter_orbax_log)
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -74,6 +73,11 @@ def make_meta(config: dict[str, Any], step: int, *, global_batch_size: int,
           'num_classes': num_classes, 'eval': eval_metrics or {}, **extra}
 
 
+def model_fields(meta: dict[str, Any]) -> dict[str, Any]:
+  """The fields of the model a checkpoint's meta describes (models.create_model takes them)."""
+  return dict(meta['config']['model'], num_classes=meta['num_classes'])
+
+
 def model_signature(model_config) -> dict[str, Any]:
   """The fields a checkpoint's parameters depend on (no batch_norm: saved before it)."""
   signature = {k: model_config[k] for k in ('variant', 'num_classes', 'width', 'fc_width',
@@ -84,8 +88,7 @@ def model_signature(model_config) -> dict[str, Any]:
 def check_compatible(workdir: str, stored_meta: dict[str, Any], model_config,
                      num_classes: int):
   """Raises if workdir's checkpoints are of another model than the config's."""
-  stored = model_signature(dict(stored_meta['config']['model'],
-                                num_classes=stored_meta['num_classes']))
+  stored = model_signature(model_fields(stored_meta))
   wanted = model_signature(dict(model_config.items(), num_classes=num_classes))
   diffs = [f'{k}: checkpoint {stored[k]!r} vs config {wanted[k]!r}'
            for k in stored if stored[k] != wanted[k]]
@@ -218,14 +221,6 @@ def resolve_step(workdir: str, which) -> int:
     if step not in steps:
       raise ValueError(f'No checkpoint at step {step} in {workdir}; it has {sorted(steps)}.')
     return step
-
-
-def load_model(workdir: str, which='best'):
-  """(model, variables, meta, step) of a checkpoint, the model rebuilt from its config."""
-  step = resolve_step(workdir, which)
-  variables, meta = load_variables(workdir, step)
-  fields = dict(meta['config']['model'], num_classes=meta['num_classes'])
-  return models.create_model(fields), variables, meta, step
 
 
 def copy_layers(params, source_params, layers, source_name: str = 'source'):

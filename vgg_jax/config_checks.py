@@ -6,12 +6,29 @@ anything is written to the workdir.
 
 import os
 
-from vgg_jax import layers
+from vgg_jax import data
 from vgg_jax import models
 from vgg_jax import named_weights
 from vgg_jax import optim
 
-SOURCES = ('digits', 'folder', 'tfds', 'fake')
+# Fields added after configs were first stored: an older run's config passes without them.
+OPTIONAL_MODEL = ('pool_impl',)
+
+
+_ABSENT = object()
+
+
+def _field(config, name: str, optional: bool = False):
+  """config.<name> (dotted); a missing one raises naming it, or is _ABSENT if optional."""
+  value = config
+  for part in name.split('.'):
+    if part not in value:
+      if optional:
+        return _ABSENT
+      raise ValueError(f'config.{name} is missing: the config must define every field of '
+                       'experiments/configs/base.py.')
+    value = value[part]
+  return value
 
 
 def _require(config, name: str, ok, want: str, optional: bool = False):
@@ -20,14 +37,9 @@ def _require(config, name: str, ok, want: str, optional: bool = False):
   optional: a field added after configs were first stored; a config without it (an older
   run's) passes and gets the code's default.
   """
-  value = config
-  for part in name.split('.'):
-    if part not in value:
-      if optional:
-        return
-      raise ValueError(f'config.{name} is missing: the config must define every field of '
-                       'experiments/configs/base.py.')
-    value = value[part]
+  value = _field(config, name, optional)
+  if value is _ABSENT:
+    return
   try:
     good = ok(value)
   except TypeError:
@@ -41,30 +53,22 @@ def _positive_int(value) -> bool:
 
 
 def check_model(config):
-  _require(config, 'model.variant', lambda v: v in models.CONFIGS,
-           f'must be one of {list(models.CONFIGS)}')
+  """config.model: its dtype and class count here, VGG's own fields by models.check_fields."""
+  fields = {name: _field(config, f'model.{name}', optional=name in OPTIONAL_MODEL)
+            for name in models.FIELD_RULES if name != 'num_classes'}  # 0 allowed: below.
   _require(config, 'model.dtype', lambda v: v in models.DTYPES,
            f'must be one of {list(models.DTYPES)}')
   _require(config, 'model.num_classes', lambda v: isinstance(v, int) and v >= 0,
            'must be a class count (0: as many as the data has)')
-  _require(config, 'model.width', lambda v: v > 0, 'must be > 0')
-  _require(config, 'model.fc_width', _positive_int, 'must be a positive integer')
-  _require(config, 'model.dropout_rate', lambda v: 0 <= v < 1, 'must be in [0, 1)')
-  _require(config, 'model.image_size', lambda v: v >= models.MIN_IMAGE_SIZE,
-           f'must be at least {models.MIN_IMAGE_SIZE} (five 2x2 pools)')
-  _require(config, 'model.kernel_init', lambda v: v in layers.KERNEL_INITS,
-           f'must be one of {layers.KERNEL_INITS}')
-  _require(config, 'model.head', lambda v: v in models.HEADS, f'must be one of {models.HEADS}')
-  _require(config, 'model.conv_impl', lambda v: v in layers.CONV_IMPLS,
-           f'must be one of {layers.CONV_IMPLS}')
-  _require(config, 'model.pool_impl', lambda v: v in layers.POOL_IMPLS,
-           f'must be one of {layers.POOL_IMPLS}', optional=True)
-  _require(config, 'model.batch_norm', lambda v: isinstance(v, bool), 'must be True or False')
+  try:
+    models.check_fields({k: v for k, v in fields.items() if v is not _ABSENT})
+  except ValueError as error:
+    raise ValueError(f'config.model.{error}') from None
 
 
 def check_data(config):
   size = config.model.image_size
-  _require(config, 'data.source', lambda v: v in SOURCES, f'must be one of {SOURCES}')
+  _require(config, 'data.source', lambda v: v in data.SOURCES, f'must be one of {data.SOURCES}')
   if config.data.source == 'folder':
     _require(config, 'data.folder', bool, "must name the image folder root for source='folder'")
   _require(config, 'data.skip_corrupt', lambda v: isinstance(v, bool), 'must be True or False')
@@ -81,15 +85,20 @@ def check_data(config):
 
 
 def check_optimizer(config):
-  _require(config, 'schedule', lambda v: v in optim.SCHEDULES,
+  _require(config, 'optimizer.schedule', lambda v: v in optim.SCHEDULES,
            f'must be one of {optim.SCHEDULES}')
-  _require(config, 'learning_rate', lambda v: v > 0, 'must be > 0')
-  _require(config, 'momentum', lambda v: 0 <= v < 1, 'must be in [0, 1)')
-  _require(config, 'weight_decay', lambda v: v >= 0, 'must be >= 0')
-  _require(config, 'plateau_factor', lambda v: 0 < v < 1, 'must be in (0, 1)')
-  _require(config, 'plateau_patience', _positive_int, 'must be a positive integer')
-  _require(config, 'plateau_max_decays', lambda v: isinstance(v, int) and v >= 0,
+  _require(config, 'optimizer.learning_rate', lambda v: v > 0, 'must be > 0')
+  _require(config, 'optimizer.momentum', lambda v: 0 <= v < 1, 'must be in [0, 1)')
+  _require(config, 'optimizer.weight_decay', lambda v: v >= 0, 'must be >= 0')
+  _require(config, 'optimizer.plateau_factor', lambda v: 0 < v < 1, 'must be in (0, 1)')
+  _require(config, 'optimizer.plateau_patience', _positive_int, 'must be a positive integer')
+  _require(config, 'optimizer.plateau_max_decays', lambda v: isinstance(v, int) and v >= 0,
            'must be an integer >= 0')
+  for name in ('decay_biases', 'freeze_conv_base', 'unfreeze_last_stage'):
+    _require(config, f'optimizer.{name}', lambda v: isinstance(v, bool), 'must be True or False')
+  _require(config, 'optimizer.plateau_min_delta', lambda v: v >= 0, 'must be >= 0')
+  _require(config, 'optimizer.step_decay_epochs', lambda v: all(e > 0 for e in v),
+           'must be epochs > 0')
 
 
 def check_loop(config):

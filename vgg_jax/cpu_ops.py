@@ -62,11 +62,10 @@ def conv(x, kernel):
   """Stride-1 'same' convolution (the matmul path's), its formulation chosen by shape.
 
   conv_as_matmul builds patches nine times the input. Where those would exceed
-  PATCH_BYTES_LIMIT and the layer is float32, 3x3, with 16-64 input channels (VGG-D's
-  conv1_2 at 32x32, batch 64; VGG-A's conv2_1 at 112x112, batch 4), conv_kernel_rows builds three
-  times the input instead. Both are tested equal to XLA's convolution; the per-layer and
-  whole-step timings that chose the rule are in docs/performance.md. Shapes are the
-  traced (global) ones.
+  PATCH_BYTES_LIMIT and the layer is float32, 3x3, with 16-64 input channels,
+  conv_kernel_rows builds three times the input instead (docs/performance.md, round 3,
+  says why). Both are tested equal to XLA's convolution. Shapes are the traced (global)
+  ones.
   """
   k, _, channels, _ = kernel.shape
   patch_bytes = x.size * k * k * x.dtype.itemsize

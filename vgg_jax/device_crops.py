@@ -6,8 +6,8 @@ translation, flip and colour offset it drew, and `train_images` here does the re
 Sec. 3.1's augmentation: the antialiased bilinear resize to the crop (TensorFlow's
 ScaleAndTranslate with the triangle kernel, as two dense matrix products per image),
 the mirror, the PCA colour shift and the mean subtraction, in float32. The host then
-only decodes, which doubles the images/s a CPU core feeds (docs/performance.md), and
-sends uint8 instead of float32.
+only decodes and sends uint8 instead of float32, so each CPU core feeds more images/s
+(figures in docs/performance.md).
 
 No TensorFlow here: the steps and the GPU benchmark import this module.
 """

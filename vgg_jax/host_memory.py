@@ -25,13 +25,24 @@ import importlib.util
 import os
 import sys
 
+from absl import flags
+
 # glibc's mallopt parameters, <malloc.h>.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
-# Trim threshold -1: never (glibc reads it as SIZE_MAX). The largest positive value,
-# 2**31 - 1, still trimmed a freed heap top over 2 GiB, which VGG's 224x224 steps reach.
+# Trim threshold -1: never (glibc reads it as SIZE_MAX). A positive threshold, even the
+# largest, 2**31 - 1, still trims a freed heap top over 2 GiB, which VGG's 224x224 steps reach.
 _SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))
+
+# Defined here once for every program that calls reuse_freed_memory (launch.py, the
+# benchmarks, the ablation); each adopts it with flags.adopt_module_key_flags, so --help
+# lists it.
+REUSE_HOST_MEMORY = flags.DEFINE_bool(
+    'reuse_host_memory', True,
+    'Where JAX computes on the CPU, keep freed host memory for reuse (glibc; the whole '
+    'process, torch included): faster CPU steps, slower compiles; see '
+    'vgg_jax/host_memory.py and docs/performance.md.')
 
 
 def accelerator_plugins() -> list[str]:

@@ -1,9 +1,13 @@
 """The VGG family of Simonyan & Zisserman (ICLR 2015), Table 1, as one Flax module.
 
+Every step of the forward pass is described once, as data (layer_table: name, kind, what
+it owns); the logits, dense evaluation, feature capture, the feature and BatchNorm names
+and the weight-layer names are all read off that one list.
+
 `python -m vgg_jax.models` prints Table 2 (weight layers, parameters, GMACs) reproduced.
 """
 
-from typing import Any
+from typing import Any, Mapping, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -29,12 +33,27 @@ MIN_IMAGE_SIZE = 2**NUM_POOLS  # 32: the smallest input five pools leave a pixel
 HEADS = ('fc', 'small')  # fc6-fc8 of Table 1, or a small transfer-learning head.
 BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5  # torchvision's BatchNorm2d (its momentum 0.1).
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+WEIGHT_KINDS = ('conv', 'fc', 'dense')  # Layers with a kernel and a bias.
 
-# Table 2 and PAPER.md: (params as printed in the paper, GMACs per 224x224 image).
+# Table 2 and docs/paper.md: (params as printed in the paper, GMACs per 224x224 image).
 PAPER_TABLE2 = {
     'A': ('133M', 7.61), 'A-LRN': ('133M', 7.61), 'B': ('133M', 11.31),
     'C': ('134M', 11.77), 'D': ('138M', 15.47), 'E': ('144M', 19.63),
 }
+
+
+class Layer(NamedTuple):
+  """One step of the forward pass, named as in the original release.
+
+  kind: 'conv' (k x k, 'same'), 'bn' (BatchNorm), 'relu', 'lrn', 'pool' (2x2/2), 'fc'
+  (the first FC layer: dense over the conv map, or the same weights as a conv), 'dense',
+  'dropout' (not a feature: it is the identity at test time).
+  """
+  name: str
+  kind: str
+  features: int = 0  # Output channels of a weight layer.
+  kernel_size: int = 0  # conv: k.
+  stage: int = 0  # conv: 1..5, the block it belongs to (Table 1's column groups).
 
 
 def stage_channels(width: float) -> tuple[int, ...]:
@@ -42,30 +61,90 @@ def stage_channels(width: float) -> tuple[int, ...]:
   return tuple(max(1, int(round(c * width))) for c in STAGE_CHANNELS)
 
 
+def layer_table(variant: str, batch_norm: bool = False, head: str = 'fc', width: float = 1.0,
+                fc_width: int = FC_WIDTH, head_width: int = 256,
+                num_classes: int = 1000) -> tuple[Layer, ...]:
+  """Every step of VGG `variant`'s forward pass in order (Table 1, Sec. 2.1 and 3.1).
+
+  conv1_1, (bn1_1,) relu1_1, (norm1 for A-LRN,) pool1, ..., pool5, then fc6, relu6, drop6,
+  fc7, relu7, drop7, fc8 (head='small': head1, relu_head1, drop_head1, head2).
+  """
+  table = []
+  for stage, (kernel_sizes, channels) in enumerate(
+      zip(CONFIGS[variant], stage_channels(width)), start=1):
+    for i, k in enumerate(kernel_sizes, start=1):
+      table.append(Layer(f'conv{stage}_{i}', 'conv', channels, k, stage))
+      if batch_norm:
+        table.append(Layer(f'bn{stage}_{i}', 'bn'))
+      table.append(Layer(f'relu{stage}_{i}', 'relu'))
+    if stage == 1 and variant in LRN_VARIANTS:  # Sec. 2.1: LRN after A-LRN's first ReLU.
+      table.append(Layer('norm1', 'lrn'))
+    table.append(Layer(f'pool{stage}', 'pool'))
+  if head == 'small':
+    return tuple(table) + (Layer('head1', 'fc', head_width), Layer('relu_head1', 'relu'),
+                           Layer('drop_head1', 'dropout'), Layer('head2', 'dense', num_classes))
+  return tuple(table) + (
+      Layer('fc6', 'fc', fc_width), Layer('relu6', 'relu'), Layer('drop6', 'dropout'),
+      Layer('fc7', 'dense', fc_width), Layer('relu7', 'relu'), Layer('drop7', 'dropout'),
+      Layer('fc8', 'dense', num_classes))
+
+
 def layer_names(variant: str) -> tuple[str, ...]:
   """Weight-layer names in order, as in the original release: conv1_1 .. fc8."""
-  convs = [f'conv{s + 1}_{i + 1}' for s, stage in enumerate(CONFIGS[variant])
-           for i in range(len(stage))]
-  return tuple(convs) + ('fc6', 'fc7', 'fc8')
+  return tuple(layer.name for layer in layer_table(variant) if layer.kind in WEIGHT_KINDS)
 
 
 def feature_names(variant: str, batch_norm: bool = False, head: str = 'fc') -> tuple[str, ...]:
-  """Every named activation of the net in order, as the original release names them.
+  """Every named activation of the net in order: layer_table without the dropouts."""
+  return tuple(layer.name for layer in layer_table(variant, batch_norm, head)
+               if layer.kind != 'dropout')
 
-  conv1_1, (bn1_1,) relu1_1, ..., pool1, ..., pool5, then fc6, relu6, fc7, relu7, fc8
-  (head='small': head1, relu_head1, head2). A-LRN adds norm1 after relu1_1.
-  """
-  names = []
-  for s, stage in enumerate(CONFIGS[variant]):
-    for i in range(len(stage)):
-      index = f'{s + 1}_{i + 1}'
-      names += [f'conv{index}'] + ([f'bn{index}'] if batch_norm else []) + [f'relu{index}']
-      if s == 0 and i == len(stage) - 1 and variant in LRN_VARIANTS:
-        names.append('norm1')
-    names.append(f'pool{s + 1}')
-  if head == 'small':
-    return tuple(names) + ('head1', 'relu_head1', 'head2')
-  return tuple(names) + ('fc6', 'relu6', 'fc7', 'relu7', 'fc8')
+
+def norm_names(variant: str) -> dict[str, str]:
+  """{conv name: the name of the BatchNorm after it} in the batch-norm net (vgg*_bn)."""
+  table = layer_table(variant, batch_norm=True)
+  return {conv.name: norm.name for conv, norm in zip(table, table[1:]) if norm.kind == 'bn'}
+
+
+def _positive_int(value) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
+
+
+# VGG's fields: (rule, what a good value is), each checked once, by check_fields.
+FIELD_RULES = {
+    'variant': (lambda v: v in CONFIGS, f'must be one of {list(CONFIGS)}'),
+    'num_classes': (_positive_int, 'must be a positive integer'),
+    'width': (lambda v: v > 0, 'must be > 0'),
+    'fc_width': (_positive_int, 'must be a positive integer'),
+    'head_width': (_positive_int, 'must be a positive integer'),
+    'dropout_rate': (lambda v: 0 <= v < 1, 'must be in [0, 1)'),
+    'image_size': (lambda v: v >= MIN_IMAGE_SIZE,
+                   f'must be at least {MIN_IMAGE_SIZE} (five 2x2 pools)'),
+    'kernel_init': (lambda v: v in layers.KERNEL_INITS, f'must be one of {layers.KERNEL_INITS}'),
+    'head': (lambda v: v in HEADS, f'must be one of {HEADS}'),
+    'conv_impl': (lambda v: v in layers.CONV_IMPLS, f'must be one of {layers.CONV_IMPLS}'),
+    'pool_impl': (lambda v: v in layers.POOL_IMPLS, f'must be one of {layers.POOL_IMPLS}'),
+    'batch_norm': (lambda v: isinstance(v, (bool, np.bool_)), 'must be True or False'),
+}
+
+
+def check_fields(fields: Mapping[str, Any]):
+  """Raises ValueError 'name=value: want.' for the first of fields that breaks its rule."""
+  for name, value in fields.items():
+    if name not in FIELD_RULES:
+      continue
+    ok, want = FIELD_RULES[name]
+    try:
+      good = ok(value)
+    except TypeError:
+      good = False
+    if not good:
+      raise ValueError(f'{name}={value!r}: {want}.')
+
+
+def _check_nhwc(shape):
+  if len(shape) != 4 or shape[-1] != 3:
+    raise ValueError(f'images must be [B, H, W, 3] (NHWC), got shape {tuple(shape)}.')
 
 
 class VGG(nn.Module):
@@ -101,25 +180,8 @@ class VGG(nn.Module):
   frozen_norms: tuple[str, ...] = ()
 
   def __post_init__(self):
-    if self.variant not in CONFIGS:
-      raise ValueError(f'Unknown VGG variant {self.variant!r}; choose one of {list(CONFIGS)}.')
-    if not (isinstance(self.num_classes, (int, np.integer)) and self.num_classes > 0):
-      raise ValueError(f'num_classes must be a positive integer, got {self.num_classes!r}.')
-    if self.image_size < MIN_IMAGE_SIZE:
-      raise ValueError(f'image_size={self.image_size} is smaller than {MIN_IMAGE_SIZE}: '
-                       f'the {NUM_POOLS} 2x2 max-pools need at least '
-                       f'{MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} inputs.')
-    if not self.width > 0 or not self.fc_width > 0:
-      raise ValueError(f'width and fc_width must be positive, got {self.width}, {self.fc_width}.')
-    if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(f'dropout_rate must be in [0, 1), got {self.dropout_rate}.')
-    layers.kernel_initializer(self.kernel_init)  # Raises on an unknown scheme.
-    layers.resolve_pool_impl(self.pool_impl, self.conv_impl)  # Raises on unknown ones.
-    if self.head not in HEADS:
-      raise ValueError(f'head={self.head!r} is not one of {HEADS}.')
-    if not isinstance(self.batch_norm, (bool, np.bool_)):
-      raise ValueError(f'batch_norm must be True or False, got {self.batch_norm!r}.')
-    norms = [n for n in self.feature_names if n.startswith('bn')]
+    check_fields({name: getattr(self, name) for name in FIELD_RULES})
+    norms = [layer.name for layer in self.layer_table if layer.kind == 'bn']
     unknown = [n for n in self.frozen_norms if n not in norms]
     if not isinstance(self.frozen_norms, tuple) or unknown:
       raise ValueError(f'frozen_norms must be a tuple of this net\'s BatchNorm layers '
@@ -128,12 +190,16 @@ class VGG(nn.Module):
     super().__post_init__()
 
   @property
+  def layer_table(self) -> tuple[Layer, ...]:
+    return layer_table(self.variant, self.batch_norm, self.head, self.width, self.fc_width,
+                       self.head_width, self.num_classes)
+
+  @property
   def feature_names(self) -> tuple[str, ...]:
     return feature_names(self.variant, self.batch_norm, self.head)
 
   def _check_input(self, images, dense):
-    if images.ndim != 4 or images.shape[-1] != 3:
-      raise ValueError(f'images must be [B, H, W, 3] (NHWC), got shape {images.shape}.')
+    _check_nhwc(images.shape)
     height, width = images.shape[1:3]
     if dense and min(height, width) < self.image_size:
       raise ValueError(f'Dense evaluation needs images of at least image_size={self.image_size} '
@@ -152,103 +218,79 @@ class VGG(nn.Module):
     if unknown or not capture:
       raise ValueError(f'Layer(s) {unknown} are not in VGG-{self.variant}'
                        f'{"_bn" if self.batch_norm else ""}; its layers are: {", ".join(valid)}.')
-    if len(images_shape) != 4 or images_shape[-1] != 3:
-      raise ValueError(f'images must be [B, H, W, 3] (NHWC), got shape {tuple(images_shape)}.')
+    _check_nhwc(images_shape)
     smallest = min(images_shape[1:3])
     if smallest < MIN_IMAGE_SIZE:
       raise ValueError(f'Feature extraction needs images of at least {MIN_IMAGE_SIZE}x'
                        f'{MIN_IMAGE_SIZE}, got {images_shape[1]}x{images_shape[2]}.')
-    deepest = max(valid.index(name) for name in capture)
-    if deepest > valid.index('pool5') and smallest < self.image_size:
-      raise ValueError(f'Layer {valid[deepest]} (FC) needs images of at least image_size='
-                       f'{self.image_size} on each side, got {images_shape[1]}x'
-                       f'{images_shape[2]}.')
+    deepest = self._deepest(capture)
+    first_fc = next(i for i, layer in enumerate(self.layer_table) if layer.kind == 'fc')
+    if deepest >= first_fc and smallest < self.image_size:
+      raise ValueError(f'Layer {self.layer_table[deepest].name} (FC) needs images of at '
+                       f'least image_size={self.image_size} on each side, got '
+                       f'{images_shape[1]}x{images_shape[2]}.')
     return capture
+
+  def _deepest(self, names) -> int:
+    """Index in layer_table of the last of names."""
+    return max(i for i, layer in enumerate(self.layer_table) if layer.name in names)
+
+  def steps(self, last: int, fuse: bool) -> list[tuple[Layer, ...]]:
+    """layer_table up to index last, grouped into the steps the forward pass runs: with
+    fuse, a conv followed by its ReLU and a pool is one step (bias, ReLU, pool fused)."""
+    table, out, i = self.layer_table[:last + 1], [], 0
+    while i < len(table):
+      kinds = tuple(layer.kind for layer in table[i:i + 3])
+      width = 3 if fuse and kinds == ('conv', 'relu', 'pool') else 1
+      out.append(table[i:i + width])
+      i += width
+    return out
 
   @nn.compact
   def __call__(self, images, train: bool = False, dense: bool = False, capture=None):
     if capture is None:
       self._check_input(images, dense)
-      return self._logits(self._conv_stages(images, train, None), train, dense)
-    capture = self.check_capture(images.shape, capture)
-    out, valid = {}, self.feature_names
-    deepest = valid[max(valid.index(name) for name in capture)]
-
-    def keep(name, x) -> bool:  # Records x if asked for; True once the deepest is reached.
-      if name in capture:
-        out[name] = x
-      return name == deepest
-
-    x = self._conv_stages(images, train, keep)
-    if deepest in out:
-      return out
-    self._logits(x, train, True, keep)
-    return out
-
-  def _conv_stages(self, images, train, keep):
-    """conv1_1 .. pool5 (or up to the deepest captured layer, keep() saying when)."""
-    init = layers.kernel_initializer(self.kernel_init)
-    impl = layers.resolve_conv_impl(self.conv_impl)
-    pool_impl = layers.resolve_pool_impl(self.pool_impl, self.conv_impl)
-    fused = keep is None and not self.batch_norm
-    x = images.astype(self.dtype)
-    for stage, (kernel_sizes, channels) in enumerate(
-        zip(CONFIGS[self.variant], stage_channels(self.width))):
-      for i, k in enumerate(kernel_sizes):
-        index = f'{stage + 1}_{i + 1}'
-        conv = layers.Conv(channels, k, impl, dtype=self.dtype, kernel_init=init,
-                           name=f'conv{index}')
-        lrn = stage == 0 and i == len(kernel_sizes) - 1 and self.variant in LRN_VARIANTS
-        if fused and i == len(kernel_sizes) - 1 and not lrn:
-          x = conv.bias_relu_max_pool(x, pool_impl)  # Stage end: conv, ReLU, 2x2 pool.
-          break
-        x = conv(x)
-        if keep and keep(f'conv{index}', x):
-          return x
-        if self.batch_norm:
-          frozen = f'bn{index}' in self.frozen_norms
-          x = nn.BatchNorm(use_running_average=not train or frozen, momentum=BN_MOMENTUM,
-                           epsilon=BN_EPSILON, dtype=self.dtype, name=f'bn{index}')(x)
-          if keep and keep(f'bn{index}', x):
-            return x
-        x = nn.relu(x)
-        if keep and keep(f'relu{index}', x):
-          return x
-        if lrn:
-          x = layers.local_response_norm(x)  # A-LRN: ReLU, LRN, pool.
-          if keep and keep('norm1', x):
-            return x
-      else:  # No fused stage end: pool here.
-        x = layers.max_pool_2x2(x, pool_impl)
-      if keep and keep(f'pool{stage + 1}', x):
-        return x
-    return x
-
-  def _logits(self, x, train, dense, keep=None):
-    """fc6-fc8 (or the small head) over the last conv map; keep() as in _conv_stages."""
-    init = layers.kernel_initializer(self.kernel_init)
-    window = self.image_size // MIN_IMAGE_SIZE
-    if self.head == 'small':
-      names, widths = ('head1', 'head2'), (self.head_width,)
+      wanted, last = (), len(self.layer_table) - 1
     else:
-      names, widths = ('fc6', 'fc7', 'fc8'), (self.fc_width, self.fc_width)
-    x = layers.Fc6(widths[0], window, dtype=self.dtype, kernel_init=init,
-                   name=names[0])(x, dense)
-    for name, features in zip(names[1:], widths[1:] + (self.num_classes,)):
-      if keep and keep(names[names.index(name) - 1], x):
-        return x
-      x = nn.relu(x)
-      relu = 'relu_head1' if self.head == 'small' else f'relu{names.index(name) + 5}'
-      if keep and keep(relu, x):
-        return x
-      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-      x = nn.Dense(features, dtype=self.dtype, kernel_init=init, name=name)(x)
-    if keep:
-      keep(names[-1], x)
-      return x
+      wanted = self.check_capture(images.shape, capture)
+      dense, last = True, self._deepest(wanted)  # FC layers run as convolutions.
+    x, out = images.astype(self.dtype), {}
+    for step in self.steps(last, fuse=capture is None):
+      x = self._run(step, x, train, dense)
+      if step[-1].name in wanted:
+        out[step[-1].name] = x
+    if capture is not None:
+      return out
     if dense:  # Sec. 3.2: class-score map [B, h, w, classes] averaged over space.
       x = x.mean(axis=(1, 2))
     return x.astype(jnp.float32)
+
+  def _run(self, step: tuple[Layer, ...], x, train: bool, dense: bool):
+    """One step of the forward pass: a layer, or a stage's fused conv, ReLU and pool."""
+    layer = step[0]
+    init = layers.kernel_initializer(self.kernel_init)
+    pool_impl = layers.resolve_pool_impl(self.pool_impl, self.conv_impl)
+    if layer.kind == 'conv':
+      conv = layers.Conv(layer.features, layer.kernel_size,
+                         layers.resolve_conv_impl(self.conv_impl), dtype=self.dtype,
+                         kernel_init=init, name=layer.name)
+      return conv.bias_relu_max_pool(x, pool_impl) if len(step) == 3 else conv(x)
+    if layer.kind == 'bn':
+      frozen = layer.name in self.frozen_norms
+      return nn.BatchNorm(use_running_average=not train or frozen, momentum=BN_MOMENTUM,
+                          epsilon=BN_EPSILON, dtype=self.dtype, name=layer.name)(x)
+    if layer.kind == 'relu':
+      return nn.relu(x)
+    if layer.kind == 'lrn':
+      return layers.local_response_norm(x)
+    if layer.kind == 'pool':
+      return layers.max_pool_2x2(x, pool_impl)
+    if layer.kind == 'fc':
+      return layers.Fc6(layer.features, self.image_size // MIN_IMAGE_SIZE, dtype=self.dtype,
+                        kernel_init=init, name=layer.name)(x, dense)
+    if layer.kind == 'dropout':  # Auto-named Dropout_0, _1: their rng streams stay put.
+      return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(layer.features, dtype=self.dtype, kernel_init=init, name=layer.name)(x)
 
 
 def create_model(model_config, num_classes: int | None = None) -> VGG:
@@ -266,11 +308,6 @@ def init_variables(model: VGG, rng) -> dict[str, Any]:
   """Fresh {'params'} (and 'batch_stats' if batch_norm) for image_size inputs."""
   size = model.image_size
   return dict(model.init(rng, jnp.zeros((1, size, size, 3), jnp.float32)))
-
-
-def init_params(model: VGG, rng):
-  """Fresh parameters of `model` for image_size x image_size inputs."""
-  return init_variables(model, rng)['params']
 
 
 def count_params(params) -> int:
@@ -292,13 +329,16 @@ def forward_macs(variant: str, image_size: int = 224, num_classes: int = 1000,
   Counts the conv and FC weight layers only (ReLU, pooling and LRN are not MACs).
   """
   macs, size, in_channels = 0, image_size, 3
-  for kernel_sizes, channels in zip(CONFIGS[variant], stage_channels(width)):
-    for k in kernel_sizes:
-      macs += size * size * k * k * in_channels * channels
-      in_channels = channels
-    size //= 2
-  fc_in = size * size * in_channels
-  return macs + fc_in * fc_width + fc_width * fc_width + fc_width * num_classes
+  for layer in layer_table(variant, width=width, fc_width=fc_width, num_classes=num_classes):
+    if layer.kind == 'conv':
+      macs += size * size * layer.kernel_size**2 * in_channels * layer.features
+    elif layer.kind == 'pool':
+      size //= 2
+    elif layer.kind in ('fc', 'dense'):
+      macs += size * size * in_channels * layer.features
+      size = 1  # fc6 covers the whole conv map: fc7, fc8 see one position.
+    in_channels = layer.features or in_channels
+  return macs
 
 
 def print_table2():

@@ -1,14 +1,13 @@
-"""What a training run shows and watches: metrics files, preemption, NaNs, FLOPs/MFU."""
+"""What a training run shows and watches: metrics files, throughput and MFU, NaN losses."""
 
 import json
+import logging as std_logging
 import os
-import signal
 import time
 from typing import Any
 
 from absl import logging
 import jax
-from jax.experimental import multihost_utils
 import numpy as np
 
 from vgg_jax import files
@@ -41,17 +40,21 @@ class MetricWriter:
   def __init__(self, workdir: str, resume_step: int):
     self.active = jax.process_index() == 0
     self.path = os.path.join(workdir, 'metrics.jsonl')
-    self.summary = None
+    self.summary = self.scalar = None
     if not self.active:
       return
     if os.path.exists(self.path):  # Drop rows a crash left beyond the checkpoint.
       kept = [row for row in read_metrics(self.path) if row['step'] <= resume_step]
       files.write_file_atomically(self.path, ''.join(json.dumps(row) + '\n' for row in kept))
-    try:  # TensorFlow is optional here: the benchmark path runs without it.
+    # Imported here, not at the top: TensorFlow is optional, and the benchmark and the
+    # plotting scripts import this module without needing it.
+    try:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      self.summary = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
     except ImportError:
       logging.warning('TensorFlow is not installed: no TensorBoard event files.')
+      return
+    self.summary = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
+    self.scalar = tf.summary.scalar
 
   def write(self, step: int, metrics: dict[str, float]):
     if not self.active:
@@ -59,44 +62,10 @@ class MetricWriter:
     with open(self.path, 'a') as f:
       f.write(json.dumps({'step': step, **metrics}) + '\n')
     if self.summary is not None:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top  (loaded in __init__)
       with self.summary.as_default(step=step):
         for name, value in metrics.items():
-          tf.summary.scalar(name, value)
+          self.scalar(name, value)
       self.summary.flush()
-
-
-class Preemption:
-  """SIGTERM -> a checkpoint after a step, then a clean stop; no host round trip per step.
-
-  One process: our SIGTERM handler sets a flag the loop reads. Several processes: JAX's
-  preemption sync manager (started by jax.distributed.initialize, which watches SIGTERM
-  on every process) agrees on one safe step in the background, and
-  multihost_utils.reached_preemption_sync_point(step) is True on every process at that
-  same step. It must be asked at every step, from the same start step on all processes.
-  """
-
-  def __init__(self):
-    self.requested = False
-    self.multi_process = jax.process_count() > 1
-    self._previous = None
-    if not self.multi_process:  # Several: JAX's own SIGTERM handler must stay in place.
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning('SIGTERM received: saving a checkpoint after this step.')
-    self.requested = True
-
-  def check(self, step: int) -> bool:
-    """Whether to save and stop after `step` (the same answer on every process)."""
-    if self.multi_process:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self.requested
-
-  def close(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
 
 
 def check_finite(pending: list[tuple[int, Any]]):
@@ -148,3 +117,13 @@ class Throughput:
 
   def step_seconds(self) -> float:
     return (time.perf_counter() - self.start) / max(self.steps, 1)
+
+
+def filter_jax_backend_log(record: std_logging.LogRecord) -> bool:
+  """A log filter: False for JAX's INFO lines about backends it looked for and did not find."""
+  return not ('xla_bridge' in record.pathname and record.levelno < std_logging.WARNING)
+
+
+def quiet_jax_backend_logs():
+  """Drops JAX's INFO lines about backends it did not find from absl's log handler."""
+  logging.get_absl_handler().addFilter(filter_jax_backend_log)

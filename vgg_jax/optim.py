@@ -1,7 +1,7 @@
 """The optimiser of Sec. 3.1: SGD with momentum, L2 weight decay, the lr schedules.
 
-`config` is anything with attribute access holding the optimizer fields of
-experiments/configs/base.py:optimizer_config() (a ConfigDict, or a plain namespace).
+config.optimizer (experiments/configs/base.py:optimizer_config) enters the library once,
+as an OptimizerConfig; the rest of the library takes that or plain values.
 """
 
 import dataclasses
@@ -12,6 +12,29 @@ import jax.numpy as jnp
 import optax
 
 SCHEDULES = ('plateau', 'step', 'cosine')
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """config.optimizer, typed; its defaults and units are in base.optimizer_config()."""
+  learning_rate: float
+  momentum: float
+  weight_decay: float
+  decay_biases: bool
+  schedule: str  # One of SCHEDULES.
+  plateau_factor: float
+  plateau_patience: int
+  plateau_max_decays: int
+  plateau_min_delta: float
+  step_decay_epochs: tuple[float, ...]
+  freeze_conv_base: bool
+  unfreeze_last_stage: bool
+
+  @classmethod
+  def from_config(cls, section) -> 'OptimizerConfig':
+    """From config.optimizer (a ConfigDict or a dict)."""
+    fields = {f.name: section[f.name] for f in dataclasses.fields(cls)}
+    return cls(**dict(fields, step_decay_epochs=tuple(fields['step_decay_epochs'])))
 
 
 def decay_mask(params, decay_biases: bool = False):
@@ -28,23 +51,23 @@ def decay_mask(params, decay_biases: bool = False):
   return jax.tree_util.tree_map_with_path(applies, params)
 
 
-def is_frozen(layer: str, config) -> bool:
-  """Whether config.freeze_conv_base freezes layer: conv (and BatchNorm) layers, except
-  conv5_* (and bn5_*) with unfreeze_last_stage."""
-  if not (config.freeze_conv_base and layer.startswith(('conv', 'bn'))):
+def is_frozen(layer: str, freeze_conv_base: bool, unfreeze_last_stage: bool) -> bool:
+  """Whether freeze_conv_base freezes layer: conv (and BatchNorm) layers, except conv5_*
+  (and bn5_*) with unfreeze_last_stage."""
+  if not (freeze_conv_base and layer.startswith(('conv', 'bn'))):
     return False
-  return not (config.unfreeze_last_stage and layer.startswith(('conv5_', 'bn5_')))
+  return not (unfreeze_last_stage and layer.startswith(('conv5_', 'bn5_')))
 
 
-def frozen_labels(params, config):
-  """'frozen' or 'train' for every parameter, by is_frozen of its layer."""
+def frozen_labels(params, unfreeze_last_stage: bool):
+  """'frozen' or 'train' for every parameter of a net with a frozen conv base."""
   def labels(layer, p):
-    label = 'frozen' if is_frozen(layer, config) else 'train'
+    label = 'frozen' if is_frozen(layer, True, unfreeze_last_stage) else 'train'
     return jax.tree_util.tree_map(lambda _: label, p)
   return {layer: labels(layer, p) for layer, p in params.items()}
 
 
-def learning_rate_schedule(config, steps_per_epoch: int, total_steps: int):
+def learning_rate_schedule(config: OptimizerConfig, steps_per_epoch: int, total_steps: int):
   """A float (plateau: changed by the host after evals) or an optax schedule."""
   if config.schedule == 'plateau':
     return config.learning_rate
@@ -53,10 +76,10 @@ def learning_rate_schedule(config, steps_per_epoch: int, total_steps: int):
     return optax.piecewise_constant_schedule(config.learning_rate, boundaries)
   if config.schedule == 'cosine':
     return optax.cosine_decay_schedule(config.learning_rate, max(1, total_steps))
-  raise ValueError(f'config.schedule={config.schedule!r} is not one of {SCHEDULES}.')
+  raise ValueError(f'config.optimizer.schedule={config.schedule!r} is not one of {SCHEDULES}.')
 
 
-def create_optimizer(config, steps_per_epoch: int, total_steps: int):
+def create_optimizer(config: OptimizerConfig, steps_per_epoch: int, total_steps: int):
   """SGD with momentum; L2 weight decay added to the gradient (Sec. 3.1).
 
   With config.freeze_conv_base the conv layers get zero updates (and no decay).
@@ -69,7 +92,8 @@ def create_optimizer(config, steps_per_epoch: int, total_steps: int):
     if not config.freeze_conv_base:
       return sgd
     return optax.multi_transform({'train': sgd, 'frozen': optax.set_to_zero()},
-                                 functools.partial(frozen_labels, config=config))
+                                 functools.partial(frozen_labels, unfreeze_last_stage=
+                                                   config.unfreeze_last_stage))
   schedule = learning_rate_schedule(config, steps_per_epoch, total_steps)
   return optax.inject_hyperparams(sgd_with_decay)(learning_rate=schedule)
 
@@ -93,7 +117,7 @@ class Plateau:
   decays: int = 0  # Divisions by 10 so far.
 
 
-def update_plateau(plateau: Plateau, error: float, config) -> tuple[Plateau, bool]:
+def update_plateau(plateau: Plateau, error: float, config: OptimizerConfig) -> tuple[Plateau, bool]:
   """Sec. 3.1: divide the lr by 10 when eval accuracy stops improving, at most 3 times.
 
   Returns the new bookkeeping and whether to decay now.
@@ -106,6 +130,6 @@ def update_plateau(plateau: Plateau, error: float, config) -> tuple[Plateau, boo
   return dataclasses.replace(plateau, bad_evals=bad_evals), False
 
 
-def plateau_learning_rate(plateau: Plateau, config) -> float:
-  """The learning rate after plateau.decays divisions."""
-  return config.learning_rate * config.plateau_factor**plateau.decays
+def plateau_learning_rate(plateau: Plateau, learning_rate: float, factor: float) -> float:
+  """The learning rate after plateau.decays divisions by 1 / factor."""
+  return learning_rate * factor**plateau.decays

@@ -12,6 +12,7 @@ run's directory. A name is downloaded once (vgg_jax.download), converted once in
 Orbax checkpoint under $VGG_JAX_CACHE/<name> (default ~/.cache/vgg_jax), and read from
 there afterwards. An import writes DIR/checkpoints/0, which --config.init_from=DIR,
 --mode=evaluate, --mode=predict and load(DIR) use; --config.init_from=NAME fetches too.
+load_checkpoint(DIR) is load's directory case with the checkpoint's meta and step.
 Keras: VGG16/19 .h5 files. torchvision: vgg11/13/16/19 and their batch-norm twins vgg*_bn
 (.pth or .safetensors state dicts; a vgg*_bn file, told by its BatchNorm keys, becomes
 VGG(batch_norm=True) with its running statistics in 'batch_stats'). timm: the same nets
@@ -47,6 +48,7 @@ from vgg_jax import imagenet_classes
 from vgg_jax import models
 from vgg_jax import named_weights
 from vgg_jax import weight_readers
+from vgg_jax.data import statistics_cache
 
 KERAS_MEAN_BGR = named_weights.KERAS_CAFFE.mean
 TORCH_MEAN = named_weights.TORCH_IMAGENET.mean
@@ -226,8 +228,15 @@ def load(name_or_path: str, checkpoint='best'):
     model, variables = build(source, name_or_path, variant, include_top, contents=contents)
     return model, variables, np.asarray(mean_rgb_of(CONVENTIONS[source]), np.float32)
   directory = resolve(name_or_path)
-  model, variables, meta, _ = checkpointing.load_model(directory, checkpoint)
+  model, variables, meta, _ = load_checkpoint(directory, checkpoint)
   return model, variables, np.asarray(run_mean_rgb(directory, meta), np.float32)
+
+
+def load_checkpoint(directory: str, which='best'):
+  """(model, variables, meta, step) of a run's or import's checkpoint: 'best', 'latest' or N."""
+  step = checkpointing.resolve_step(directory, which)
+  variables, meta = checkpointing.load_variables(directory, step)
+  return models.create_model(checkpointing.model_fields(meta)), variables, meta, step
 
 
 def resolve(name_or_directory: str) -> str:
@@ -301,14 +310,13 @@ def run_mean_rgb(directory: str, meta) -> list[float]:
   data = meta['config']['data']
   if data['mean_rgb'] is not None:
     return list(data['mean_rgb'])
-  # Computed from the training set at train time and cached beside the checkpoints (the
-  # file vgg_jax.data.statistics writes; read here without importing TensorFlow).
-  cache = os.path.join(directory, f"rgb_stats_{data['train_split']}.json")
-  if not os.path.isfile(cache):
+  # Computed from the training set at train time and cached beside the checkpoints.
+  cache = statistics_cache.path(directory, data['train_split'])
+  cached = statistics_cache.read(cache)
+  if cached is None:
     raise FileNotFoundError(f'{directory} was trained with a computed mean RGB, but its '
                             f'cache {cache} is missing: pass the mean yourself.')
-  with open(cache) as f:
-    return list(json.load(f)['mean_rgb'])
+  return list(cached['mean_rgb'])
 
 
 def define_flags():

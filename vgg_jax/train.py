@@ -14,7 +14,7 @@ import functools
 import json
 import os
 import time
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 from absl import logging
 import jax
@@ -28,6 +28,7 @@ from vgg_jax import models
 from vgg_jax import monitoring
 from vgg_jax import optim
 from vgg_jax import peers
+from vgg_jax import preemption
 from vgg_jax import pretrained
 from vgg_jax import sharding
 from vgg_jax import steps
@@ -36,27 +37,29 @@ from vgg_jax import steps
 # --------------------------------------------------------------------------- set-up stages
 
 
-def initial_state(config, model, tx, mesh, rng):
-  """Fresh train state on the mesh, with the Sec. 3.1 warm start if config.init_from."""
+def initial_state(model, tx, mesh, rng, init_from: str, init_layers: Sequence[str]):
+  """Fresh train state on the mesh, with init_layers copied from init_from (Sec. 3.1)."""
   state = jax.jit(functools.partial(steps.create_train_state, model, tx),
                   out_shardings=sharding.replicated(mesh))(rng)
-  if not config.init_from:
+  if not init_from:
     return state
-  source, source_meta = checkpointing.load_variables(config.init_from)
-  name = f"{config.init_from} (variant {source_meta['config']['model']['variant']})"
-  source_bn = source_meta['config']['model'].get('batch_norm', False)  # Saved before BN: no.
+  source, source_meta = checkpointing.load_variables(init_from)
+  name = f"{init_from} (variant {source_meta['config']['model']['variant']})"
+  # A stored model config without batch_norm is a plain VGG.
+  source_bn = source_meta['config']['model'].get('batch_norm', False)
   if source_bn != model.batch_norm:
     raise ValueError(f'Warm start: {name} is {"a" if source_bn else "not a"} batch-norm net '
                      f'but config.model.batch_norm={model.batch_norm}: set '
                      f'--config.model.batch_norm={source_bn}.')
-  layers = list(config.init_layers)
+  layers = list(init_layers)
   # A batch-norm net also takes each copied conv's BatchNorm (scale, bias, running stats).
-  norms = [f'bn{layer[4:]}' for layer in layers if layer.startswith('conv')
-           and f'bn{layer[4:]}' in source.get('batch_stats', {})
-           and f'bn{layer[4:]}' in (state.batch_stats or {})]
+  norm_of = models.norm_names(model.variant)
+  norms = [norm_of[layer] for layer in layers if layer in norm_of
+           and norm_of[layer] in source.get('batch_stats', {})
+           and norm_of[layer] in (state.batch_stats or {})]
   params = checkpointing.copy_layers(jax.device_get(state.params), source['params'],
                                      layers + norms, name)
-  logging.info('Warm start: copied %s from %s.', ', '.join(layers + norms), config.init_from)
+  logging.info('Warm start: copied %s from %s.', ', '.join(layers + norms), init_from)
   params = jax.device_put(params, sharding.replicated(mesh))
   state = state.replace(params=params, opt_state=tx.init(params))
   if norms:
@@ -103,7 +106,8 @@ def restore_or_init(config, workdir, manager, model, tx, mesh, rng, num_classes)
       abstract.checkpoint_tree())
   restored = checkpointing.restore_latest(manager, abstract)
   if restored is None:
-    return initial_state(config, model, tx, mesh, rng), optim.Plateau()
+    return (initial_state(model, tx, mesh, rng, config.init_from, config.init_layers),
+            optim.Plateau())
   tree, meta = restored
   state = steps.TrainState(**tree)
   logging.info('Resumed from step %d in %s.', int(state.step), workdir)
@@ -119,10 +123,10 @@ def write_config(config, workdir: str):
                                    config.to_json_best_effort(indent=2))
 
 
-def compile_train_step(model, tx, mesh, config, state, first_batch, rng):
+def compile_train_step(model, tx, mesh, grad_accum_steps: int, state, first_batch, rng):
   """The train step compiled for these shapes, its compile time and FLOPs per step."""
   start = time.perf_counter()
-  compiled = steps.jit_train_step(model, tx, mesh, config.grad_accum_steps).lower(
+  compiled = steps.jit_train_step(model, tx, mesh, grad_accum_steps).lower(
       state, first_batch, rng).compile()
   return compiled, time.perf_counter() - start, monitoring.step_flops(compiled)
 
@@ -133,6 +137,7 @@ def compile_train_step(model, tx, mesh, config, state, first_batch, rng):
 class Loop(NamedTuple):
   """What the step loop needs, built by train_and_evaluate's set-up."""
   config: Any
+  optimizer: optim.OptimizerConfig
   workdir: str
   mesh: Mesh
   total_steps: int
@@ -175,10 +180,11 @@ def evaluate_and_adjust(loop: Loop, step: int, state, plateau: optim.Plateau):
   logging.info('eval at step %d: loss %.4f  top1_err %.4f  top5_err %.4f  (%d images)',
                step, metrics['eval/loss'], metrics['eval/top1_error'],
                metrics['eval/top5_error'], metrics['eval/num_examples'])
-  if loop.config.schedule == 'plateau':
-    plateau, decay = optim.update_plateau(plateau, metrics['eval/top1_error'], loop.config)
+  if loop.optimizer.schedule == 'plateau':
+    plateau, decay = optim.update_plateau(plateau, metrics['eval/top1_error'], loop.optimizer)
     if decay:
-      new_lr = optim.plateau_learning_rate(plateau, loop.config)
+      new_lr = optim.plateau_learning_rate(plateau, loop.optimizer.learning_rate,
+                                           loop.optimizer.plateau_factor)
       state = state.replace(opt_state=optim.set_learning_rate(state.opt_state, new_lr))
       logging.info('Eval error stalled: learning rate divided by 10 to %.2e.', new_lr)
   return metrics, state, plateau
@@ -198,7 +204,7 @@ def save_checkpoint(loop: Loop, step: int, state, plateau: optim.Plateau, eval_m
 def run_loop(loop: Loop, state, plateau: optim.Plateau, batch, dropout_rng):
   """Steps from state.step to total_steps; logs, evaluates and checkpoints on schedule."""
   config, step = loop.config, int(state.step)
-  preemption, throughput = monitoring.Preemption(), monitoring.Throughput()
+  notice, throughput = preemption.Notice(), monitoring.Throughput()
   pending_losses, summary, last_eval = [], {}, {}
   try:
     while step < loop.total_steps:
@@ -209,7 +215,7 @@ def run_loop(loop: Loop, state, plateau: optim.Plateau, batch, dropout_rng):
       throughput.steps += 1
       pending_losses.append((step, metrics['loss']))
       is_last = step == loop.total_steps
-      preempted = preemption.check(step)
+      preempted = notice.check(step)
       if step % config.log_every_steps == 0 or is_last:
         monitoring.check_finite(pending_losses)
         summary = log_progress(loop, step, metrics, throughput)
@@ -231,7 +237,7 @@ def run_loop(loop: Loop, state, plateau: optim.Plateau, batch, dropout_rng):
   finally:
     loop.manager.wait_until_finished()
     loop.manager.close()
-    preemption.close()
+    notice.close()
   return {'step': step, 'preempted': False, **summary, **last_eval}
 
 
@@ -256,7 +262,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
 def run_stages(config, workdir: str) -> dict[str, Any]:
   """train_and_evaluate's stages, top to bottom; config checked, workdir absolute."""
-  from vgg_jax.data import iterators  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  # Imported here, not at the top: the input pipeline imports TensorFlow, which the step
+  # functions and the benchmark (on machines without TensorFlow) must not need.
+  from vgg_jax.data import iterators  # pylint: disable=g-import-not-at-top
   from vgg_jax.data import sources  # pylint: disable=g-import-not-at-top
   process_index, process_count = jax.process_index(), jax.process_count()
   mesh = sharding.create_mesh()
@@ -277,11 +285,13 @@ def run_stages(config, workdir: str) -> dict[str, Any]:
 
   # Model, optimizer, state.
   model = models.create_model(config.model, num_classes)
+  optimizer = optim.OptimizerConfig.from_config(config.optimizer)
   # A frozen base's BatchNorm layers keep their (imported) statistics: in training they
   # normalise with them and leave them as they are, as Keras does for frozen layers.
-  model = model.clone(frozen_norms=tuple(
-      n for n in model.feature_names if n.startswith('bn') and optim.is_frozen(n, config)))
-  tx = optim.create_optimizer(config, steps_per_epoch, total_steps)
+  norms = [layer.name for layer in model.layer_table if layer.kind == 'bn']
+  model = model.clone(frozen_norms=tuple(n for n in norms if optim.is_frozen(
+      n, optimizer.freeze_conv_base, optimizer.unfreeze_last_stage)))
+  tx = optim.create_optimizer(optimizer, steps_per_epoch, total_steps)
   init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
   manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
   state, plateau = restore_or_init(config, workdir, manager, model, tx, mesh, init_rng,
@@ -300,13 +310,13 @@ def run_stages(config, workdir: str) -> dict[str, Any]:
 
   # Compile, then loop.
   first_batch = sharding.make_global_batch(next(train_iter), mesh)
-  train_fn, compile_s, flops = compile_train_step(model, tx, mesh, config, state, first_batch,
-                                                  dropout_rng)
+  train_fn, compile_s, flops = compile_train_step(model, tx, mesh, config.grad_accum_steps,
+                                                  state, first_batch, dropout_rng)
   logging.info('Compiled the train step in %.1fs (%s devices, %d processes); %d steps/epoch, '
                '%d steps in all.', compile_s, mesh.size, process_count, steps_per_epoch,
                total_steps)
-  loop = Loop(config, workdir, mesh, total_steps, train_fn, steps.jit_eval_step(model, mesh),
-              train_iter, make_eval_iter, manager,
+  loop = Loop(config, optimizer, workdir, mesh, total_steps, train_fn,
+              steps.jit_eval_step(model, mesh), train_iter, make_eval_iter, manager,
               monitoring.MetricWriter(workdir, int(state.step)), flops,
               train_source.class_names, num_classes)
   result = run_loop(loop, state, plateau, first_batch, dropout_rng)

@@ -51,12 +51,14 @@ def as_float32(tree):
           for layer, arrays in tree.items()}
 
 
-def keras_layer_name(name: str) -> str:
-  """Our conv3_2 / fc6 -> Keras's block3_conv2 / fc1."""
-  if name.startswith('conv'):
-    stage, index = name[4:].split('_')
-    return f'block{stage}_conv{index}'
-  return {'fc6': 'fc1', 'fc7': 'fc2', 'fc8': 'predictions'}[name]
+def keras_layer_names(variant: str) -> dict[str, str]:
+  """Our conv3_2 / fc6 -> Keras's block3_conv2 / fc1, for every weight layer of variant."""
+  names, count = {'fc6': 'fc1', 'fc7': 'fc2', 'fc8': 'predictions'}, {}
+  for layer in models.layer_table(variant):
+    if layer.kind == 'conv':
+      count[layer.stage] = count.get(layer.stage, 0) + 1
+      names[layer.name] = f'block{layer.stage}_conv{count[layer.stage]}'
+  return names
 
 
 def read_keras_h5(path: str) -> dict[str, list[np.ndarray]]:
@@ -110,9 +112,9 @@ def keras_variables(path: str, variant: str, include_top: bool,
     raise ValueError(f'{path} has no fc1/fc2/predictions layers (an include_top=False '
                      '"notop" file): it can give the conv base only; pass --notop.')
   names = conv_names(variant) + (['fc6', 'fc7', 'fc8'] if include_top else [])
-  params = {}
+  params, keras_names = {}, keras_layer_names(variant)
   for name in names:
-    kernel, bias = layers[keras_layer_name(name)]
+    kernel, bias = layers[keras_names[name]]
     params[name] = {'kernel': kernel, 'bias': bias}
   return {'params': as_float32(params)}
 
@@ -219,12 +221,13 @@ def torch_variables(path: str, variant: str, include_top: bool,
   check_torch_layout(state, path, source)
   conv_ids, batch_norm = torch_conv_indices(state, path, variant, source)
   params, stats = {}, {}
+  norm_of = models.norm_names(variant)
   for name, index in zip(conv_names(variant), conv_ids):
     kernel = state[f'features.{index}.weight']  # OIHW -> HWIO.
     params[name] = {'kernel': kernel.transpose(2, 3, 1, 0),
                     'bias': state[f'features.{index}.bias']}
     if batch_norm:  # Flax's BatchNorm: scale, bias; mean, var in batch_stats.
-      bn, prefix = 'bn' + name[4:], f'features.{index + 1}.'
+      bn, prefix = norm_of[name], f'features.{index + 1}.'
       params[bn] = {'scale': state[prefix + 'weight'], 'bias': state[prefix + 'bias']}
       stats[bn] = {'mean': state[prefix + 'running_mean'], 'var': state[prefix + 'running_var']}
   if include_top:

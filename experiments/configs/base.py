@@ -63,7 +63,7 @@ def data_config() -> ml_collections.ConfigDict:
 
 
 def optimizer_config() -> ml_collections.ConfigDict:
-  """The optimizer fields (top level of the config): SGD, Sec. 3.1."""
+  """config.optimizer: SGD, Sec. 3.1 (the library reads it as optim.OptimizerConfig)."""
   optim = ml_collections.ConfigDict()
   optim.learning_rate = 1e-2  # Sec. 3.1.
   optim.momentum = 0.9  # Sec. 3.1.
@@ -100,7 +100,7 @@ def get_config():
   config.seed = 0  # The one seed; every other key comes from fold_in/split.
   config.model = model_config()
   config.data = data_config()
-  config.update(optimizer_config())
+  config.optimizer = optimizer_config()
   config.eval = eval_config()
 
   config.global_batch_size = 256  # Sec. 3.1, over all devices of all processes.

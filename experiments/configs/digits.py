@@ -30,8 +30,8 @@ def get_config():
   config.global_batch_size = 64
   config.eval_batch_size = 450
   config.num_epochs = 30.0
-  config.schedule = 'cosine'
-  config.learning_rate = 1e-2
+  config.optimizer.schedule = 'cosine'
+  config.optimizer.learning_rate = 1e-2
   config.log_every_steps = 50
   config.eval_every_steps = 210
   config.checkpoint_every_steps = 210

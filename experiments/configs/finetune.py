@@ -13,7 +13,7 @@ layers keep their running statistics and normalise with them in training too).
 ':fc8' (default) keeps the imported fc6/fc7 and trains a new fc8 for the folder's
 classes; ':small' replaces fc6-fc8 by Dense 256, ReLU, dropout 0.5, Dense N (the notop
 files suffice).
---config.unfreeze_last_stage=True also trains conv5_*. The imported checkpoint's
+--config.optimizer.unfreeze_last_stage=True also trains conv5_*. The imported checkpoint's
 preprocessing (its mean RGB; channel order and scale are folded into conv1_1) is used.
 """
 
@@ -34,7 +34,7 @@ def get_config(arg: str = 'fc8'):
   config.model.head = 'small' if head == 'small' else 'fc'
   convs = tuple(n for n in models.layer_names(variant) if n.startswith('conv'))
   config.init_layers = convs if head == 'small' else convs + ('fc6', 'fc7')
-  config.freeze_conv_base = True
+  config.optimizer.freeze_conv_base = True
 
   config.data.source = 'folder'
   config.data.eval_split = 'validation'
@@ -43,8 +43,8 @@ def get_config(arg: str = 'fc8'):
   config.global_batch_size = 32
   config.eval_batch_size = 64
   config.num_epochs = 5.0
-  config.schedule = 'cosine'
-  config.learning_rate = 1e-3
+  config.optimizer.schedule = 'cosine'
+  config.optimizer.learning_rate = 1e-3
   config.log_every_steps = 20
   config.eval_every_steps = 200
   config.checkpoint_every_steps = 200

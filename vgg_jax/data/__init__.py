@@ -9,9 +9,13 @@ Knows nothing of the model. One module each:
   preprocessing  decoding, EXIF orientation, rescaling, crops, flip, PCA colour shift;
                  multi-crop views
   statistics     the mean RGB and the RGB PCA basis, computed once and cached as JSON
+  statistics_cache  the JSON file they are cached in (read without TensorFlow)
   iterators      the seeded, resumable train stream and the padded eval pass
 
 Batches are dicts of host-local numpy arrays: images [b, H, W, 3] float32 (mean RGB
 subtracted), labels [b] int32, and for evaluation mask [b] bool (False marks padding).
 b = global_batch_size / process_count; each process reads only its own examples.
 """
+
+# config.data.source: the kinds of Source (sources.load_source), checked by config_checks.
+SOURCES = ('digits', 'folder', 'tfds', 'fake')

@@ -17,19 +17,6 @@ from vgg_jax.data import sources
 from vgg_jax.data import statistics
 
 
-def check_scales(image_size: int, scale_min: int, scale_max: int, eval_scale: int):
-  """Raises on scales no crop can be taken from."""
-  if scale_min > scale_max:
-    raise ValueError(f'scale_min={scale_min} > scale_max={scale_max}: S_min must not '
-                     'exceed S_max.')
-  if scale_min < image_size:
-    raise ValueError(f'The crop image_size={image_size} is larger than the training scale '
-                     f'S_min={scale_min}: S must be at least the crop size.')
-  if eval_scale < image_size:
-    raise ValueError(f'The crop image_size={image_size} is larger than the test scale '
-                     f'Q={eval_scale}.')
-
-
 def local_batch_size(global_batch_size: int, process_count: int) -> int:
   """Examples each process reads of every global batch."""
   if global_batch_size % process_count:
@@ -117,8 +104,6 @@ def create_train_iterator(data_config, *, image_size: int, global_batch_size: in
   batches an uninterrupted run sees from step k. For digits and image folders the
   global batches are the same whatever the process count (see sources.load_train_source).
   """
-  check_scales(image_size, data_config.scale_min, data_config.scale_max,
-               data_config.eval_scale)
   batch = local_batch_size(global_batch_size, process_count)
   source = source or sources.load_train_source(data_config, process_index, process_count,
                                                cache_dir)
@@ -175,8 +160,6 @@ def create_eval_iterator(data_config, *, image_size: int, global_batch_size: int
   """
   split = split or data_config.eval_split
   scale = scale or data_config.eval_scale
-  if scale < image_size:
-    raise ValueError(f'The crop image_size={image_size} is larger than the test scale Q={scale}.')
   batch = local_batch_size(global_batch_size, process_count)
   source = source or sources.load_source(data_config, split, process_index, process_count,
                                          cache_dir)

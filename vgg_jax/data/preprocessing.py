@@ -6,6 +6,11 @@ colour shift for training, all here (`preprocess_for_train`) or, with the resamp
 to the train step on the device, up to the uint8 window (`train_window`); centre crop,
 whole image (dense) and the 5x5 multi-crop grid for testing. Knows nothing of sources or
 the model.
+
+One filter, TensorFlow's antialiased bilinear resize, has three implementations, each for
+a reason given in docs/performance.md: `resize` (tf.image.resize) for evaluation and for
+decoded arrays' training crops, `resample` (banded matrix products) for the training
+crops of encoded images, and vgg_jax.device_crops when the train step resamples.
 """
 
 import numpy as np
@@ -59,11 +64,14 @@ def rescaled_shape(shape_hw, size):
   return tf.maximum(tf.cast(tf.round(shape * factor), tf.int32), tf.cast(size, tf.int32))
 
 
+def resize(image, new_hw):
+  """image [h, w, C] (any dtype) -> float32 [H', W', C]: the antialiased bilinear resize."""
+  return tf.image.resize(tf.cast(image, tf.float32), new_hw, method='bilinear', antialias=True)
+
+
 def rescale_smallest_side(image, size):
   """Isotropic rescale so the smallest side is `size`; returns float32 in 0..255."""
-  new_shape = rescaled_shape(tf.shape(image)[:2], size)
-  return tf.image.resize(tf.cast(image, tf.float32), new_shape, method='bilinear',
-                         antialias=True)
+  return resize(image, rescaled_shape(tf.shape(image)[:2], size))
 
 
 def pca_lighting(image, eigval, eigvec, stddev, seed):
@@ -85,12 +93,6 @@ def sample_crop(shape_hw, seeds, image_size: int, scale_min: int, scale_max: int
   return new_hw, draw % (new_hw - image_size + 1)
 
 
-def _crop_after_decode(image, new_hw, offset, image_size: int):
-  """Decode-then-crop: rescale the whole image, cut the crop out."""
-  image = tf.image.resize(tf.cast(image, tf.float32), new_hw, method='bilinear', antialias=True)
-  return image[offset[0]:offset[0] + image_size, offset[1]:offset[1] + image_size]
-
-
 # Output pixels per matmul block of the resampler: small enough that neighbouring blocks'
 # input rows overlap little, large enough that the matmuls are not all overhead.
 _RESAMPLE_BLOCK = 16
@@ -103,8 +105,8 @@ def _banded_weights(in_hw, size: int, scale, translation, flip):
   tf.image.resize(..., 'bilinear', antialias=True) runs): output pixel x samples the
   input at s = (x + 0.5 - translation) / scale, with taps max(0, 1 - |j + 0.5 - s| / r),
   r = max(1 / scale, 1), inside the image, normalised to sum 1 (0 if s is outside it).
-  Built for both axes at once, as few TensorFlow ops as possible: each op costs a few
-  microseconds in a tf.data map, which at this size is most of the work.
+  Built for both axes at once, in as few TensorFlow ops as possible: in a tf.data map the
+  cost per op, not the arithmetic, dominates at this size (docs/performance.md).
 
   Returns (first [2, blocks] int32: each block's first input index, weights [2, blocks,
   block, span] float32: output pixel i of block b takes weights[., b, i, l] of input
@@ -225,17 +227,20 @@ def preprocess_for_train(image, seed, *, image_size: int, scale_min: int, scale_
   """
   seeds = tf.random.experimental.stateless_split(seed, 4)
   flip = flip_drawn(seeds[2]) if random_flip else False
-  if not encoded:  # Decoded arrays (digits, CIFAR): the resize and crop as first written.
-    pixels = apply_orientation(image, orientation)
-    new_hw, offset = sample_crop(tf.shape(pixels)[:2], seeds, image_size, scale_min, scale_max)
-    image = _crop_after_decode(pixels, new_hw, offset, image_size)
-    if random_flip:
-      image = tf.cond(flip, lambda: image[:, ::-1], lambda: image)
-  else:
+  if encoded:
     pixels, scale, translation = _crop_source(
         image, seeds, image_size=image_size, scale_min=scale_min, scale_max=scale_max,
         encoded=True, orientation=orientation)
     image = resample(pixels, image_size, scale, translation, flip)
+  else:
+    # Decoded arrays: `resize` whole, then cut. `resample` would change their crops by float
+    # round-off, and with them the default (digits) job's numbers (docs/performance.md).
+    pixels = apply_orientation(image, orientation)
+    new_hw, offset = sample_crop(tf.shape(pixels)[:2], seeds, image_size, scale_min, scale_max)
+    image = resize(pixels, new_hw)
+    image = image[offset[0]:offset[0] + image_size, offset[1]:offset[1] + image_size]
+    if random_flip:
+      image = tf.cond(flip, lambda: image[:, ::-1], lambda: image)
   image.set_shape([image_size, image_size, 3])
   return image + _colour_offset(seeds, pca_stddev, eigval, eigvec, mean_rgb)
 

@@ -15,6 +15,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from vgg_jax import data
 from vgg_jax.data import preprocessing
 from vgg_jax.data import scan
 
@@ -234,8 +235,6 @@ def load_source(data_config, split: str, process_index: int = 0,
   if kind == 'digits':
     return load_digits_source(split, process_index, process_count)
   if kind == 'folder':
-    if not data_config.folder:
-      raise ValueError("config.data.folder must name the image folder root for source='folder'.")
     return load_folder_source(data_config.folder, split, process_index, process_count,
                               cache_dir, data_config.skip_corrupt)
   if kind == 'fake':
@@ -247,8 +246,7 @@ def load_source(data_config, split: str, process_index: int = 0,
     return load_tfds_source(data_config.name, split, data_config.data_dir,
                             data_config.manual_dir, data_config.download,
                             process_index, process_count)
-  raise ValueError(f"config.data.source={kind!r} is not one of 'digits', 'folder', 'tfds', "
-                   "'fake'.")
+  raise ValueError(f'config.data.source={kind!r} is not one of {data.SOURCES}.')
 
 
 def find_undecodable(source: Source):

@@ -1,6 +1,5 @@
 """The mean RGB and the RGB covariance's eigenbasis (PCA colour shift), cached as JSON."""
 
-import json
 import os
 from typing import Any
 
@@ -8,9 +7,9 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from vgg_jax import files
 from vgg_jax.data import preprocessing
 from vgg_jax.data import sources
+from vgg_jax.data import statistics_cache
 
 # AlexNet's PCA lighting noise on ImageNet (0..255 RGB): eigenvalues and eigenvectors
 # (columns) of the training pixels' RGB covariance.
@@ -55,19 +54,6 @@ def statistics_key(data_config) -> dict[str, Any]:
           'split': data_config.train_split, 'max_examples': data_config.stats_max_examples}
 
 
-def read_cached_statistics(cache: str, key: dict[str, Any]) -> dict[str, Any] | None:
-  """The statistics cached at `cache` if they were computed for `key`, else None."""
-  if not os.path.exists(cache):
-    return None
-  with open(cache) as f:
-    cached = json.load(f)
-  if cached.get('key') != key:
-    logging.warning('The RGB statistics in %s were computed for other data (%s, now %s): '
-                    'recomputing.', cache, cached.get('key'), key)
-    return None
-  return cached
-
-
 def rgb_statistics(data_config, cache_dir: str | None) -> dict[str, Any]:
   """Mean RGB and PCA basis from the config, or computed once and cached as JSON."""
   stats = {'mean_rgb': data_config.mean_rgb,
@@ -79,16 +65,14 @@ def rgb_statistics(data_config, cache_dir: str | None) -> dict[str, Any]:
   if not need_compute:
     return stats
   key = statistics_key(data_config)
-  cache = (os.path.join(cache_dir, f'rgb_stats_{data_config.train_split}.json')
-           if cache_dir else None)
-  computed = read_cached_statistics(cache, key) if cache else None
+  cache = statistics_cache.path(cache_dir, data_config.train_split) if cache_dir else None
+  computed = statistics_cache.read(cache, key) if cache else None
   if computed is None:
     logging.info('Computing the mean RGB and RGB covariance of the training set...')
     source = sources.load_source(data_config, data_config.train_split, cache_dir=cache_dir)
     computed = compute_rgb_statistics(source, data_config.stats_max_examples)
     if cache:
-      os.makedirs(cache_dir, exist_ok=True)
-      files.write_file_atomically(cache, json.dumps({'key': key, **computed}))
+      statistics_cache.write(cache, key, computed)
   if stats['mean_rgb'] is None:
     stats['mean_rgb'] = computed['mean_rgb']
   if stats['pca_eigval'] == 'compute':

@@ -1,0 +1,49 @@
+"""What the tests feed in: data configs, image files, mock TFDS splits, torch batch norms."""
+
+import os
+
+import numpy as np
+from PIL import Image
+
+from experiments.configs import base
+
+
+def data_config(**overrides):
+  """base.data_config() for 32x32 digits, no augmentation, a fixed mean; then overrides."""
+  config = base.data_config()
+  config.update(dict(
+      source='digits', name='', eval_split='test', scale_min=32, scale_max=32,
+      eval_scale=32, random_flip=False, pca_stddev=0.0, mean_rgb=(120.0, 110.0, 100.0),
+      shuffle_buffer=1000))
+  config.update(overrides)
+  return config
+
+
+def write_image(path, size, mode, rng, fmt):
+  """Random pixels of size (width, height), saved in PIL mode `mode` as `fmt`."""
+  array = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+  Image.fromarray(array).convert(mode).save(path, fmt)
+
+
+def mock_tfds(name, data_dir, splits, num_examples):
+  """tfds.testing.mock_data over metadata (split sizes) written to data_dir."""
+  # Here, not at the top: only the TFDS tests should pay for importing TensorFlow.
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder(name, data_dir=str(data_dir))
+  builder.info.set_splits(tfds.core.SplitDict([
+      tfds.core.SplitInfo(name=split, shard_lengths=[n], num_bytes=0)
+      for split, n in splits.items()]))
+  os.makedirs(builder.data_dir)
+  builder.info.write_to_directory(builder.data_dir)
+  return tfds.testing.mock_data(num_examples=num_examples, data_dir=str(data_dir))
+
+
+def randomize_batch_norm(net, torch):
+  """A torch net's BN affine parameters and running statistics far from the identity."""
+  with torch.no_grad():
+    for module in net.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.uniform_(-0.5, 0.5)
+        module.running_mean.uniform_(-0.5, 0.5)
+        module.running_var.uniform_(0.5, 2.0)
