@@ -49,20 +49,6 @@ def test_sigkill_at_random_points_ends_bitwise_equal_to_an_uninterrupted_run(tmp
                                  run_helpers.final_params(uninterrupted))
 
 
-def start_two_processes(workdir, overrides, fault=None):
-  """Two gloo processes of launch.py (4 fake devices each); fault: FAULT for fault_launch.py."""
-  port = run_helpers.free_port()
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
-  args = run_helpers.launch_args(workdir, **overrides)
-  if fault:
-    env['FAULT'] = fault
-    args[1] = os.path.join(os.path.dirname(__file__), 'fault_launch.py')
-  return [subprocess.Popen(
-      args + ['--distributed=explicit', f'--coordinator_address=127.0.0.1:{port}',
-              '--num_processes=2', f'--process_id={i}', '--cpu_collectives=gloo'],
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-
-
 # The fault matrix: a tiny 2-process run of 8 steps, checkpoints every 2, evaluation every 4.
 MATRIX = dict(OVERRIDES, num_train_steps=8, checkpoint_every_steps=2, eval_every_steps=4,
               log_every_steps=2, peer_timeout_seconds=5)
@@ -73,7 +59,7 @@ MOMENTS = {'compile': 0, 'step': 3, 'eval': 4, 'save': 2}  # The step each fault
 def uninterrupted_fixture(tmp_path_factory):
   """The parameters of the matrix's run with no fault, two processes as in each cell."""
   workdir = tmp_path_factory.mktemp('uninterrupted') / 'run'
-  procs = start_two_processes(workdir, MATRIX)
+  procs = run_helpers.start_two_processes(workdir, MATRIX)
   outputs = [p.communicate(timeout=300)[0] for p in procs]
   assert [p.returncode for p in procs] == [0, 0], ''.join(map(run_helpers.failure_text, outputs))
   return run_helpers.final_params(workdir)
@@ -107,7 +93,7 @@ def test_a_lost_process_stops_the_other_cleanly_and_a_rerun_ends_as_if_uninterru
     tmp_path, uninterrupted, victim, moment, way):
   """Survivor: exit 75 within 30 s, the one line, no abort; then a rerun of both resumes."""
   workdir = tmp_path / 'run'
-  procs = start_two_processes(workdir, MATRIX,
+  procs = run_helpers.start_two_processes(workdir, MATRIX,
                               fault=f'{victim}:{moment}:{way}:{MOMENTS[moment]}')
   output, seconds = run_until_the_survivor_exits(procs, victim)
   survivor = procs[1 - victim]
@@ -122,7 +108,7 @@ def test_a_lost_process_stops_the_other_cleanly_and_a_rerun_ends_as_if_uninterru
   assert resume_step in (None, *saved), (where, saved)
   print(f'cell {victim}:{moment}:{way}: survivor exit 75 after {seconds:.1f} s')
 
-  procs = start_two_processes(workdir, MATRIX)  # Rerun both.
+  procs = run_helpers.start_two_processes(workdir, MATRIX)  # Rerun both.
   outputs = [p.communicate(timeout=300)[0] for p in procs]
   assert [p.returncode for p in procs] == [0, 0], ''.join(map(run_helpers.failure_text, outputs))
   if resume_step is not None:

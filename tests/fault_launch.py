@@ -1,5 +1,8 @@
 """launch.py with a fault injected: FAULT=VICTIM:MOMENT:WAY:STEP in the environment.
 
+Without FAULT it is launch.py. Either way every process writes JAX's persistent
+compilation cache (see cache_on_every_process).
+
 The process whose jax.process_index() is VICTIM signals itself (WAY: KILL or STOP) at
 MOMENT: 'compile' (as the train step starts compiling), 'step' (just after training step
 STEP was dispatched, its collectives in flight), 'eval' (as the evaluation after step
@@ -20,7 +23,7 @@ import launch  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vgg_jax import checkpointing  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vgg_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-VICTIM, MOMENT, WAY, STEP = os.environ['FAULT'].split(':')
+VICTIM, MOMENT, WAY, STEP = os.environ.get('FAULT', '-1:none:KILL:0').split(':')
 VICTIM, STEP = int(VICTIM), int(STEP)
 
 
@@ -61,6 +64,27 @@ def patch():
   checkpointing.save = save_with_fault
 
 
+def cache_on_every_process():
+  """JAX writes its persistent compilation cache from process 0 only, and process 1's
+  programs have keys of their own: without this, process 1 of every launch compiles
+  everything again while process 0 waits for it at the first collective (~10 s a launch).
+  Test speed only; if JAX's private function changes, the launch just compiles."""
+  from jax._src import compilation_cache  # pylint: disable=g-import-not-at-top
+  from jax._src import compiler  # pylint: disable=g-import-not-at-top
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  write = compiler._cache_write  # pylint: disable=protected-access
+
+  def write_on_any_process(cache_key, compile_time_secs, module_name, backend, executable,
+                           host_callbacks):
+    if distributed.global_state.process_id == 0 or host_callbacks:
+      return write(cache_key, compile_time_secs, module_name, backend, executable,
+                   host_callbacks)
+    compilation_cache.put_executable_and_time(cache_key, module_name, executable, backend,
+                                              int(compile_time_secs))
+  compiler._cache_write = write_on_any_process  # pylint: disable=protected-access
+
+
 if __name__ == '__main__':
+  cache_on_every_process()
   patch()
   app.run(launch.main)

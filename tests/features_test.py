@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import run_helpers
 from vgg_jax import features
 from vgg_jax import layers
 from vgg_jax import models
@@ -40,7 +41,7 @@ def test_fc8_at_the_training_size_equals_the_logits(variant, batch_norm):
   model, variables = tiny(variant, batch_norm)
   x = images()
   got = features.extract(model, variables, x, ['fc8', 'relu6', 'pool5'])
-  np.testing.assert_allclose(got['fc8'][:, 0, 0], model.apply(variables, x), rtol=1e-5,
+  np.testing.assert_allclose(got['fc8'][:, 0, 0], run_helpers.apply(model, variables, x), rtol=1e-5,
                              atol=1e-5)
   assert got['relu6'].shape == (2, 1, 1, 32) and float(got['relu6'].min()) >= 0
   assert got['pool5'].shape == (2, 1, 1, 64)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import run_helpers
 from vgg_jax import cpu_ops
 from vgg_jax import layers
 from vgg_jax import models
@@ -89,9 +90,9 @@ def test_lrn_matches_numpy_reference():
 
 def test_a_lrn_applies_lrn_and_a_does_not():
   images = jnp.ones((1, 32, 32, 3)) * 50
-  params = models.VGG(variant='A', **TINY).init(jax.random.key(0), images)
-  out_a = models.VGG(variant='A', **TINY).apply(params, images)
-  out_lrn = models.VGG(variant='A-LRN', **TINY).apply(params, images)
+  params = models.init_variables(models.VGG(variant='A', **TINY), jax.random.key(0))
+  out_a = run_helpers.apply(models.VGG(variant='A', **TINY), params, images)
+  out_lrn = run_helpers.apply(models.VGG(variant='A-LRN', **TINY), params, images)
   assert not np.allclose(out_a, out_lrn)
 
 
@@ -99,30 +100,30 @@ def test_a_lrn_applies_lrn_and_a_does_not():
 def test_tiny_forward_every_variant(variant):
   model = models.VGG(variant=variant, **TINY)
   images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  # Op by op: the variants share most primitives' shapes, so each compiles once for all.
   variables = model.init(jax.random.key(0), images)
   logits = model.apply(variables, images)
   assert logits.shape == (2, 10) and logits.dtype == jnp.float32
   assert np.all(np.isfinite(logits))
-  train_logits = model.apply(variables, images, train=True,
-                             rngs={'dropout': jax.random.key(2)})
+  train_logits = model.apply(variables, images, train=True, rngs={'dropout': jax.random.key(2)})
   assert not np.allclose(train_logits, logits)  # Dropout is on in training.
 
 
 def test_dense_equals_fc_head_at_training_size():
   model = models.VGG(variant='A', width=1 / 16, fc_width=64, num_classes=7)
   images = jax.random.normal(jax.random.key(1), (2, 224, 224, 3))
-  variables = model.init(jax.random.key(0), images)
-  fc = model.apply(variables, images)
-  dense = model.apply(variables, images, dense=True)
+  variables = models.init_variables(model, jax.random.key(0))
+  fc = run_helpers.apply(model, variables, images)
+  dense = run_helpers.apply(model, variables, images, dense=True)
   np.testing.assert_allclose(dense, fc, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('size', [288, 384])
 def test_dense_output_shape_on_larger_images(size):
   model = models.VGG(variant='A', width=1 / 16, fc_width=64, num_classes=7)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
+  variables = models.init_variables(model, jax.random.key(0))
   images = jax.random.normal(jax.random.key(1), (2, size, size + 32, 3))
-  scores = model.apply(variables, images, dense=True)
+  scores = run_helpers.apply(model, variables, images, dense=True)
   assert scores.shape == (2, 7)
   assert np.all(np.isfinite(scores))
 
@@ -130,10 +131,10 @@ def test_dense_output_shape_on_larger_images(size):
 def test_dense_averages_the_score_map():
   # At 64x64 training size the window is 2x2; on a 96x96 image the score map is 2x2.
   model = models.VGG(variant='A', width=1 / 16, fc_width=16, num_classes=5, image_size=64)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+  variables = models.init_variables(model, jax.random.key(0))
   images = jax.random.normal(jax.random.key(3), (1, 96, 96, 3))
-  features = model.apply(variables, images, capture_intermediates=True,
-                         dense=True, mutable=['intermediates'])[1]
+  features = jax.jit(lambda v: model.apply(v, images, capture_intermediates=True, dense=True,
+                                           mutable=['intermediates']))(variables)[1]
   conv5_2 = features['intermediates']['conv5_2']['__call__'][0]  # Conv output (plus bias).
   pooled = layers.max_pool_2x2(jax.nn.relu(conv5_2), 'xla')  # pool5.
   assert pooled.shape[1:3] == (3, 3)
@@ -145,20 +146,20 @@ def test_dense_averages_the_score_map():
       h = jax.nn.relu(window.reshape(1, -1) @ p['fc6']['kernel'] + p['fc6']['bias'])
       h = jax.nn.relu(h @ p['fc7']['kernel'] + p['fc7']['bias'])
       expected.append(h @ p['fc8']['kernel'] + p['fc8']['bias'])
-  dense = model.apply(variables, images, dense=True)
+  dense = run_helpers.apply(model, variables, images, dense=True)
   np.testing.assert_allclose(dense, np.mean(expected, axis=0), rtol=1e-4, atol=1e-5)
 
 
 def test_bfloat16_computation_keeps_float32_params():
   model = models.VGG(variant='B', dtype=jnp.bfloat16, **TINY)
   images = jnp.ones((2, 32, 32, 3))
-  variables = model.init(jax.random.key(0), images)
+  variables = models.init_variables(model, jax.random.key(0))
   dtypes = {p.dtype for p in jax.tree_util.tree_leaves(variables)}
   assert dtypes == {jnp.dtype(jnp.float32)}
-  _, inter = model.apply(variables, images, capture_intermediates=True,
-                         mutable=['intermediates'])
+  _, inter = jax.jit(lambda v: model.apply(v, images, capture_intermediates=True,
+                                           mutable=['intermediates']))(variables)
   assert inter['intermediates']['conv2_2']['__call__'][0].dtype == jnp.bfloat16
-  assert model.apply(variables, images).dtype == jnp.float32
+  assert run_helpers.apply(model, variables, images).dtype == jnp.float32
 
 
 def test_kernel_init_schemes():

@@ -1,8 +1,10 @@
 """The tests' tiny training run: its config, its launch.py command line, its checkpoints,
 and for runs in subprocesses, ports, polling and what a failed process printed."""
 
+import functools
 import os
 import socket
+import subprocess
 import sys
 import time
 
@@ -14,6 +16,12 @@ from experiments.configs import digits
 from vgg_jax import checkpointing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'train', 'dense'))
+def apply(model, variables, images, train=False, dense=False, rngs=None):
+  """model.apply compiled whole: run op by op, every primitive would compile on its own."""
+  return model.apply(variables, images, train=train, dense=dense, rngs=rngs)
 
 # A tiny net A on digits: the default config shrunk so a run takes seconds.
 TINY_OVERRIDES = {
@@ -86,3 +94,18 @@ def failure_text(output: str, chars: int = 4000) -> str:
   if fatal < 0:
     return text[-chars:]
   return text[max(0, fatal - chars // 2):fatal + chars // 2]
+
+
+def start_two_processes(workdir, overrides, fault=None):
+  """Two gloo processes of launch.py (4 fake devices each), through fault_launch.py (which
+  caches compiled programs on both); fault: its FAULT, or none."""
+  port = free_port()
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  args = launch_args(workdir, **overrides)
+  args[1] = os.path.join(os.path.dirname(__file__), 'fault_launch.py')
+  if fault:
+    env['FAULT'] = fault
+  return [subprocess.Popen(
+      args + ['--distributed=explicit', f'--coordinator_address=127.0.0.1:{port}',
+              '--num_processes=2', f'--process_id={i}', '--cpu_collectives=gloo'],
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]

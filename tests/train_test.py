@@ -149,10 +149,9 @@ def test_train_writes_metrics_checkpoints_and_config(tmp_path):
 
 
 def test_batch_norm_run_checkpoints_its_statistics_and_resumes_bitwise(tmp_path):
-  config = run_helpers.tiny_config(**{'model.batch_norm': True, 'model.variant': 'B'})
+  config = run_helpers.tiny_config(**{'model.batch_norm': True})
   straight = train.train_and_evaluate(config, str(tmp_path / 'straight'))
-  half = run_helpers.tiny_config(**{'model.batch_norm': True, 'model.variant': 'B',
-                                    'num_train_steps': 4})
+  half = run_helpers.tiny_config(**{'model.batch_norm': True, 'num_train_steps': 4})
   train.train_and_evaluate(half, str(tmp_path / 'resumed'))
   resumed = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
   assert resumed['eval/top1_error'] == straight['eval/top1_error']
@@ -353,13 +352,7 @@ def test_sigterm_saves_the_current_step(tmp_path):
 @pytest.mark.slow
 def test_two_processes_equal_one_process_with_eight_devices(tmp_path):
   overrides = dict(num_train_steps=6, checkpoint_every_steps=6, eval_every_steps=6)
-  port = run_helpers.free_port()
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
-  procs = [subprocess.Popen(
-      run_helpers.launch_args(tmp_path / 'two', **overrides) + [
-          '--distributed=explicit', f'--coordinator_address=127.0.0.1:{port}',
-          '--num_processes=2', f'--process_id={i}', '--cpu_collectives=gloo'],
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  procs = run_helpers.start_two_processes(tmp_path / 'two', overrides)
   outputs = [p.communicate(timeout=300)[0] for p in procs]
   assert [p.returncode for p in procs] == [0, 0], ''.join(map(run_helpers.failure_text, outputs))
   assert '8 devices, 2 processes' in outputs[0]
@@ -377,13 +370,7 @@ def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both(tmp_path):
   """JAX's preemption sync point: no per-step round trip, one agreed step, both stop."""
   overrides = dict(num_train_steps=100_000, checkpoint_every_steps=50, eval_every_steps=10**6,
                    log_every_steps=10)
-  port = run_helpers.free_port()
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
-  procs = [subprocess.Popen(
-      run_helpers.launch_args(tmp_path, **overrides) + [
-          '--distributed=explicit', f'--coordinator_address=127.0.0.1:{port}',
-          '--num_processes=2', f'--process_id={i}', '--cpu_collectives=gloo'],
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  procs = run_helpers.start_two_processes(tmp_path, overrides)
   try:
     assert run_helpers.wait_for(lambda: run_helpers.finished_steps(tmp_path))
     time.sleep(0.5)

@@ -11,6 +11,7 @@ and differentiable with respect to the images; with model.dtype bfloat16 the act
 are bfloat16 and the losses accumulate in float32.
 """
 
+import functools
 from typing import Mapping, Sequence
 
 import jax
@@ -25,7 +26,15 @@ def extract(model: models.VGG, variables, images, layers: Sequence[str] | str):
   images are what the model was trained on: RGB 0..255 minus its mean_rgb. Raises a
   ValueError listing the variant's layers when a name is not one of them.
   """
-  return model.apply(variables, images, train=False, capture=layers)
+  names = (layers,) if isinstance(layers, str) else tuple(layers)
+  return _extract(model, variables, images, names)
+
+
+# Compiled whole (the model and the names are static): run op by op, every primitive of
+# the net would compile on its own.
+@functools.partial(jax.jit, static_argnames=('model', 'names'))
+def _extract(model: models.VGG, variables, images, names: tuple[str, ...]):
+  return model.apply(variables, images, train=False, capture=names)
 
 
 def _layer_weights(layers: Mapping[str, float] | Sequence[str]) -> dict[str, float]:

@@ -306,8 +306,8 @@ def create_model(model_config, num_classes: int | None = None) -> VGG:
 
 def init_variables(model: VGG, rng) -> dict[str, Any]:
   """Fresh {'params'} (and 'batch_stats' if batch_norm) for image_size inputs."""
-  size = model.image_size
-  return dict(model.init(rng, jnp.zeros((1, size, size, 3), jnp.float32)))
+  size = model.image_size  # Compiled whole: run op by op, every primitive compiles alone.
+  return dict(jax.jit(model.init)(rng, jnp.zeros((1, size, size, 3), jnp.float32)))
 
 
 def count_params(params) -> int:
