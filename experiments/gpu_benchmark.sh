@@ -7,8 +7,9 @@
 # Prints the JSON lines of experiments/benchmark.py: VGG-D at 224x224, global batch 256,
 # bfloat16, JAX beside torch (channels_last and default, autocast bf16, cudnn.benchmark),
 # then D with the reshape pool (JAX only), A and E beside torch, the train step's window
-# resampling, and torch.compile for D last. Needs no TensorFlow. Each part has its own
-# time limit, so one that fails or hangs costs only itself.
+# resampling, dense evaluation of photo-shaped images, and torch.compile for D last.
+# Needs no TensorFlow. Each part has its own time limit, so one that fails or hangs costs
+# only itself.
 # GPU_BENCHMARK_ARGS replaces the shared flags (e.g. tiny sizes to try the script on a CPU).
 set -u
 export PYTHONUNBUFFERED=1
@@ -48,5 +49,9 @@ if python3 -c "import tensorflow" 2>/dev/null; then
 else
   echo "{\"input_pipeline\": \"skipped: no TensorFlow here\", \"cores\": $(nproc)}" | tee -a "$log"
 fi
-part 100 "D vs torch.compile" python3 -m experiments.benchmark --variant=D $common --vs_torch \
+# Dense evaluation (Sec. 3.2) of 128 images of ImageNet's aspect ratios at Q=256, through
+# the shape buckets, compilation included.
+part 60 "dense, ImageNet shapes" python3 -m experiments.benchmark_eval --variant=D --scale=256 \
+  --spread=128 --batch_size=64
+part 40 "D vs torch.compile" python3 -m experiments.benchmark --variant=D $common --vs_torch \
   --torch_compile --repeats=1

@@ -44,18 +44,6 @@ def test_pca_lighting_shifts_along_eigenvectors():
   assert out[0, 0, 2] != 0
 
 
-def test_multi_crop_views_count_and_offsets():
-  image = np.arange(40 * 50 * 3, dtype=np.float32).reshape(40, 50, 3)
-  views = preprocessing.multi_crop_views(image, image_size=32)
-  assert views.shape == (50, 32, 32, 3)
-  offsets = preprocessing.multi_crop_offsets(40, 50, 32)
-  assert offsets[0] == (0, 0) and offsets[-1] == (8, 18) and offsets[12] == (4, 9)
-  np.testing.assert_array_equal(views[24], image[8:40, 18:50])
-  np.testing.assert_array_equal(views[25], image[0:32, 0:32][:, ::-1])
-  np.testing.assert_array_equal(
-      preprocessing.multi_crop_views(image, image_size=32, flip=False), views[:25])
-
-
 def smooth_image(width, height, image_format='JPEG'):
   """A smooth photo-like JPEG (or PNG), the benchmark's kind of image, encoded."""
   small = np.random.default_rng(0).integers(0, 256, size=(12, 16, 3), dtype=np.uint8)

@@ -7,6 +7,7 @@ import sys
 
 import jax
 import numpy as np
+from PIL import Image
 import pytest
 
 from experiments.configs import base
@@ -14,6 +15,7 @@ import run_helpers
 from vgg_jax import checkpointing
 from vgg_jax import evaluate
 from vgg_jax import models
+from vgg_jax import posteriors
 from vgg_jax import pretrained
 from vgg_jax import train
 
@@ -35,52 +37,6 @@ def run_dir(tmp_path_factory):
   config = run_helpers.tiny_config(num_train_steps=16, eval_every_steps=8)
   result = train.train_and_evaluate(config, str(workdir))
   return workdir, result
-
-
-def random_predictor(num_classes=10):
-  model = models.VGG(variant='A', width=1 / 16, fc_width=32, image_size=32,
-                     num_classes=num_classes)
-  params = models.init_variables(model, jax.random.key(0))['params']
-  return evaluate.Predictor(model, {'params': params}, batch_size=16)
-
-
-def test_dense_equals_flip_averaged_centre_crop_on_square_images_at_q_equal_crop():
-  predictor = random_predictor()
-  images = list(np.random.default_rng(0).normal(0, 50, (5, 32, 32, 3)).astype(np.float32))
-  dense = evaluate.posteriors_at_scale(predictor, images, 'dense', 32)
-  single = evaluate.posteriors_at_scale(predictor, images, 'single', 32)
-  flipped = evaluate.posteriors_at_scale(predictor, [im[:, ::-1] for im in images],
-                                         'single', 32)
-  np.testing.assert_allclose(dense, 0.5 * (single + flipped), rtol=1e-5, atol=1e-6)
-  assert not np.allclose(single, flipped, atol=1e-4)  # The flip matters for random nets.
-
-
-def test_dense_posterior_is_flip_invariant_and_handles_mixed_shapes():
-  predictor = random_predictor()
-  rng = np.random.default_rng(1)
-  images = [rng.normal(0, 50, shape).astype(np.float32)
-            for shape in ((40, 56, 3), (40, 40, 3), (40, 56, 3))]
-  dense = evaluate.posteriors_at_scale(predictor, images, 'dense', 32)
-  flipped = evaluate.posteriors_at_scale(predictor, [im[:, ::-1] for im in images], 'dense', 32)
-  np.testing.assert_allclose(dense, flipped, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(dense.sum(1), 1.0, rtol=1e-5)
-  # Each image's posterior is its own, whatever shares its batch.
-  alone = evaluate.posteriors_at_scale(predictor, images[1:2], 'dense', 32)
-  np.testing.assert_allclose(dense[1:2], alone, rtol=1e-5, atol=1e-6)
-
-
-def test_multicrop_averages_fifty_views():
-  predictor = random_predictor()
-  image = np.random.default_rng(2).normal(0, 50, (40, 48, 3)).astype(np.float32)
-  from vgg_jax.data import preprocessing
-  views = preprocessing.multi_crop_views(image, image_size=32)
-  assert len(views) == 50
-  expected = predictor(views).mean(0)
-  got = evaluate.posteriors_at_scale(predictor, [image], 'multicrop', 32)[0]
-  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-  both = evaluate.posteriors_at_scale(predictor, [image], 'dense+multicrop', 32)[0]
-  dense = evaluate.posteriors_at_scale(predictor, [image], 'dense', 32)[0]
-  np.testing.assert_allclose(both, 0.5 * (dense + expected), rtol=1e-5, atol=1e-6)
 
 
 def test_single_scale_matches_the_training_eval(run_dir):
@@ -148,19 +104,6 @@ def test_launch_evaluate_prints_a_table_and_writes_json(run_dir):
   assert saved['num_images'] == 30 and saved['scales'] == [32, 40]
 
 
-def test_flip_off_uses_only_unflipped_views():
-  predictor = random_predictor()
-  rng = np.random.default_rng(4)
-  images = [rng.normal(0, 50, (40, 48, 3)).astype(np.float32)]
-  dense = evaluate.posteriors_at_scale(predictor, images, 'dense', 32, flip=False)
-  np.testing.assert_allclose(dense, predictor(np.stack(images), dense=True), rtol=1e-5, atol=1e-6)
-  from vgg_jax.data import preprocessing
-  crops = preprocessing.multi_crop_views(images[0], image_size=32)[:25]
-  multi = evaluate.posteriors_at_scale(predictor, images, 'multicrop', 32, flip=False)
-  np.testing.assert_allclose(multi[0], predictor(crops).mean(0), rtol=1e-5, atol=1e-6)
-  assert evaluate.views_per_scale('dense+multicrop', flip=False) == 26
-
-
 @pytest.mark.slow
 def test_launch_evaluate_uses_the_runs_stored_config(tmp_path, folder):
   # A folder run with test-time flips, evaluated without --config: the digits default
@@ -195,9 +138,25 @@ def test_batch_norm_run_evaluates_and_predicts_with_its_running_statistics(tmp_p
   # The predictor uses the running statistics: the same as model.apply in eval mode, and
   # unlike the statistics of the batch itself.
   x = np.random.default_rng(0).normal(0, 40, (4, 32, 32, 3)).astype(np.float32)
-  probs = evaluate.Predictor(model, variables, batch_size=8)(x)
+  probs = posteriors.Predictor(model, variables, batch_size=8)(x)
   expected = jax.nn.softmax(run_helpers.apply(model, variables, x))
   np.testing.assert_allclose(probs, expected, rtol=1e-4, atol=1e-6)
   batch_mode, _ = jax.jit(lambda v: model.apply(v, x, train=True, mutable=['batch_stats'],
                                                 rngs={'dropout': jax.random.key(0)}))(variables)
   assert not np.allclose(probs, jax.nn.softmax(batch_mode), atol=1e-3)
+
+
+def test_predict_compiles_once_per_bucket_not_per_photo(run_dir, tmp_path):
+  workdir, _ = run_dir
+  rng = np.random.default_rng(5)
+  paths = []
+  for i in range(10):  # 32 high, 32..59 wide: 10 shapes, 2 buckets (32x32, 32x64).
+    path = tmp_path / f'photo{i}.png'
+    Image.fromarray(rng.integers(0, 256, (32, 32 + 3 * i, 3), dtype=np.uint8)).save(path)
+    paths.append(str(path))
+  compiled = posteriors._posteriors._cache_size  # pylint: disable=protected-access
+  before = compiled()
+  results = evaluate.predict(eval_config(protocol='dense'), str(workdir), paths)
+  assert compiled() - before <= 2  # One batch size each here.
+  assert [path for path, _ in results] == paths
+  assert all(len(top) == 5 and top[0][1] >= top[-1][1] for _, top in results)

@@ -280,3 +280,10 @@ def test_frozen_norms_use_their_running_statistics_in_training():
     models.VGG(variant='A', frozen_norms=('bn1_1',))
   with pytest.raises(ValueError, match=r"got \('bn9_9',\)"):
     models.VGG(variant='A', batch_norm=True, frozen_norms=('bn9_9',))
+
+
+def test_valid_sizes_need_dense():
+  model = models.VGG(variant='A', **TINY)
+  variables = models.init_variables(model, jax.random.key(0))
+  with pytest.raises(ValueError, match='valid_sizes needs dense=True'):
+    model.apply(variables, jnp.zeros((1, 32, 32, 3)), valid_sizes=jnp.array([[32, 32]]))

@@ -1,5 +1,7 @@
 """Tests for vgg_jax.train and vgg_jax.checkpointing (8 fake CPU devices)."""
 
+import glob
+import gzip
 import json
 import os
 import signal
@@ -400,3 +402,21 @@ def test_a_frozen_batch_norm_base_keeps_its_statistics(tmp_path, bn_net_a):
                                 before['batch_stats'][layer]['mean'])
     scale_kept = np.array_equal(after['params'][layer]['scale'], before['params'][layer]['scale'])
     assert stats_kept == scale_kept == (not layer.startswith('bn5_')), layer
+
+
+def test_profile_steps_write_a_trace_and_change_no_number(tmp_path):
+  plain = tmp_path / 'plain'
+  train.train_and_evaluate(run_helpers.tiny_config(), str(plain))
+  profiled = tmp_path / 'profiled'
+  train.train_and_evaluate(run_helpers.tiny_config(profile_steps=(3, 2)), str(profiled))
+  traces = glob.glob(str(profiled / 'profile' / 'plugins' / 'profile' / '*' / '*.xplane.pb'))
+  perfetto = glob.glob(str(profiled / 'profile' / 'plugins' / 'profile' / '*' / '*.trace.json.gz'))
+  assert len(traces) == 1 and len(perfetto) == 1
+  with gzip.open(perfetto[0]) as f:
+    assert json.load(f)['traceEvents']  # Events recorded, not an empty shell.
+  assert not os.path.exists(plain / 'profile')
+  run_helpers.assert_trees_equal(run_helpers.final_params(str(plain)),
+                                 run_helpers.final_params(str(profiled)))
+  rows = [json.loads(line) for line in open(plain / 'metrics.jsonl')]
+  profiled_rows = [json.loads(line) for line in open(profiled / 'metrics.jsonl')]
+  assert [r.get('train/loss') for r in rows] == [r.get('train/loss') for r in profiled_rows]

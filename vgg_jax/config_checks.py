@@ -107,6 +107,9 @@ def check_loop(config):
     _require(config, name, _positive_int, 'must be a positive integer')
   for name in ('peer_timeout_seconds', 'shutdown_timeout_seconds'):
     _require(config, name, _positive_int, 'must be a positive integer (seconds)')
+  _require(config, 'profile_steps', lambda v: len(v) == 0 or (
+      len(v) == 2 and _positive_int(v[0]) and _positive_int(v[1])),
+           'must be () or (first step, count), both positive integers')
   if config.num_train_steps <= 0:
     _require(config, 'num_epochs', lambda v: v > 0,
              'must be > 0 (or set num_train_steps > 0)')

@@ -13,110 +13,39 @@ Each process evaluates its shard of the split on its local devices (views split 
 them); the counts are summed over processes at the end.
 """
 
-import functools
 import json
 import os
+import time
 from typing import Any, Sequence
 
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 import tensorflow as tf
 
 from vgg_jax import files
-from vgg_jax import models
+from vgg_jax import posteriors
 from vgg_jax import pretrained
 from vgg_jax.data import preprocessing
 from vgg_jax.data import scan
 from vgg_jax.data import sources
 from vgg_jax.data import statistics
 
-PROTOCOLS = ('single', 'dense', 'multicrop', 'dense+multicrop')
-VIEWS_PER_SCALE = {'single': 1, 'dense': 2, 'multicrop': 50, 'dense+multicrop': 52}
-
-
-def views_per_scale(protocol: str, flip: bool = True) -> int:
-  views = VIEWS_PER_SCALE[protocol]
-  return views if flip or protocol == 'single' else views // 2
+PREDICT_CHUNK = 64  # Images rescaled and classified together by predict.
 
 
 def check_protocol(protocol: str, scales: Sequence[int], image_size: int):
-  if protocol not in PROTOCOLS:
-    raise ValueError(f'Unknown evaluation protocol {protocol!r}; choose one of {PROTOCOLS}.')
+  if protocol not in posteriors.PROTOCOLS:
+    raise ValueError(f'Unknown evaluation protocol {protocol!r}; choose one of '
+                     f'{posteriors.PROTOCOLS}.')
   if not scales:
     raise ValueError('config.eval.scales is empty: give at least one test scale Q.')
   small = [q for q in scales if q < image_size]
   if small:
     raise ValueError(f'Test scale Q={small[0]} is smaller than the crop size '
                      f'{image_size}: every Q must be at least the training crop.')
-
-
-# One jit for every Predictor: equal models (Flax modules compare by their fields) share
-# its traces, so the runs of a study and their fusions compile each shape once.
-@functools.partial(jax.jit, static_argnames=('model', 'dense'))
-def _posteriors(model: models.VGG, variables, images, dense: bool):
-  return jax.nn.softmax(model.apply(variables, images, train=False, dense=dense))
-
-
-class Predictor:
-  """Softmax posteriors of one model over batches of views, on the local devices."""
-
-  def __init__(self, model: models.VGG, variables, batch_size: int):
-    """variables: {'params': ...} (and 'batch_stats' for the batch-norm variants)."""
-    self.mesh = Mesh(np.asarray(jax.local_devices()), ('data',))
-    self.model = model
-    self.variables = jax.device_put(variables, NamedSharding(self.mesh, P()))
-    per_device = max(1, batch_size // self.mesh.size)
-    self.batch_size = per_device * self.mesh.size
-    self.views = NamedSharding(self.mesh, P('data'))
-
-  def __call__(self, images: np.ndarray, dense: bool = False) -> np.ndarray:
-    """images [n, H, W, 3] -> posteriors [n, classes], in device-sized batches."""
-    out = []
-    for start in range(0, len(images), self.batch_size):
-      chunk = images[start:start + self.batch_size]
-      pad = (-len(chunk)) % self.mesh.size  # Equal shares per device.
-      if pad:
-        chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-      probs = _posteriors(self.model, self.variables, jax.device_put(chunk, self.views),
-                          dense)
-      out.append(np.asarray(probs)[:len(chunk) - pad])
-    return np.concatenate(out)
-
-
-def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
-  top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
-  return image[top:top + size, left:left + size]
-
-
-def posteriors_at_scale(predictor: Predictor, rescaled: list[np.ndarray], protocol: str,
-                        image_size: int, flip: bool = True) -> np.ndarray:
-  """Posteriors [n, classes] of n images already rescaled to one Q."""
-  parts = []
-  if protocol == 'single':
-    parts.append(predictor(np.stack([centre_crop(im, image_size) for im in rescaled])))
-  if 'multicrop' in protocol:
-    views = np.concatenate([preprocessing.multi_crop_views(im, image_size=image_size,
-                                                           flip=flip) for im in rescaled])
-    probs = predictor(views).reshape(len(rescaled), -1, predictor.model.num_classes)
-    parts.append(probs.mean(1))
-  if 'dense' in protocol:  # Same-shape images share a batch; each shape compiles once.
-    dense = np.zeros((len(rescaled), predictor.model.num_classes), np.float32)
-    by_shape: dict[tuple[int, ...], list[int]] = {}
-    for i, im in enumerate(rescaled):
-      by_shape.setdefault(im.shape, []).append(i)
-    for indices in by_shape.values():
-      images = np.stack([rescaled[i] for i in indices])
-      if not flip:
-        dense[indices] = predictor(images, dense=True)
-        continue
-      both = predictor(np.concatenate([images, images[:, :, ::-1]]), dense=True)
-      dense[indices] = 0.5 * (both[:len(indices)] + both[len(indices):])
-    parts.append(dense)
-  return np.mean(parts, axis=0)
 
 
 def rescaled_images(data_config, split: str, scales: Sequence[int], mean_rgb,
@@ -138,21 +67,26 @@ def rescaled_images(data_config, split: str, scales: Sequence[int], mean_rgb,
     yield int(label), list(images)
 
 
-def evaluate_checkpoints(predictors: Sequence[Predictor], data_config, *, protocol: str,
-                         scales: Sequence[int], image_size: int, mean_rgb,
+def evaluate_checkpoints(predictors: Sequence[posteriors.Predictor], data_config, *,
+                         protocol: str, scales: Sequence[int], image_size: int, mean_rgb,
                          split: str | None = None, max_examples: int | None = None,
-                         chunk: int = 64, flip: bool = True) -> dict[str, Any]:
-  """Top-1/top-5 error of the fused predictors (one class count: run checks) over the split."""
+                         chunk: int = 256, flip: bool = True) -> dict[str, Any]:
+  """Top-1/top-5 error of the fused predictors (one class count: run checks) over the split.
+
+  Images are read `chunk` at a time (dense: the more, the fuller each shape bucket's
+  batches); a progress line follows each chunk.
+  """
   check_protocol(protocol, scales, image_size)
   split = split or data_config.eval_split
   counts = np.zeros(3)  # top-1 mistakes, top-5 mistakes, images.
-  labels, pending = [], []
+  labels, pending, start = [], [], time.perf_counter()
 
   def flush():
     fused = 0.0
     for predictor in predictors:
-      per_scale = [posteriors_at_scale(predictor, [images[s] for images in pending], protocol,
-                                       image_size, flip) for s in range(len(scales))]
+      per_scale = [posteriors.posteriors_at_scale(
+          predictor, [images[s] for images in pending], protocol, image_size, flip)
+                   for s in range(len(scales))]
       fused = fused + np.mean(per_scale, axis=0)
     fused = fused / len(predictors)
     truth = np.asarray(labels)
@@ -162,6 +96,9 @@ def evaluate_checkpoints(predictors: Sequence[Predictor], data_config, *, protoc
     counts[2] += len(truth)
     labels.clear()
     pending.clear()
+    logging.info('%s: %d images, %.1f images/s, %d compiled programs (shape x batch size).',
+                 protocol, counts[2], counts[2] / (time.perf_counter() - start),
+                 len(set().union(*(p.programs for p in predictors))))
 
   for label, images in rescaled_images(data_config, split, scales, mean_rgb, max_examples):
     labels.append(label)
@@ -175,9 +112,9 @@ def evaluate_checkpoints(predictors: Sequence[Predictor], data_config, *, protoc
   images = max(int(counts[2]), 1)
   return {'protocol': protocol, 'scales': list(scales), 'top1_error': counts[0] / images,
           'top5_error': counts[1] / images, 'num_images': int(counts[2]),
-          'views_per_image': views_per_scale(protocol, flip) * len(scales) * len(predictors),
-          'flip': flip,
-          'num_models': len(predictors)}
+          'views_per_image': (posteriors.views_per_scale(protocol, flip) * len(scales)
+                              * len(predictors)),
+          'flip': flip, 'num_models': len(predictors)}
 
 
 def run(eval_config, workdirs: Sequence[str], output_dir: str | None = None,
@@ -199,7 +136,7 @@ def run(eval_config, workdirs: Sequence[str], output_dir: str | None = None,
     data_config = ml_collections.ConfigDict(meta['config']['data'])
   stats = statistics.rgb_statistics(data_config, os.path.abspath(workdirs[0]))
   scales = list(eval_config.scales) or [data_config.eval_scale]
-  predictors = [Predictor(m, variables, eval_config.batch_size)
+  predictors = [posteriors.Predictor(m, variables, eval_config.batch_size)
                 for m, variables, _, _ in loaded]
   logging.info('Evaluating %s (steps %s) with protocol %s at Q=%s...', ', '.join(workdirs),
                [step for *_, step in loaded], eval_config.protocol, scales)
@@ -251,19 +188,26 @@ def predict(eval_config, workdir: str, paths: Sequence[str], top_k: int = 5,
   scale = (list(eval_config.scales) or [data_config.eval_scale])[0]
   dense = 'dense' in eval_config.protocol
   check_protocol('dense' if dense else 'single', [scale], model.image_size)
-  predictor = Predictor(model, variables, eval_config.batch_size)
+  predictor = posteriors.Predictor(model, variables, eval_config.batch_size)
   names = meta.get('class_names') or [str(i) for i in range(model.num_classes)]
-  results = []
-  for path in paths:
-    try:
-      image = preprocessing.decode_image(tf.io.read_file(path), encoded=True)
-      image = preprocessing.apply_orientation(image, scan.read_orientation(path))
-    except tf.errors.InvalidArgumentError as error:
-      raise ValueError(f'Could not decode image {path}: {error.message.splitlines()[0]}') from error
-    rescaled = preprocessing.preprocess_for_dense(image, scale=scale,
-                                                  mean_rgb=stats['mean_rgb']).numpy()
-    probs = posteriors_at_scale(predictor, [rescaled], 'dense' if dense else 'single',
-                                model.image_size, eval_config.flip)[0]
-    best = np.argsort(-probs)[:top_k]
-    results.append((path, [(names[i], float(probs[i])) for i in best]))
+  protocol, results = 'dense' if dense else 'single', []
+  for start in range(0, len(paths), PREDICT_CHUNK):  # Dense: one program per shape bucket.
+    chunk = paths[start:start + PREDICT_CHUNK]
+    rescaled = [preprocessing.preprocess_for_dense(read_image(path), scale=scale,
+                                                   mean_rgb=stats['mean_rgb']).numpy()
+                for path in chunk]
+    probs = posteriors.posteriors_at_scale(predictor, rescaled, protocol, model.image_size,
+                                           eval_config.flip)
+    for path, p in zip(chunk, probs):
+      best = np.argsort(-p)[:top_k]
+      results.append((path, [(names[i], float(p[i])) for i in best]))
   return results
+
+
+def read_image(path: str):
+  """An image file decoded to uint8 [h, w, 3], turned upright by its EXIF orientation."""
+  try:
+    image = preprocessing.decode_image(tf.io.read_file(path), encoded=True)
+    return preprocessing.apply_orientation(image, scan.read_orientation(path))
+  except tf.errors.InvalidArgumentError as error:
+    raise ValueError(f'Could not decode image {path}: {error.message.splitlines()[0]}') from error

@@ -142,6 +142,13 @@ def check_fields(fields: Mapping[str, Any]):
       raise ValueError(f'{name}={value!r}: {want}.')
 
 
+def _inside(valid_sizes, height: int, width: int):
+  """[B, height, width, 1] bool: True at the rows and columns below each (height, width)."""
+  rows = jnp.arange(height)[None, :] < valid_sizes[:, 0:1]
+  cols = jnp.arange(width)[None, :] < valid_sizes[:, 1:2]
+  return (rows[:, :, None] & cols[:, None, :])[..., None]
+
+
 def _check_nhwc(shape):
   if len(shape) != 4 or shape[-1] != 3:
     raise ValueError(f'images must be [B, H, W, 3] (NHWC), got shape {tuple(shape)}.')
@@ -247,20 +254,37 @@ class VGG(nn.Module):
     return out
 
   @nn.compact
-  def __call__(self, images, train: bool = False, dense: bool = False, capture=None):
+  def __call__(self, images, train: bool = False, dense: bool = False, capture=None,
+               valid_sizes=None):
+    """valid_sizes (dense only): [B, 2] int, each image's (height, width) inside images,
+    which pad it at the bottom and right. Every conv then sees zeros beyond the image, as
+    'same' padding does at a true border; each 2x2 pool floors the valid size, as it
+    floors the map; the class scores are averaged over the image's own positions. The
+    padding changes no output; each valid size must be at least image_size."""
     if capture is None:
       self._check_input(images, dense)
       wanted, last = (), len(self.layer_table) - 1
     else:
       wanted = self.check_capture(images.shape, capture)
       dense, last = True, self._deepest(wanted)  # FC layers run as convolutions.
-    x, out = images.astype(self.dtype), {}
+    if valid_sizes is not None and (not dense or capture is not None):
+      raise ValueError('valid_sizes needs dense=True (and no capture).')
+    x, out, valid = images.astype(self.dtype), {}, valid_sizes
     for step in self.steps(last, fuse=capture is None):
+      if valid is not None and step[0].kind == 'conv':
+        x = jnp.where(_inside(valid, x.shape[1], x.shape[2]), x, jnp.zeros((), x.dtype))
       x = self._run(step, x, train, dense)
+      if valid is not None and step[-1].kind == 'pool':
+        valid = valid // 2
       if step[-1].name in wanted:
         out[step[-1].name] = x
     if capture is not None:
       return out
+    if valid is not None:  # Sec. 3.2 over each image's own score map: fc6 is a VALID conv.
+      valid = valid - self.image_size // MIN_IMAGE_SIZE + 1
+      inside = _inside(valid, x.shape[1], x.shape[2])
+      total = jnp.sum(jnp.where(inside, x.astype(jnp.float32), 0.0), axis=(1, 2))
+      return total / jnp.prod(valid, axis=1, keepdims=True).astype(jnp.float32)
     if dense:  # Sec. 3.2: class-score map [B, h, w, classes] averaged over space.
       x = x.mean(axis=(1, 2))
     return x.astype(jnp.float32)

@@ -1,4 +1,5 @@
-"""What a training run shows and watches: metrics files, throughput and MFU, NaN losses."""
+"""What a training run shows and watches: metrics files, throughput and MFU, NaN losses,
+and a profiler trace of chosen steps."""
 
 import json
 import logging as std_logging
@@ -117,6 +118,38 @@ class Throughput:
 
   def step_seconds(self) -> float:
     return (time.perf_counter() - self.start) / max(self.steps, 1)
+
+
+class StepProfiler:
+  """A JAX profiler trace of training steps first .. first + count - 1 (config.profile_steps),
+  written under directory for TensorBoard's profile plugin and as a Perfetto trace.
+
+  The trace starts before step `first` fetches its batch, so input waits show, and stops
+  once step first + count - 1 has finished on the devices. count 0: off.
+  """
+
+  def __init__(self, directory: str, first: int, count: int):
+    self.directory, self.first, self.last = directory, first, first + count - 1
+    self.tracing = False
+
+  def before_step(self, step: int):
+    """Call before step `step` (1-based) starts, with its input."""
+    if step == self.first and self.last >= self.first:
+      jax.profiler.start_trace(self.directory, create_perfetto_trace=True)
+      self.tracing = True
+      logging.info('Profiling steps %d-%d into %s.', self.first, self.last, self.directory)
+
+  def after_step(self, step: int, state):
+    """Call after step `step` was dispatched; stops once its work is done."""
+    if self.tracing and step >= self.last:
+      jax.block_until_ready(state)
+      self.close()
+
+  def close(self):
+    if self.tracing:
+      jax.profiler.stop_trace()
+      self.tracing = False
+      logging.info('Wrote the profiler trace to %s.', self.directory)
 
 
 def filter_jax_backend_log(record: std_logging.LogRecord) -> bool:

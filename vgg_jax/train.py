@@ -201,17 +201,30 @@ def save_checkpoint(loop: Loop, step: int, state, plateau: optim.Plateau, eval_m
   checkpointing.save(loop.manager, step, state.checkpoint_tree(), meta, best or None)
 
 
+def profile_dir(workdir: str) -> str:
+  """Where config.profile_steps' trace goes: workdir/profile (process_N/ in each, if several)."""
+  if jax.process_count() == 1:
+    return os.path.join(workdir, 'profile')
+  return os.path.join(workdir, 'profile', f'process_{jax.process_index()}')
+
+
 def run_loop(loop: Loop, state, plateau: optim.Plateau, batch, dropout_rng):
   """Steps from state.step to total_steps; logs, evaluates and checkpoints on schedule."""
   config, step = loop.config, int(state.step)
   notice, throughput = preemption.Notice(), monitoring.Throughput()
+  profiler = monitoring.StepProfiler(profile_dir(loop.workdir), *(config.profile_steps or (1, 0)))
   pending_losses, summary, last_eval = [], {}, {}
   try:
     while step < loop.total_steps:
-      if batch is None:
-        batch = sharding.make_global_batch(next(loop.train_iter), loop.mesh)
-      state, metrics = loop.train_fn(state, batch, dropout_rng)
+      profiler.before_step(step + 1)
+      # Named in a profiler trace: the step, and within it the wait for its input.
+      with jax.profiler.StepTraceAnnotation('train', step_num=step + 1):
+        if batch is None:
+          with jax.profiler.TraceAnnotation('input'):
+            batch = sharding.make_global_batch(next(loop.train_iter), loop.mesh)
+        state, metrics = loop.train_fn(state, batch, dropout_rng)
       batch, step = None, step + 1
+      profiler.after_step(step, state)
       throughput.steps += 1
       pending_losses.append((step, metrics['loss']))
       is_last = step == loop.total_steps
@@ -238,6 +251,7 @@ def run_loop(loop: Loop, state, plateau: optim.Plateau, batch, dropout_rng):
     loop.manager.wait_until_finished()
     loop.manager.close()
     notice.close()
+    profiler.close()
   return {'step': step, 'preempted': False, **summary, **last_eval}
 
 

@@ -120,4 +120,7 @@ def get_config():
   # with one error line (exit status 75); JAX's own heartbeat gets three times as long.
   config.peer_timeout_seconds = 10
   config.shutdown_timeout_seconds = 30  # How long processes wait for each other at exit.
+  # (first step, count): a JAX profiler trace of those training steps in workdir/profile
+  # (TensorBoard's profile plugin, or Perfetto); () is off. docs/performance.md.
+  config.profile_steps = ()
   return config

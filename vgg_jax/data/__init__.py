@@ -6,8 +6,7 @@ Knows nothing of the model. One module each:
                  (root/<split>/<class>/*.jpg|png) and TFDS, sharded per process
   scan           image folders checked once (every file decoded, EXIF orientation
                  read), cached as JSON in the work dir
-  preprocessing  decoding, EXIF orientation, rescaling, crops, flip, PCA colour shift;
-                 multi-crop views
+  preprocessing  decoding, EXIF orientation, rescaling, crops, flip, PCA colour shift
   statistics     the mean RGB and the RGB PCA basis, computed once and cached as JSON
   statistics_cache  the JSON file they are cached in (read without TensorFlow)
   iterators      the seeded, resumable train stream and the padded eval pass

@@ -3,9 +3,9 @@
 Decoding (EXIF orientation applied), isotropic rescaling of the smallest side, the random
 crop (decoding only the JPEG window it needs, resampled by `resample`), flip and PCA
 colour shift for training, all here (`preprocess_for_train`) or, with the resampling left
-to the train step on the device, up to the uint8 window (`train_window`); centre crop,
-whole image (dense) and the 5x5 multi-crop grid for testing. Knows nothing of sources or
-the model.
+to the train step on the device, up to the uint8 window (`train_window`); centre crop and
+whole image (dense) for testing (the multi-crop grid is cut by vgg_jax.posteriors).
+Knows nothing of sources or the model.
 
 One filter, TensorFlow's antialiased bilinear resize, has three implementations, each for
 a reason given in docs/performance.md: `resize` (tf.image.resize) for evaluation and for
@@ -289,24 +289,3 @@ def preprocess_for_eval(image, *, image_size: int, scale: int, mean_rgb):
 def preprocess_for_dense(image, *, scale: int, mean_rgb):
   """Sec. 3.2 dense evaluation: the whole image, smallest side rescaled to Q."""
   return rescale_smallest_side(image, scale) - tf.constant(mean_rgb, tf.float32)
-
-
-def multi_crop_offsets(height: int, width: int, crop: int, grid: int = 5):
-  """Top-left corners of a grid x grid regular grid of crops over an image."""
-  rows = np.linspace(0, height - crop, grid).round().astype(int)
-  cols = np.linspace(0, width - crop, grid).round().astype(int)
-  return [(int(r), int(c)) for r in rows for c in cols]
-
-
-def multi_crop_views(image, *, image_size: int, grid: int = 5, flip: bool = True):
-  """Sec. 3.2 multi-crop: grid x grid crops, then their flips -> [2*grid^2, S, S, 3].
-
-  image: an already rescaled (and mean-subtracted) float image [h, w, 3] (numpy).
-  flip=False: the grid^2 crops only.
-  """
-  image = np.asarray(image)
-  height, width = image.shape[:2]
-  crops = [image[r:r + image_size, c:c + image_size]
-           for r, c in multi_crop_offsets(height, width, image_size, grid)]
-  crops = np.stack(crops)
-  return np.concatenate([crops, crops[:, :, ::-1]]) if flip else crops
