@@ -141,7 +141,7 @@ def test_compilations_are_bounded_by_buckets_and_batch_sizes():
   compiled = posteriors._posteriors._cache_size() - before  # pylint: disable=protected-access
   bound = 1 * len(predictor.batch_sizes)  # One bucket.
   assert predictor.batch_sizes == (8, 16) and compiled <= bound
-  assert {shape for shape, _ in predictor.programs} <= {(8, 64, 64, 3), (16, 64, 64, 3)}
+  assert {shape for shape, *_ in predictor.programs} <= {(8, 64, 64, 3), (16, 64, 64, 3)}
   np.testing.assert_allclose(np.concatenate([first, rest]).sum(1), 1.0, rtol=1e-5)
 
 

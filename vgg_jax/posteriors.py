@@ -50,7 +50,7 @@ def batch_sizes(batch_size: int, devices: int) -> tuple[int, ...]:
 
 
 class Predictor:
-  """Posteriors of one model; `programs` holds the (shape, batch) pairs it has compiled."""
+  """Posteriors of one model; `programs` holds the (batch shape, dense, masked) it has run."""
 
   def __init__(self, model: models.VGG, variables, batch_size: int):
     """variables: {'params': ...} (and 'batch_stats' for the batch-norm variants)."""
@@ -73,7 +73,7 @@ class Predictor:
     if valid_sizes is not None:  # Padding rows: whole, so their average divides by > 0.
       valid_sizes = np.concatenate([valid_sizes, np.tile(images.shape[1:3], (size - count, 1))])
       args['valid_sizes'] = jax.device_put(valid_sizes.astype(np.int32), self.views)
-    self.programs.add((images.shape, dense))
+    self.programs.add((images.shape, dense, valid_sizes is not None))
     probs = _posteriors(self.model, self.variables, jax.device_put(images, self.views),
                         dense, **args)
     return np.asarray(probs)[:count]
