@@ -38,14 +38,8 @@ def _require(config, name: str, ok, want: str, optional: bool = False):
   run's) passes and gets the code's default.
   """
   value = _field(config, name, optional)
-  if value is _ABSENT:
-    return
-  try:
-    good = ok(value)
-  except TypeError:
-    good = False
-  if not good:
-    raise ValueError(f'config.{name}={value!r}: {want}.')
+  if value is not _ABSENT:
+    models.check_fields({f'config.{name}': value}, {f'config.{name}': (ok, want)})
 
 
 def _positive_int(value) -> bool:
@@ -60,10 +54,9 @@ def check_model(config):
            f'must be one of {list(models.DTYPES)}')
   _require(config, 'model.num_classes', lambda v: isinstance(v, int) and v >= 0,
            'must be a class count (0: as many as the data has)')
-  try:
-    models.check_fields({k: v for k, v in fields.items() if v is not _ABSENT})
-  except ValueError as error:
-    raise ValueError(f'config.model.{error}') from None
+  models.check_fields(
+      {f'config.model.{k}': v for k, v in fields.items() if v is not _ABSENT},
+      {f'config.model.{k}': rule for k, rule in models.FIELD_RULES.items()})
 
 
 def check_data(config):
