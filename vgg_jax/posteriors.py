@@ -83,34 +83,26 @@ class Predictor:
     return np.concatenate([self._run(images[start:start + self.batch_size], dense)
                            for start in range(0, len(images), self.batch_size)])
 
-  def dense(self, images: list[np.ndarray], flip: bool = True) -> np.ndarray:
-    """Sec. 3.2 dense posteriors [n, classes] of images [h_i, w_i, 3] of any shapes, in
-    shape buckets; with flip, averaged with those of the horizontal flips."""
+  def dense(self, images: list[np.ndarray], flip: bool = True,
+            buckets: bool = True) -> np.ndarray:
+    """Sec. 3.2 dense posteriors [n, classes] of images [h_i, w_i, 3] of any shapes; with
+    flip, averaged with those of the horizontal flips. buckets=False runs each exact
+    shape unpadded (a program per shape): the reference the buckets are tested and timed
+    against."""
     views = list(images) + ([im[:, ::-1] for im in images] if flip else [])
-    by_bucket: dict[tuple[int, int], list[int]] = {}
+    groups: dict[tuple[int, int], list[int]] = {}
     for i, view in enumerate(views):
-      by_bucket.setdefault(bucket_shape(*view.shape[:2]), []).append(i)
+      shape = view.shape[:2]
+      groups.setdefault(bucket_shape(*shape) if buckets else shape, []).append(i)
     probs = np.zeros((len(views), self.model.num_classes), np.float32)
-    for (height, width), indices in by_bucket.items():
+    for (height, width), indices in groups.items():
       for start in range(0, len(indices), self.batch_size):
         part = indices[start:start + self.batch_size]
         batch = np.zeros((len(part), height, width, 3), np.float32)
         for row, i in enumerate(part):
           batch[row, :views[i].shape[0], :views[i].shape[1]] = views[i]
-        valid = np.asarray([views[i].shape[:2] for i in part])
+        valid = np.asarray([views[i].shape[:2] for i in part]) if buckets else None
         probs[part] = self._run(batch, True, valid)
-    return 0.5 * (probs[:len(images)] + probs[len(images):]) if flip else probs
-
-  def dense_by_shape(self, images: list[np.ndarray], flip: bool = True) -> np.ndarray:
-    """As dense, but unpadded: images of one exact shape share a batch (one program per
-    shape and batch size); the reference the buckets are tested and timed against."""
-    views = list(images) + ([im[:, ::-1] for im in images] if flip else [])
-    by_shape: dict[tuple[int, ...], list[int]] = {}
-    for i, view in enumerate(views):
-      by_shape.setdefault(view.shape, []).append(i)
-    probs = np.zeros((len(views), self.model.num_classes), np.float32)
-    for indices in by_shape.values():
-      probs[indices] = self(np.stack([views[i] for i in indices]), dense=True)
     return 0.5 * (probs[:len(images)] + probs[len(images):]) if flip else probs
 
 
