@@ -88,8 +88,12 @@ def test_any_image_size_and_clear_errors():
   assert fc['fc7'].shape == (1, 2, 3, 32)  # fc6 runs as a 1x1-window conv over 2x3.
   with pytest.raises(ValueError, match=r"\['conv3_3'\] are not in VGG-A.*conv3_2, relu3_2"):
     features.extract(model, variables, images(), ['conv3_3'])
-  with pytest.raises(ValueError, match='at least 32x32'):
-    features.extract(model, variables, images((1, 24, 40, 3)), ['conv1_1'])
+  early = features.extract(model, variables, images((1, 16, 24, 3)), ['conv1_1', 'relu5_2'])
+  assert early['relu5_2'].shape == (1, 1, 1, 64)  # Four pools: 16 px suffice.
+  with pytest.raises(ValueError, match='pool5 needs images of at least 32x32, got 24x40'):
+    features.extract(model, variables, images((1, 24, 40, 3)), ['conv1_1', 'pool5'])
+  with pytest.raises(ValueError, match='conv5_1 needs images of at least 16x16, got 8x40'):
+    features.extract(model, variables, images((1, 8, 40, 3)), ['conv5_1'])
   big = models.VGG(variant='A', width=0.125, fc_width=32, num_classes=10, image_size=64)
   with pytest.raises(ValueError, match='fc6 .*image_size=64'):
     features.extract(big, models.init_variables(big, jax.random.key(0)), images(), ['fc6'])

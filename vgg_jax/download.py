@@ -21,6 +21,8 @@ from vgg_jax import named_weights
 
 TIMEOUT_SECONDS = 10.0  # Per connect and per read: no network fails in well under 30 s.
 CHUNK_BYTES = 1 << 20
+# What fetch reads of an entry: url, file_name, hash_kind, hash, size_bytes.
+Entry = named_weights.Weights | named_weights.LinearWeights
 
 
 class DownloadError(RuntimeError):
@@ -36,7 +38,7 @@ def digest(path: str, kind: str) -> str:
   return hasher.hexdigest()
 
 
-def check_hash(entry: named_weights.Weights, path: str, origin: str):
+def check_hash(entry: Entry, path: str, origin: str):
   """Raises DownloadError naming the file and both hashes unless path holds entry's bytes."""
   actual = digest(path, entry.hash_kind)
   if not actual.startswith(entry.hash):  # sha256: a prefix, as torch.hub checks; md5: all.
@@ -44,13 +46,16 @@ def check_hash(entry: named_weights.Weights, path: str, origin: str):
                         f'{actual}, expected {entry.hash}{"..." if len(entry.hash) < 32 else ""}.')
 
 
-def manual_hint(entry: named_weights.Weights) -> str:
+def manual_hint(entry: Entry) -> str:
+  if isinstance(entry, named_weights.LinearWeights):
+    return (f'Or download {entry.url} yourself (or take lpips/weights/v{entry.version}/vgg.pth '
+            f'from the lpips wheel) and pass its path as lin_weights (--lin_weights).')
   return (f'Or download {entry.url} yourself and run: python -m vgg_jax.pretrained '
           f'--source={entry.layout} --weights={entry.file_name} --variant={entry.variant}'
           f'{"" if entry.include_top else " --notop"} --out=DIR, then load DIR.')
 
 
-def fetch(entry: named_weights.Weights, directory: str,
+def fetch(entry: Entry, directory: str,
           timeout: float = TIMEOUT_SECONDS) -> tuple[str, bool]:
   """(path of a verified copy of entry's file, whether it is ours to delete after use)."""
   mirror = os.environ.get(named_weights.MIRROR_ENV, '')
@@ -74,7 +79,7 @@ def fetch(entry: named_weights.Weights, directory: str,
   return path, True
 
 
-def download(url: str, part: str, entry: named_weights.Weights, timeout: float):
+def download(url: str, part: str, entry: Entry, timeout: float):
   """Appends url's bytes to part (resuming where it stops) until it is whole."""
   have = os.path.getsize(part) if os.path.exists(part) else 0
   request = urllib.request.Request(url, headers={'Range': f'bytes={have}-'} if have else {})

@@ -172,8 +172,9 @@ class VGG(nn.Module):
   statistics in training too and never update them, as a frozen conv base needs.
   capture=(names, ...): returns {name: activation [B, h, w, C]} for those feature_names
   instead of the logits, computing only as far as the deepest of them; FC layers then run
-  fully-convolutionally (fc6 as a window x window conv), on images of any size >= 32 (at
-  least image_size when an FC layer is asked for).
+  fully-convolutionally (fc6 as a window x window conv), on images the pools up to the
+  deepest layer leave a pixel of (16 for relu5_3, 32 for pool5; at least image_size when
+  an FC layer is asked for).
   """
   variant: str = 'D'
   num_classes: int = 1000
@@ -230,11 +231,12 @@ class VGG(nn.Module):
       raise ValueError(f'Layer(s) {unknown} are not in VGG-{self.variant}'
                        f'{"_bn" if self.batch_norm else ""}; its layers are: {", ".join(valid)}.')
     _check_nhwc(images_shape)
-    smallest = min(images_shape[1:3])
-    if smallest < MIN_IMAGE_SIZE:
-      raise ValueError(f'Feature extraction needs images of at least {MIN_IMAGE_SIZE}x'
-                       f'{MIN_IMAGE_SIZE}, got {images_shape[1]}x{images_shape[2]}.')
-    deepest = self._deepest(capture)
+    smallest, deepest = min(images_shape[1:3]), self._deepest(capture)
+    # Each pool up to the deepest layer halves the map: it must keep a pixel.
+    least = 2**sum(layer.kind == 'pool' for layer in self.layer_table[:deepest + 1])
+    if smallest < least:
+      raise ValueError(f'Layer {self.layer_table[deepest].name} needs images of at least '
+                       f'{least}x{least}, got {images_shape[1]}x{images_shape[2]}.')
     first_fc = next(i for i, layer in enumerate(self.layer_table) if layer.kind == 'fc')
     if deepest >= first_fc and smallest < self.image_size:
       raise ValueError(f'Layer {self.layer_table[deepest].name} (FC) needs images of at '

@@ -122,7 +122,39 @@ WEIGHTS = {w.name: w for w in (
 )}
 
 
-def find(name: str, table: dict[str, Weights] | None = None) -> Weights:
+# LPIPS's learned linear weights for VGG-16 (Zhang et al. 2018), as the `lpips` package ships
+# them (lpips/weights/v<version>/vgg.pth); the sha256 of each equals the wheel's RECORD.
+LPIPS_REPOSITORY = 'https://raw.githubusercontent.com/richzhang/PerceptualSimilarity/master/'
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearWeights:
+  """One LPIPS linear-weights file: five non-negative 1x1 convs, one per VGG-16 layer."""
+  name: str
+  version: str  # LPIPS's '0.1' (the default) or '0.0'.
+  size_bytes: int
+  hash: str  # The whole sha256.
+  hash_kind: str = 'sha256'
+  licence: str = 'BSD-2-Clause (lpips)'
+
+  @property
+  def url(self) -> str:
+    return f'{LPIPS_REPOSITORY}lpips/weights/v{self.version}/vgg.pth'
+
+  @property
+  def file_name(self) -> str:  # Both versions' files are called vgg.pth: ours are apart.
+    return f'{self.name}.pth'
+
+
+LPIPS_WEIGHTS = {w.name: w for w in (
+    LinearWeights('lpips_vgg_v0.1', '0.1', 7289,
+                  'a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868'),
+    LinearWeights('lpips_vgg_v0.0', '0.0', 6735,
+                  'b9e4236260c3dd988fc79d2a48d645d885afcbb21f9fd595e6744cf7419b582c'),
+)}
+
+
+def find(name: str, table: dict | None = None):
   """The entry called `name`; an unknown name raises, listing the known ones."""
   table = WEIGHTS if table is None else table
   if name not in table:

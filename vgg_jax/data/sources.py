@@ -16,10 +16,11 @@ import numpy as np
 import tensorflow as tf
 
 from vgg_jax import data
+from vgg_jax import files
 from vgg_jax.data import preprocessing
 from vgg_jax.data import scan
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
+IMAGE_EXTENSIONS = files.IMAGE_EXTENSIONS
 DIGITS_SIZE = 32
 IMAGENET_MANUAL_HELP = """\
 ImageNet (imagenet2012) cannot be downloaded automatically. To prepare it:

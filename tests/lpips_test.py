@@ -1,0 +1,363 @@
+"""vgg_jax.lpips against the `lpips` package itself: its random-trunk nets, its shipped weights."""
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import http_server  # tests/ is on sys.path
+from vgg_jax import download
+from vgg_jax import lpips
+from vgg_jax import named_weights
+from vgg_jax import pretrained
+
+torch = pytest.importorskip('torch', reason='the reference is PyTorch')
+# lpips builds its trunk with torchvision's deprecated pretrained= argument.
+pytestmark = pytest.mark.filterwarnings('ignore:.*(pretrained|weight enum).*:UserWarning')
+reference_lpips = pytest.importorskip('lpips', reason='the reference package')
+
+# Odd sides and a 16x16 (relu5_3 1x1); the fast tier runs the first two.
+SHAPES = [(2, 48, 80), (3, 16, 16), pytest.param((2, 64, 64), marks=pytest.mark.slow),
+          pytest.param((1, 37, 50), marks=pytest.mark.slow)]
+
+
+def wheel_weights(version: str) -> str:
+  """The lin weights file the installed lpips package ships."""
+  return os.path.join(os.path.dirname(reference_lpips.__file__), 'weights', f'v{version}',
+                      'vgg.pth')
+
+
+class Pair(NamedTuple):
+  reference: Any  # lpips.LPIPS (torch), random trunk.
+  ours: lpips.LPIPS  # The same trunk, exported to `trunk`, and the wheel's lin weights.
+  trunk: str
+  version: str
+
+
+@pytest.fixture(name='trunk', scope='module')
+def trunk_fixture(tmp_path_factory):
+  """A random VGG-16 trunk as lpips builds it (pnet_rand=True), saved in torchvision's layout."""
+  torch.manual_seed(0)
+  net = reference_lpips.pn.vgg16(pretrained=False, requires_grad=False)
+  # Its slices hold torchvision's vgg16.features modules under their own indices.
+  state = {f'features.{k.split(".", 1)[1]}': v.contiguous() for k, v in net.state_dict().items()}
+  path = str(tmp_path_factory.mktemp('trunk') / 'vgg16_random.pth')
+  torch.save(state, path)
+  return path
+
+
+@pytest.fixture(name='pair', scope='module',
+                params=['0.1', pytest.param('0.0', marks=pytest.mark.slow)])
+def pair_fixture(request, trunk):
+  version = request.param
+  reference = reference_lpips.LPIPS(net='vgg', version=version, pnet_rand=True, verbose=False)
+  state = torch.load(trunk)
+  reference.net.load_state_dict({f'slice{slice_of(int(k.split(".")[1]))}.{k[9:]}': v
+                                 for k, v in state.items()})
+  ours = lpips.load(version, backbone=trunk, lin_weights=wheel_weights(version))
+  return Pair(reference, ours, trunk, version)
+
+
+@pytest.fixture(name='metric', scope='module')
+def metric_fixture(trunk):
+  """Ours, version 0.1, for the tests that need no reference beside it."""
+  return lpips.load('0.1', backbone=trunk, lin_weights=wheel_weights('0.1'))
+
+
+def slice_of(index: int) -> int:
+  """Which of lpips's vgg16 slices holds torchvision's features[index]."""
+  return 1 + sum(index >= start for start in (4, 9, 16, 23))
+
+
+def image_pair(shape, seed):
+  """Two [-1, 1] batches: uniform noise and a noisier copy of it, clipped."""
+  rng = np.random.default_rng(seed)
+  x0 = rng.uniform(-1, 1, shape + (3,)).astype(np.float32)
+  x1 = np.clip(x0 + rng.normal(0, 0.3, x0.shape), -1, 1).astype(np.float32)
+  return x0, x1
+
+
+def nchw(x, dtype=None):
+  out = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+  return out if dtype is None else out.to(dtype)
+
+
+def test_shipped_linear_weights_equal_the_reference_modules(pair):
+  reference, ours = pair.reference, pair.ours
+  for k, weights in enumerate(ours.lin):
+    expected = reference.lins[k].model[1].weight.detach().numpy().reshape(-1)
+    np.testing.assert_array_equal(np.asarray(weights), expected)
+  assert all((np.asarray(w) >= 0).all() for w in ours.lin)
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+def test_distances_and_maps_equal_the_reference(pair, shape):
+  reference, ours = pair.reference, pair.ours
+  x0, x1 = image_pair(shape, seed=sum(shape))
+  with torch.no_grad():
+    expected, layers = reference(nchw(x0), nchw(x1), retPerLayer=True)
+    reference.spatial = True
+    try:
+      maps = reference(nchw(x0), nchw(x1))[:, 0].numpy()
+    finally:
+      reference.spatial = False
+  got = ours(x0, x1)
+  assert got.shape == (shape[0],) and got.dtype == jnp.float32
+  np.testing.assert_allclose(got, expected.numpy().reshape(-1), rtol=1e-5, atol=0)
+  per_layer = ours.layer_distances(x0, x1)
+  for name, layer in zip(lpips.LAYERS, layers):
+    np.testing.assert_allclose(per_layer[name], layer.numpy().reshape(-1), rtol=1e-5,
+                               err_msg=name)
+  got_maps = ours(x0, x1, spatial=True)
+  assert got_maps.shape == shape
+  np.testing.assert_allclose(got_maps, maps, rtol=1e-5, atol=1e-5 * np.abs(maps).max())
+  # The map's mean is not the distance (upsampling weighs border pixels differently), but
+  # normalize=True on [0, 1] images is the same as [-1, 1].
+  np.testing.assert_allclose(ours((x0 + 1) / 2, (x1 + 1) / 2, normalize=True), got, rtol=1e-6)
+
+
+def reference_gradients(reference, x0, x1, dtype):
+  """d(sum of LPIPS)/d(x0, x1) by the reference, NHWC, computed in dtype."""
+  net = copy.deepcopy(reference).to(dtype)
+  a, b = (nchw(x, dtype).requires_grad_() for x in (x0, x1))
+  net(a, b).sum().backward()
+  return [v.grad.numpy().transpose(0, 2, 3, 1) for v in (a, b)]
+
+
+def assert_gradients_close(got, expected, rtol):
+  for name, g, e in zip(('x0', 'x1'), got, expected):
+    scale = np.abs(e).max()
+    assert scale > 0, name
+    np.testing.assert_allclose(np.asarray(g), e, rtol=0, atol=rtol * scale, err_msg=name)
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+def test_gradients_equal_the_reference_in_float64(pair, shape):
+  """The same function, differentiated: float64 on both sides leaves no ReLU or pool to
+  rounding (in float32 about one activation in 10^6 lies within rounding of 0, and there
+  either side of the kink is a correct gradient; test_gradients_in_float32 avoids them)."""
+  x0, x1 = image_pair(shape, seed=sum(shape))
+  expected = reference_gradients(pair.reference, x0, x1, torch.float64)
+  with jax.enable_x64(True):
+    ours = lpips.load(pair.version, backbone=pair.trunk, lin_weights=wheel_weights(pair.version),
+                      dtype='float64')
+    got = jax.grad(lambda a, b: ours(a, b).sum(), argnums=(0, 1))(
+        x0.astype(np.float64), x1.astype(np.float64))
+    assert got[0].dtype == jnp.float64
+    # The float32 trunk folded into float64: ~1e-7 apart (measured).
+    assert_gradients_close(got, expected, rtol=1e-4)
+
+
+def kink_margin(reference, x0, x1) -> float:
+  """How near the pair's activations come to a kink, relative to each layer's largest value:
+  the least |input| of any ReLU and the least gap between a positive 2x2 window's top two
+  values, computed by the reference in float64."""
+  net, found = copy.deepcopy(reference.net).double(), []
+
+  def relu(module, inputs):
+    del module
+    found.append(float(inputs[0].abs().min() / inputs[0].abs().max()))
+
+  def pool(module, inputs):
+    del module
+    v = inputs[0]
+    b, c, h, w = v.shape
+    windows = v[:, :, :h // 2 * 2, :w // 2 * 2].reshape(b, c, h // 2, 2, w // 2, 2)
+    top = windows.permute(0, 1, 2, 4, 3, 5).reshape(b, c, h // 2, w // 2, 4).topk(2).values
+    gaps = (top[..., 0] - top[..., 1])[top[..., 0] > 0]
+    found.append(float(gaps.min() / v.abs().max()))
+
+  for module in net.modules():
+    if isinstance(module, (torch.nn.ReLU, torch.nn.MaxPool2d)):
+      module.register_forward_pre_hook(relu if isinstance(module, torch.nn.ReLU) else pool)
+  x = torch.cat([nchw(x0, torch.float64), nchw(x1, torch.float64)])
+  with torch.no_grad():
+    net(reference.scaling_layer.double()(x) if reference.version == '0.1' else x)
+  return min(found)
+
+
+def test_gradients_in_float32(pair):
+  """Our float32 gradients equal the reference's float32 ones where no kink is near: the
+  pair is the first whose every activation is >= 5e-6 of its layer's scale from a kink,
+  five times float32's rounding differences between the two (measured <= 1e-6)."""
+  shape = (1, 16, 16)
+  seed = next((s for s in range(64) if kink_margin(pair.reference, *image_pair(shape, s)) >= 5e-6),
+              None)
+  assert seed is not None, 'no pair of 64 keeps 5e-6 from every kink'
+  x0, x1 = image_pair(shape, seed)
+  expected = reference_gradients(pair.reference, x0, x1, torch.float32)
+  got = jax.jit(jax.grad(lambda m, a, b: m(a, b).sum(), argnums=(1, 2)))(pair.ours, x0, x1)
+  assert_gradients_close(got, expected, rtol=1e-4)
+
+
+def test_jit_bfloat16_and_pytree(pair):
+  x0, x1 = image_pair((2, 32, 48), seed=5)
+  eager = pair.ours(x0, x1)
+  jitted = jax.jit(lambda m, a, b: m(a, b))(pair.ours, x0, x1)
+  np.testing.assert_allclose(jitted, eager, rtol=1e-6)
+  half = lpips.load(pair.version, backbone=pair.trunk, lin_weights=wheel_weights(pair.version),
+                    dtype='bfloat16')
+  assert half.trunk.dtype == jnp.bfloat16
+  got = half(x0, x1)
+  assert got.dtype == jnp.float32  # Activations bfloat16, the sums float32.
+  np.testing.assert_allclose(got, eager, rtol=5e-2)
+  grads = jax.grad(lambda a: half(a, x1).sum())(x0)
+  assert grads.dtype == jnp.float32 and np.isfinite(np.asarray(grads)).all()
+
+
+def test_bad_images_get_clear_errors(metric):
+  x0, x1 = image_pair((1, 32, 32), seed=0)
+  with pytest.raises(ValueError, match=r'x1 has values in \[-1, 1.5\].*normalize=True'):
+    metric(x0, np.where(x1 > 0.9, 1.5, x1))
+  with pytest.raises(ValueError, match=r'x0 has values in \[0, 255\]; LPIPS takes images in '
+                     r'\[0, 1\]\.'):
+    metric(np.where(x0 > 0, 255.0, 0.0).astype(np.float32), x1, normalize=True)
+  with pytest.raises(ValueError, match=r'x0 has values in \[nan'):
+    metric(np.full_like(x0, np.nan), x1)
+  with pytest.raises(ValueError, match=r'differ in shape, \(1, 32, 32, 3\) and \(1, 32, 40, 3\)'):
+    metric(x0, np.zeros((1, 32, 40, 3), np.float32))
+  with pytest.raises(ValueError, match=r'x1 has shape \(32, 32, 3\); LPIPS takes RGB batches'):
+    metric(x0, x1[0])
+  with pytest.raises(ValueError, match='x0 is uint8; LPIPS takes float images'):
+    metric(np.zeros((1, 32, 32, 3), np.uint8), x1)
+  with pytest.raises(ValueError, match='at least 16x16.*got 8x32'):
+    metric(x0[:, :8], x1[:, :8])
+  # Inside jit and grad the values are unknown: only shapes are checked there.
+  with pytest.raises(ValueError, match='differ in shape'):
+    jax.jit(lambda a: metric(a, x1[:, :16]))(x0)
+
+
+def test_bad_weights_get_clear_errors(trunk, metric, tmp_path):
+  state = {f'lin{k}.model.1.weight': torch.ones(1, c, 1, 1)
+           for k, c in enumerate(lpips.CHANNELS)}
+  state['lin2.model.1.weight'][0, 7] = -0.5
+  torch.save(state, str(tmp_path / 'negative.pth'))
+  with pytest.raises(ValueError, match=r'lin2.model.1.weight has negative weights \(least -0.5'):
+    lpips.read_linear_weights(str(tmp_path / 'negative.pth'))
+  state['lin2.model.1.weight'][0, 7] = 0.5
+  del state['lin4.model.1.weight']
+  torch.save(state, str(tmp_path / 'short.pth'))
+  with pytest.raises(ValueError, match=r'no lin4.model.1.weight \(relu5_3\): not an LPIPS VGG'):
+    lpips.read_linear_weights(str(tmp_path / 'short.pth'))
+  with pytest.raises(ValueError, match=r"LPIPS version '0.2' is not one of \('0.1', '0.0'\)"):
+    lpips.load('0.2', backbone=trunk)
+  with pytest.raises(ValueError, match="'lpips_vgg_v9' is no .*known names: lpips_vgg_v0.1"):
+    lpips.load('0.1', backbone=trunk, lin_weights='lpips_vgg_v9')
+  # A VGG-11 trunk, and VGG-16 in Keras's convention (BGR, caffe means), are refused.
+  torchvision = pytest.importorskip('torchvision', reason='builds a VGG-11')
+  features = torchvision.models.vgg11(weights=None).features.state_dict()
+  torch.save({f'features.{k}': v for k, v in features.items()}, str(tmp_path / 'vgg11.pth'))
+  with pytest.raises(ValueError, match="vgg11.pth is VGG-A; LPIPS's trunk is VGG-16"):
+    lpips.load('0.1', backbone=str(tmp_path / 'vgg11.pth'))
+  model, _, _ = pretrained.load(trunk)
+  keras_mean = pretrained.mean_rgb_of(named_weights.KERAS_CAFFE)
+  with pytest.raises(ValueError, match=r"takes RGB minus \[123.68, 116.779, 103.939\]; LPIPS's"):
+    lpips.check_trunk(model, keras_mean, 'vgg16_keras')
+  lpips.check_trunk(model, pretrained.mean_rgb_of(named_weights.TORCH_IMAGENET), 'ok')
+  assert 'fc6' not in metric.variables['params'] and len(metric.variables['params']) == 13
+
+
+def test_linear_weights_by_name_are_fetched_verified_and_cached(tmp_path, monkeypatch):
+  """The named file comes from a mirror (127.0.0.1 here), its sha256 checked, then the cache."""
+  served = tmp_path / 'server'
+  served.mkdir()
+  entry = named_weights.LPIPS_WEIGHTS['lpips_vgg_v0.1']
+  shutil.copy(wheel_weights('0.1'), served / entry.file_name)
+  monkeypatch.setenv(named_weights.CACHE_ENV, str(tmp_path / 'cache'))
+  with http_server.serve(str(served)) as (url, behaviour):
+    monkeypatch.setenv(named_weights.MIRROR_ENV, url)
+    path = lpips.linear_weights_path('lpips_vgg_v0.1')
+    assert behaviour.requests == [(f'/{entry.file_name}', None)]
+    assert path == str(tmp_path / 'cache' / 'lpips' / entry.file_name)
+    assert lpips.linear_weights_path('lpips_vgg_v0.1') == path
+    assert len(behaviour.requests) == 1  # The second load read the cache.
+  assert download.digest(path, 'sha256') == entry.hash and os.path.getsize(path) == entry.size_bytes
+  for got, expected in zip(lpips.read_linear_weights(path),
+                           lpips.read_linear_weights(wheel_weights('0.1'))):
+    np.testing.assert_array_equal(got, expected)
+  # The v0.0 entry names the wheel's other file; wrong bytes are refused and not kept.
+  old = named_weights.LPIPS_WEIGHTS['lpips_vgg_v0.0']
+  assert download.digest(wheel_weights('0.0'), 'sha256') == old.hash
+  assert old.url.endswith('/lpips/weights/v0.0/vgg.pth') and entry.url.endswith('v0.1/vgg.pth')
+  shutil.copy(wheel_weights('0.1'), served / old.file_name)
+  with http_server.serve(str(served)) as (url, _):
+    monkeypatch.setenv(named_weights.MIRROR_ENV, url)
+    with pytest.raises(download.DownloadError, match=f'{old.file_name} from .* wrong bytes'):
+      lpips.linear_weights_path('lpips_vgg_v0.0')
+  assert not os.path.exists(tmp_path / 'cache' / 'lpips' / old.file_name)
+
+
+def write_png(path, pixels):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  Image.fromarray(pixels).save(path)
+
+
+def image_folders(tmp_path):
+  """dir0 and dir1: three pairs of two sizes, a file in dir0 only, one of a text file."""
+  rng = np.random.default_rng(7)
+  dirs = [tmp_path / 'dir0', tmp_path / 'dir1']
+  for d in dirs:
+    d.mkdir()
+  for name, (h, w) in (('a.png', (32, 40)), ('b.png', (24, 24)), ('c.png', (32, 40))):
+    first = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    write_png(dirs[0] / name, first)
+    write_png(dirs[1] / name, np.clip(first + rng.integers(-40, 40, first.shape), 0, 255)
+              .astype(np.uint8))
+  write_png(dirs[0] / 'only_here.png', rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))
+  (dirs[1] / 'notes.txt').write_text('not an image')
+  return [str(d) for d in dirs]
+
+
+def test_folders_are_compared_by_name_in_batches(metric, tmp_path, caplog):
+  dir0, dir1 = image_folders(tmp_path)
+  caplog.set_level('INFO')
+  got = lpips.compare_dirs(metric, dir0, dir1, batch_size=2)
+  assert list(got) == ['a.png', 'b.png', 'c.png']
+  assert '1 image(s) only in' in caplog.text and 'only_here.png' in caplog.text
+  assert 'LPIPS: 3/3 pairs read, 3 compared' in caplog.text
+  for name, value in got.items():
+    x0, x1 = (lpips.read_image(os.path.join(d, name))[None] for d in (dir0, dir1))
+    assert x0.min() >= -1 and x0.max() <= 1
+    np.testing.assert_allclose(value, float(metric(x0, x1)[0]), rtol=1e-5)
+    assert value == pytest.approx(lpips.compare_files(metric, *(
+        os.path.join(d, name) for d in (dir0, dir1))), rel=1e-5)
+  lpips.write_csv(str(tmp_path / 'out.csv'), got)
+  rows = (tmp_path / 'out.csv').read_text().splitlines()
+  assert rows[0] == 'image,lpips' and [r.split(',')[0] for r in rows[1:]] == list(got)
+  np.testing.assert_allclose([float(r.split(',')[1]) for r in rows[1:]], list(got.values()),
+                             rtol=1e-6)
+  write_png(os.path.join(dir1, 'b.png'), np.zeros((24, 30, 3), np.uint8))
+  with pytest.raises(ValueError, match=r'dir0/b.png is 24x24 but .*dir1/b.png is 30x24'):
+    lpips.compare_dirs(metric, dir0, dir1)
+  with pytest.raises(ValueError, match='have no image file names in common'):
+    lpips.compare_dirs(metric, dir0, str(tmp_path))
+
+
+@pytest.mark.slow
+def test_command_line(trunk, metric, tmp_path):
+  """python -m vgg_jax.lpips: two files print the distance; two folders write the CSV."""
+  dir0, dir1 = image_folders(tmp_path)
+  flags = [f'--backbone={trunk}', f'--lin_weights={wheel_weights("0.1")}']
+
+  def run(*args):
+    return subprocess.run([sys.executable, '-m', 'vgg_jax.lpips', *args, *flags],
+                          capture_output=True, text=True, check=False, cwd=tmp_path)
+
+  files = run(os.path.join(dir0, 'a.png'), os.path.join(dir1, 'a.png'))
+  assert files.returncode == 0, files.stderr[-3000:]
+  expected = lpips.compare_files(metric, os.path.join(dir0, 'a.png'),
+                                 os.path.join(dir1, 'a.png'))
+  assert float(files.stdout.strip()) == pytest.approx(expected, rel=1e-5)
+  folders = run(f'--dir0={dir0}', f'--dir1={dir1}', '--csv=d.csv')
+  assert folders.returncode == 0, folders.stderr[-3000:]
+  assert 'over 3 pairs: mean' in folders.stdout and 'pairs/s' in folders.stderr
+  assert len((tmp_path / 'd.csv').read_text().splitlines()) == 4
+  usage = run(os.path.join(dir0, 'a.png'))
+  assert usage.returncode != 0 and 'Give two image files, or --dir0 and --dir1' in usage.stderr
