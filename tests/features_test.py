@@ -131,6 +131,27 @@ def test_perceptual_distance_is_the_weighted_sum_of_feature_mses():
                                                              ['relu1_1']), [0.0, 0.0])
 
 
+def test_srgan_loss_is_ledig_et_al_vgg54():
+  """1 / (W H) sum_{x,y} ||phi(x) - phi(y)||^2 at relu5_4 of VGG-19, maps scaled by 1/12.75."""
+  model, variables = tiny('E')
+  x, y = images(), images(seed=2)
+  a, b = (np.asarray(features.extract(model, variables, v, ['relu5_4'])['relu5_4'], np.float64)
+          for v in (x, y))
+  assert a.shape == (2, 2, 2, 64)  # Four pools: W = H = 2 at 32 px.
+  expected = np.sum((a / 12.75 - b / 12.75)**2, axis=(1, 2, 3)) / (2 * 2)
+  got = features.srgan_loss(model, variables, x, y)
+  assert got.shape == (2,) and got.dtype == jnp.float32
+  np.testing.assert_allclose(got, expected, rtol=1e-4)
+  plain = features.srgan_loss(model, variables, x, y, feature_scale=1.0)
+  np.testing.assert_allclose(plain, expected * 12.75**2, rtol=1e-4)
+  vgg22 = features.srgan_loss(model, variables, x, y, layer='relu2_2')
+  assert vgg22.shape == (2,) and np.all(np.asarray(vgg22) > 0)
+  grad = jax.grad(lambda v: features.srgan_loss(model, variables, v, y).sum())(x)
+  assert np.all(np.isfinite(np.asarray(grad))) and np.abs(np.asarray(grad)).max() > 0
+  with pytest.raises(ValueError, match=r"\['relu5_4'\] are not in VGG-D"):
+    features.srgan_loss(*tiny('D'), x, y)
+
+
 def test_gram_and_style_loss_are_gatys_formulas():
   rng = np.random.default_rng(0)
   f, a = rng.normal(size=(2, 5, 6, 4)), rng.normal(size=(1, 5, 6, 4))
