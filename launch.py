@@ -32,7 +32,8 @@ _WORKDIR = flags.DEFINE_string(
 _MODE = flags.DEFINE_enum(
     'mode', 'train', ['train', 'evaluate', 'predict', 'table'],
     "'train' (or resume); 'evaluate' runs config.eval's protocol on DIR's checkpoint; "
-    "'predict' prints the top-5 classes of the image files given as arguments (both with "
+    "'predict' prints the top-5 classes of the image files given as arguments, and with "
+    "--explain draws where the net looks (both with "
     "DIR's stored config, overridden by the --config.FIELD flags given); 'table' prints "
     'Table 2 reproduced.')
 _DISTRIBUTED = flags.DEFINE_enum(
@@ -43,6 +44,16 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of pr
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process: 0..num_processes-1.')
 flags.adopt_module_key_flags(host_memory)  # Its --reuse_host_memory, in --help.
+_EXPLAIN = flags.DEFINE_enum(
+    'explain', None, ['gradcam', 'saliency'],
+    "predict: also write, per image, its top class's Grad-CAM or saliency map over it.")
+_EXPLAIN_DIR = flags.DEFINE_string('explain_dir', 'explain', 'Where --explain writes its PNGs.')
+_EXPLAIN_LAYER = flags.DEFINE_string(
+    'explain_layer', None, 'Grad-CAM layer (default: the last ReLU of the last conv stage).')
+_SMOOTHGRAD = flags.DEFINE_integer(
+    'smoothgrad', 0, 'Saliency: average the gradient over this many noisy copies (SmoothGrad).')
+_SMOOTHGRAD_NOISE = flags.DEFINE_float(
+    'smoothgrad_noise', 0.15, "SmoothGrad's noise std, as a fraction of the image's range.")
 _CPU_COLLECTIVES = flags.DEFINE_enum(
     'cpu_collectives', None, ['gloo', 'mpi'],
     'Collectives for multi-process runs on CPU devices (testing on one machine).')
@@ -117,14 +128,14 @@ def main(argv):
   from vgg_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from vgg_jax import evaluate  # pylint: disable=g-import-not-at-top
   from vgg_jax import imagenet_classes  # pylint: disable=g-import-not-at-top
-  from vgg_jax import models  # pylint: disable=g-import-not-at-top
   from vgg_jax import monitoring  # pylint: disable=g-import-not-at-top
   from vgg_jax import pretrained  # pylint: disable=g-import-not-at-top
+  from vgg_jax import table2  # pylint: disable=g-import-not-at-top
   from vgg_jax import train  # pylint: disable=g-import-not-at-top
   checkpointing.quiet_orbax_logs()
   monitoring.quiet_jax_backend_logs()
   if _MODE.value == 'table':
-    models.print_table2()
+    table2.print_table2()
     return
   if not _WORKDIR.value:
     raise app.UsageError(f'--workdir is required for --mode={_MODE.value}.')
@@ -137,6 +148,8 @@ def main(argv):
                           output_dir=workdir, data_config=config.data)
     print(evaluate.format_table([result]))
     print(f"Wrote {result.get('path')}")
+    for path in result.get('report', []):
+      print(f'Wrote {path}')
     return
   if _MODE.value == 'predict':
     workdir = pretrained.resolve(_WORKDIR.value)
@@ -145,6 +158,11 @@ def main(argv):
       print(path)
       for name, probability in top:  # ImageNet ids as 'golden retriever (n02099601)'.
         print(f'  {probability:7.2%}  {imagenet_classes.describe(name)}')
+    if _EXPLAIN.value:
+      for _, out, name, _ in evaluate.explain_files(
+          config.eval, workdir, argv[1:], _EXPLAIN.value, _EXPLAIN_DIR.value,
+          _EXPLAIN_LAYER.value, _SMOOTHGRAD.value, _SMOOTHGRAD_NOISE.value, config.data):
+        print(f'Wrote {out} ({_EXPLAIN.value} of {imagenet_classes.describe(name)})')
     return
   result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if result.get('preempted'):

@@ -1,11 +1,13 @@
-"""Tests for vgg_jax.evaluate: the Sec. 3.2 protocols, fusion, bad input."""
+"""Tests for vgg_jax.evaluate: the Sec. 3.2 protocols, fusion, bad input, report, explain."""
 
+import csv
 import json
 import os
 import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
@@ -14,10 +16,12 @@ from experiments.configs import base
 import run_helpers
 from vgg_jax import checkpointing
 from vgg_jax import evaluate
+from vgg_jax import explain
 from vgg_jax import models
 from vgg_jax import posteriors
 from vgg_jax import pretrained
 from vgg_jax import train
+from vgg_jax.data import statistics
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -160,3 +164,54 @@ def test_predict_compiles_once_per_bucket_not_per_photo(run_dir, tmp_path):
   assert compiled() - before <= 2  # One batch size each here.
   assert [path for path, _ in results] == paths
   assert all(len(top) == 5 and top[0][1] >= top[-1][1] for _, top in results)
+
+
+def test_report_counts_equal_the_predictions_by_hand(run_dir):
+  """evaluate's report beside the JSON; training's own from its last evaluation."""
+  workdir, result = run_dir
+  out = evaluate.run(eval_config(checkpoint='latest', max_examples=100), [str(workdir)],
+                     str(workdir))
+  assert [os.path.basename(p) for p in out['report']] == [
+      'eval_single_classes.md', 'eval_single_classes.csv', 'eval_single_confusion.png',
+      'eval_single_errors.png']
+  model, variables, _, _ = pretrained.load_checkpoint(str(workdir), 'latest')
+  predictor = posteriors.Predictor(model, variables, batch_size=64)
+  data = ml_collections.ConfigDict(checkpointing.load_meta(str(workdir))['config']['data'])
+  mean = statistics.rgb_statistics(data, str(workdir))['mean_rgb']
+  labels, images = zip(*evaluate.rescaled_images(data, data.eval_split, [32], mean, 100))
+  predicted = predictor(np.stack([i[0] for i in images])).argmax(axis=1)
+  rows = list(csv.DictReader(open(workdir / 'eval_single_classes.csv')))
+  for c, row in enumerate(rows):
+    mine = np.asarray(labels) == c
+    assert int(row['support']) == mine.sum()
+    if mine.sum():
+      assert float(row['top1_error']) == pytest.approx(np.mean(predicted[mine] != c), abs=1e-6)
+  # The training run wrote its report after its last evaluation: all 450 test images.
+  final = list(csv.DictReader(open(workdir / 'eval_final_classes.csv')))
+  wrong = sum(float(r['top1_error']) * int(r['support']) for r in final)
+  assert sum(int(r['support']) for r in final) == 450
+  assert wrong / 450 == pytest.approx(result['eval/top1_error'], abs=1e-6)
+  assert (workdir / 'eval_final_confusion.png').exists()
+
+
+def test_explain_files_overlay_the_predicted_class(run_dir, tmp_path):
+  workdir, _ = run_dir
+  rng = np.random.default_rng(8)
+  paths = []
+  for i, shape in enumerate([(32, 32), (40, 56)]):
+    paths.append(str(tmp_path / f'photo{i}.png'))
+    Image.fromarray(rng.integers(0, 256, shape + (3,), dtype=np.uint8)).save(paths[-1])
+  config = eval_config(protocol='dense')
+  predicted = [top[0] for _, top in evaluate.predict(config, str(workdir), paths)]
+  for method in explain.METHODS:
+    rows = evaluate.explain_files(config, str(workdir), paths, method, str(tmp_path / 'out'),
+                                  samples=2 if method == 'saliency' else 0)
+    assert [r[0] for r in rows] == paths
+    assert [os.path.basename(r[1]) for r in rows] == [f'photo0_{method}.png',
+                                                      f'photo1_{method}.png']
+    for (_, out, name, p), (top_name, top_p) in zip(rows, predicted):
+      assert name == top_name and p == pytest.approx(top_p, abs=0.05)  # predict adds a flip.
+      with Image.open(out) as picture:
+        assert picture.size[0] > picture.size[1] > 100
+  with pytest.raises(ValueError, match="--explain='lime' is not one of"):
+    evaluate.explain_files(config, str(workdir), paths, 'lime', str(tmp_path))

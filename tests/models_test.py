@@ -11,6 +11,7 @@ import run_helpers
 from vgg_jax import cpu_ops
 from vgg_jax import layers
 from vgg_jax import models
+from vgg_jax import table2
 
 # PAPER.md Table 2, exact counts at 224x224x3 with 1000 classes.
 EXACT_PARAMS = {
@@ -39,7 +40,7 @@ def test_batch_norm_param_count_matches_torchvision(variant):
 
 
 def test_table2_prints_the_batch_norm_rows(capsys):
-  models.print_table2()
+  table2.print_table2()
   out = capsys.readouterr().out
   assert '138,357,544' in out and 'D_bn' in out and '138,365,992' in out
   assert out.count('_bn ') == len(models.CONFIGS)
@@ -64,7 +65,7 @@ def test_config_c_has_1x1_convs_and_d_has_3x3():
 
 
 def test_forward_macs_match_paper():
-  for variant, (_, gmacs) in models.PAPER_TABLE2.items():
+  for variant, (_, gmacs) in table2.PAPER_TABLE2.items():
     assert round(models.forward_macs(variant) / 1e9, 2) == gmacs
 
 
@@ -148,6 +149,27 @@ def test_dense_averages_the_score_map():
       expected.append(h @ p['fc8']['kernel'] + p['fc8']['bias'])
   dense = run_helpers.apply(model, variables, images, dense=True)
   np.testing.assert_allclose(dense, np.mean(expected, axis=0), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('batch_norm, head', [(False, 'fc'), (True, 'small')])
+def test_start_runs_on_from_a_layer_to_the_same_logits(batch_norm, head):
+  """apply(capture=L) then apply(start=L) is the whole forward pass, bit for bit."""
+  model = models.VGG(variant='A-LRN', width=0.125, fc_width=32, num_classes=5, image_size=32,
+                     batch_norm=batch_norm, head=head)
+  variables = models.init_variables(model, jax.random.key(0))
+  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3)) * 50
+
+  @functools.partial(jax.jit, static_argnames='layer')
+  def two_halves(variables, x, layer):
+    return model.apply(variables, model.apply(variables, x, capture=layer)[layer], start=layer)
+
+  full = run_helpers.apply(model, variables, x)
+  for layer in ('norm1', 'pool3', 'relu5_2'):
+    np.testing.assert_array_equal(two_halves(variables, x, layer), full, err_msg=layer)
+  with pytest.raises(ValueError, match=r"\['conv5_3'\] are not in VGG-A-LRN"):
+    model.apply(variables, x, start='conv5_3')
+  with pytest.raises(ValueError, match='valid_sizes needs dense=True .and no capture or start'):
+    model.apply(variables, x, dense=True, start='pool3', valid_sizes=jnp.ones((2, 2), int))
 
 
 def test_bfloat16_computation_keeps_float32_params():

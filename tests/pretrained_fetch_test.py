@@ -193,7 +193,8 @@ def test_finetune_from_a_name_in_one_config(served, env, tmp_path):
 
 @pytest.mark.slow
 def test_predict_on_imagenet_weights_prints_class_names(tmp_path):
-  """launch.py --mode=predict on a 1000-class import prints 'name (wnid)' lines."""
+  """launch.py --mode=predict on a 1000-class import prints 'name (wnid)' lines; --explain
+  draws the top class's Grad-CAM over the view."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   path, _ = write_torchvision_vgg11(str(tmp_path), num_classes=1000)
   pretrained.import_weights('torchvision', path, 'A', str(tmp_path / 'imported'))
@@ -201,11 +202,16 @@ def test_predict_on_imagenet_weights_prints_class_names(tmp_path):
   Image.fromarray(np.random.default_rng(1).integers(0, 256, (240, 300, 3), np.uint8)).save(image)
   result = subprocess.run(
       [sys.executable, os.path.join(ROOT, 'launch.py'), '--mode=predict',
-       f'--workdir={tmp_path / "imported"}', str(image)],
+       f'--workdir={tmp_path / "imported"}', str(image), '--explain=gradcam',
+       f'--explain_dir={tmp_path / "why"}'],
       capture_output=True, text=True, timeout=300, cwd=ROOT)
   assert result.returncode == 0, run_helpers.failure_text(result.stdout + result.stderr)
   lines = result.stdout.strip().splitlines()
-  assert lines[0] == str(image) and len(lines) == 6
+  assert lines[0] == str(image) and len(lines) == 7
+  overlay = tmp_path / 'why' / 'photo_gradcam.png'
+  assert lines[-1].startswith(f'Wrote {overlay} (gradcam of ') and overlay.exists()
+  assert lines[-1].endswith(lines[1].split('%', 1)[1].strip() + ')')  # The top class's.
+  lines = lines[:-1]
   names = dict(imagenet_classes.classes())
   for line in lines[1:]:
     label = line.split('%', 1)[1].strip()

@@ -25,9 +25,11 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from vgg_jax import explain
 from vgg_jax import files
 from vgg_jax import posteriors
 from vgg_jax import pretrained
+from vgg_jax import report
 from vgg_jax.data import preprocessing
 from vgg_jax.data import scan
 from vgg_jax.data import sources
@@ -70,11 +72,13 @@ def rescaled_images(data_config, split: str, scales: Sequence[int], mean_rgb,
 def evaluate_checkpoints(predictors: Sequence[posteriors.Predictor], data_config, *,
                          protocol: str, scales: Sequence[int], image_size: int, mean_rgb,
                          split: str | None = None, max_examples: int | None = None,
-                         chunk: int = 256, flip: bool = True) -> dict[str, Any]:
+                         chunk: int = 256, flip: bool = True,
+                         collector: report.Collector | None = None) -> dict[str, Any]:
   """Top-1/top-5 error of the fused predictors (one class count: run checks) over the split.
 
   Images are read `chunk` at a time (dense: the more, the fuller each shape bucket's
-  batches); a progress line follows each chunk.
+  batches); a progress line follows each chunk. collector, if given, is fed each chunk's
+  fused posteriors, labels and images (at the first scale).
   """
   check_protocol(protocol, scales, image_size)
   split = split or data_config.eval_split
@@ -94,6 +98,8 @@ def evaluate_checkpoints(predictors: Sequence[posteriors.Predictor], data_config
     counts[0] += np.sum(top5[:, 0] != truth)
     counts[1] += np.sum(~np.any(top5 == truth[:, None], axis=1))
     counts[2] += len(truth)
+    if collector is not None:
+      collector.add(fused, truth, [images[0] for images in pending])
     labels.clear()
     pending.clear()
     logging.info('%s: %d images, %.1f images/s, %d compiled programs (shape x batch size).',
@@ -140,16 +146,27 @@ def run(eval_config, workdirs: Sequence[str], output_dir: str | None = None,
                 for m, variables, _, _ in loaded]
   logging.info('Evaluating %s (steps %s) with protocol %s at Q=%s...', ', '.join(workdirs),
                [step for *_, step in loaded], eval_config.protocol, scales)
+  collector = (report.Collector(model.num_classes, stats['mean_rgb'])
+               if output_dir and eval_config.get('report', True) else None)
   result = evaluate_checkpoints(
       predictors, data_config, protocol=eval_config.protocol, scales=scales,
       image_size=model.image_size, mean_rgb=stats['mean_rgb'],
       split=eval_config.split or None, max_examples=eval_config.max_examples or None,
-      flip=eval_config.flip)
+      flip=eval_config.flip, collector=collector)
   result.update(workdirs=[os.path.abspath(w) for w in workdirs],
                 steps=[step for *_, step in loaded],
                 variants=[m.variant for m, *_ in loaded])
+  name = eval_config.protocol.replace('+', '_')
+  if collector is not None:
+    start, collector = time.perf_counter(), collector.merged()
+    if jax.process_index() == 0:
+      names = meta.get('class_names') or [str(i) for i in range(model.num_classes)]
+      title = (f"{'+'.join(result['variants'])} steps {result['steps']}, {name} at "
+               f"Q={','.join(map(str, scales))}: top-1 error {100 * result['top1_error']:.2f}%")
+      result['report'] = report.write(output_dir, f'eval_{name}', collector, names, title)
+      logging.info('Wrote the report (%.1f s): %s', time.perf_counter() - start,
+                   ', '.join(result['report']))
   if output_dir and jax.process_index() == 0:
-    name = eval_config.protocol.replace('+', '_')
     path = os.path.join(output_dir, f'eval_{name}.json')
     files.write_file_atomically(path, json.dumps(result, indent=2))
     result['path'] = path
@@ -202,6 +219,48 @@ def predict(eval_config, workdir: str, paths: Sequence[str], top_k: int = 5,
       best = np.argsort(-p)[:top_k]
       results.append((path, [(names[i], float(p[i])) for i in best]))
   return results
+
+
+def explain_files(eval_config, workdir: str, paths: Sequence[str], method: str, out_dir: str,
+                  layer: str | None = None, samples: int = 0, noise: float = 0.15,
+                  data_config=None) -> list[tuple[str, str, str, float]]:
+  """Writes out_dir/<image name>_<method>.png per image: the view predict classifies, and
+  it under the Grad-CAM or saliency map of its top class (vgg_jax.explain).
+
+  The view is predict's: the image rescaled to the first test scale Q, whole (dense
+  protocols) or its centre crop. Returns (image, overlay, class name, probability) rows.
+  """
+  if method not in explain.METHODS:
+    raise ValueError(f'--explain={method!r} is not one of {explain.METHODS}.')
+  model, variables, meta, _ = pretrained.load_checkpoint(workdir, eval_config.checkpoint)
+  if data_config is None:
+    data_config = ml_collections.ConfigDict(meta['config']['data'])
+  mean_rgb = np.asarray(statistics.rgb_statistics(data_config, os.path.abspath(workdir))[
+      'mean_rgb'], np.float32)
+  scale = (list(eval_config.scales) or [data_config.eval_scale])[0]
+  dense = 'dense' in eval_config.protocol
+  check_protocol('dense' if dense else 'single', [scale], model.image_size)
+  names = meta.get('class_names') or [str(i) for i in range(model.num_classes)]
+  rows = []
+  for path in paths:
+    view = preprocessing.preprocess_for_dense(read_image(path), scale=scale,
+                                              mean_rgb=mean_rgb).numpy()
+    view = view if dense else posteriors.centre_crop(view, model.image_size)
+    if method == 'gradcam':
+      maps, classes, probs = explain.gradcam(model, variables, view[None], layer=layer,
+                                             dense=dense)
+      what = f'Grad-CAM at {layer or explain.default_layer(model)}'
+    else:
+      maps, classes, probs = explain.saliency(model, variables, view[None], dense=dense,
+                                              samples=samples, noise=noise)
+      what = f'SmoothGrad ({samples} samples)' if samples else 'saliency'
+    top, p = int(classes[0]), float(probs[0, int(classes[0])])
+    out = os.path.join(out_dir, f'{os.path.splitext(os.path.basename(path))[0]}_{method}.png')
+    picture = np.clip(view + mean_rgb, 0, 255).round().astype(np.uint8)
+    explain.write_overlay(out, picture, np.asarray(maps[0]),
+                          f'{os.path.basename(path)}: {names[top]} ({p:.1%}), {what}')
+    rows.append((path, out, names[top], p))
+  return rows
 
 
 def read_image(path: str):

@@ -35,13 +35,6 @@ BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5  # torchvision's BatchNorm2d (its momentum 0
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 WEIGHT_KINDS = ('conv', 'fc', 'dense')  # Layers with a kernel and a bias.
 
-# Table 2 and docs/paper.md: (params as printed in the paper, GMACs per 224x224 image).
-PAPER_TABLE2 = {
-    'A': ('133M', 7.61), 'A-LRN': ('133M', 7.61), 'B': ('133M', 11.31),
-    'C': ('134M', 11.77), 'D': ('138M', 15.47), 'E': ('144M', 19.63),
-}
-
-
 class Layer(NamedTuple):
   """One step of the forward pass, named as in the original release.
 
@@ -221,15 +214,18 @@ class VGG(nn.Module):
                        f'image_size={self.image_size}: pass {self.image_size}x'
                        f'{self.image_size} crops, set image_size, or use dense=True.')
 
-  def check_capture(self, images_shape, capture) -> tuple[str, ...]:
-    """The requested feature names, checked against this variant and the image size."""
-    if isinstance(capture, str):
-      capture = (capture,)
-    capture, valid = tuple(capture), self.feature_names
-    unknown = [name for name in capture if name not in valid]
-    if unknown or not capture:
+  def check_names(self, names) -> tuple[str, ...]:
+    """Feature names (one or several), checked against this variant's."""
+    names, valid = ((names,) if isinstance(names, str) else tuple(names)), self.feature_names
+    unknown = [name for name in names if name not in valid]
+    if unknown or not names:
       raise ValueError(f'Layer(s) {unknown} are not in VGG-{self.variant}'
                        f'{"_bn" if self.batch_norm else ""}; its layers are: {", ".join(valid)}.')
+    return names
+
+  def check_capture(self, images_shape, capture) -> tuple[str, ...]:
+    """The requested feature names, checked against this variant and the image size."""
+    capture = self.check_names(capture)
     _check_nhwc(images_shape)
     smallest, deepest = min(images_shape[1:3]), self._deepest(capture)
     # Each pool up to the deepest layer halves the map: it must keep a pixel.
@@ -248,10 +244,10 @@ class VGG(nn.Module):
     """Index in layer_table of the last of names."""
     return max(i for i, layer in enumerate(self.layer_table) if layer.name in names)
 
-  def steps(self, last: int, fuse: bool) -> list[tuple[Layer, ...]]:
-    """layer_table up to index last, grouped into the steps the forward pass runs: with
+  def steps(self, last: int, fuse: bool, first: int = 0) -> list[tuple[Layer, ...]]:
+    """layer_table[first:last + 1], grouped into the steps the forward pass runs: with
     fuse, a conv followed by its ReLU and a pool is one step (bias, ReLU, pool fused)."""
-    table, out, i = self.layer_table[:last + 1], [], 0
+    table, out, i = self.layer_table[first:last + 1], [], 0
     while i < len(table):
       kinds = tuple(layer.kind for layer in table[i:i + 3])
       width = 3 if fuse and kinds == ('conv', 'relu', 'pool') else 1
@@ -261,22 +257,26 @@ class VGG(nn.Module):
 
   @nn.compact
   def __call__(self, images, train: bool = False, dense: bool = False, capture=None,
-               valid_sizes=None):
+               valid_sizes=None, start: str | None = None):
     """valid_sizes (dense only): [B, 2] int, each image's (height, width) inside images,
     which pad it at the bottom and right. Every conv then sees zeros beyond the image, as
     'same' padding does at a true border; each 2x2 pool floors the valid size, as it
     floors the map; the class scores are averaged over the image's own positions. The
-    padding changes no output; each valid size must be at least image_size."""
+    padding changes no output; each valid size must be at least image_size.
+    start: a feature name; images is then that layer's activation (as capture gives it)
+    and the pass runs on from the next layer, to the logits (Grad-CAM's second half)."""
+    first = 0 if start is None else self._deepest(self.check_names(start)) + 1
     if capture is None:
-      self._check_input(images, dense)
+      if start is None:
+        self._check_input(images, dense)
       wanted, last = (), len(self.layer_table) - 1
     else:
       wanted = self.check_capture(images.shape, capture)
       dense, last = True, self._deepest(wanted)  # FC layers run as convolutions.
-    if valid_sizes is not None and (not dense or capture is not None):
-      raise ValueError('valid_sizes needs dense=True (and no capture).')
+    if valid_sizes is not None and (not dense or capture is not None or start is not None):
+      raise ValueError('valid_sizes needs dense=True (and no capture or start).')
     x, out, valid = images.astype(self.dtype), {}, valid_sizes
-    for step in self.steps(last, fuse=capture is None):
+    for step in self.steps(last, fuse=capture is None, first=first):
       if valid is not None and step[0].kind == 'conv':
         x = jnp.where(_inside(valid, x.shape[1], x.shape[2]), x, jnp.zeros((), x.dtype))
       x = self._run(step, x, train, dense)
@@ -369,31 +369,3 @@ def forward_macs(variant: str, image_size: int = 224, num_classes: int = 1000,
       size = 1  # fc6 covers the whole conv map: fc7, fc8 see one position.
     in_channels = layer.features or in_channels
   return macs
-
-
-def print_table2():
-  """Prints Table 2 reproduced beside the paper's figures, then the batch-norm variants."""
-  header = (f'{"config":<9}{"weight layers":>14}{"params (ours, exact)":>22}'
-            f'{"params (paper)":>16}{"GMACs (ours)":>14}{"GMACs (paper)":>15}')
-  print('Table 2 reproduced: 224x224x3 input, 1000 classes. Parameters from '
-        'jax.eval_shape of VGG.init;\nGMACs counted from the layer shapes '
-        '(conv and FC multiply-accumulates of one forward pass).')
-  print(header)
-  print('-' * len(header))
-  for variant in CONFIGS:
-    params = count_params(param_shapes(VGG(variant=variant)))
-    gmacs = forward_macs(variant) / 1e9
-    paper_params, paper_gmacs = PAPER_TABLE2[variant]
-    print(f'{variant:<9}{len(layer_names(variant)):>14}{params:>22,}{paper_params:>16}'
-          f'{gmacs:>14.2f}{paper_gmacs:>15.2f}')
-  print('\nNot in the paper: batch_norm=True (BatchNorm after every conv, as torchvision\'s '
-        'vgg*_bn).\nParameters include BatchNorm\'s scale and bias (2 per channel), not its '
-        'running statistics;\nBatchNorm adds no MACs.')
-  for variant in CONFIGS:
-    params = count_params(param_shapes(VGG(variant=variant, batch_norm=True)))
-    print(f'{variant + "_bn":<9}{len(layer_names(variant)):>14}{params:>22,}{"-":>16}'
-          f'{forward_macs(variant) / 1e9:>14.2f}{"-":>15}')
-
-
-if __name__ == '__main__':
-  print_table2()

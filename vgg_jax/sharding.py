@@ -29,6 +29,12 @@ def make_global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[st
           for k, v in local_batch.items()}
 
 
+def local_rows(array: jax.Array) -> np.ndarray:
+  """This process's rows of an array split over 'data', in order: make_global_batch undone."""
+  shards = sorted(array.addressable_shards, key=lambda shard: shard.index[0].start or 0)
+  return np.concatenate([np.asarray(shard.data) for shard in shards])
+
+
 def check_batch_size(global_batch_size: int, num_devices: int, accum_steps: int = 1,
                      name: str = 'global_batch_size'):
   if accum_steps < 1:

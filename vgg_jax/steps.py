@@ -5,7 +5,7 @@ checkpoints or logging, so they run (and are benchmarked) without TensorFlow.
 """
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import jax
@@ -129,13 +129,17 @@ def train_step(state: TrainState, batch, rng, *, model, tx, accum_steps: int = 1
   return new_state, metrics
 
 
-def eval_step(variables, batch, *, model):
-  """Sums over the real (mask=True) examples: loss, top-1 and top-5 mistakes, count."""
+def eval_step(variables, batch, *, model, posteriors: bool = False):
+  """Sums over the real (mask=True) examples: loss, top-1 and top-5 mistakes, count.
+
+  posteriors=True: also each example's softmax [B, classes] (for the evaluation report).
+  """
   logits = model.apply(variables, batch['images'], train=False)
   loss, top1_wrong, top5_wrong = classification_metrics(logits, batch['labels'])
   mask = batch['mask'].astype(jnp.float32)
-  return {'loss': jnp.sum(loss * mask), 'top1_wrong': jnp.sum(top1_wrong * mask),
+  sums = {'loss': jnp.sum(loss * mask), 'top1_wrong': jnp.sum(top1_wrong * mask),
           'top5_wrong': jnp.sum(top5_wrong * mask), 'count': jnp.sum(mask)}
+  return (sums, jax.nn.softmax(logits.astype(jnp.float32))) if posteriors else sums
 
 
 # --------------------------------------------------------------------------- compiled steps
@@ -150,17 +154,27 @@ def jit_train_step(model, tx, mesh: Mesh, accum_steps: int = 1):
                  out_shardings=(replicated, replicated), donate_argnums=0)
 
 
-def jit_eval_step(model, mesh: Mesh):
-  step = functools.partial(eval_step, model=model)
-  return jax.jit(step, in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
-                 out_shardings=sharding.replicated(mesh))
+def jit_eval_step(model, mesh: Mesh, posteriors: bool = False):
+  """eval_step compiled over the mesh; its posteriors (if asked for) stay split."""
+  step = functools.partial(eval_step, model=model, posteriors=posteriors)
+  sums, split = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+  return jax.jit(step, in_shardings=(sums, split),
+                 out_shardings=(sums, split) if posteriors else sums)
 
 
-def compute_eval_metrics(eval_fn, variables, batches, mesh: Mesh) -> dict[str, float]:
-  """Runs eval_fn over the batches; returns loss and top-1/top-5 errors."""
+def compute_eval_metrics(eval_fn, variables, batches, mesh: Mesh,
+                         collect: Callable[..., Any] | None = None) -> dict[str, float]:
+  """Runs eval_fn over the batches; returns loss and top-1/top-5 errors.
+
+  collect: with an eval_fn that gives posteriors, called with this process's rows of
+  them and its (host) batch, after each batch.
+  """
   totals = None
   for batch in batches:
     sums = eval_fn(variables, sharding.make_global_batch(batch, mesh))
+    if collect is not None:
+      sums, posteriors = sums
+      collect(sharding.local_rows(posteriors), batch)
     totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   count = max(float(totals['count']), 1.0)

@@ -30,6 +30,7 @@ from vgg_jax import optim
 from vgg_jax import peers
 from vgg_jax import preemption
 from vgg_jax import pretrained
+from vgg_jax import report
 from vgg_jax import sharding
 from vgg_jax import steps
 
@@ -143,6 +144,7 @@ class Loop(NamedTuple):
   total_steps: int
   train_fn: Callable[..., Any]
   eval_fn: Callable[..., Any]
+  report_eval_fn: Callable[..., Any]  # eval_fn with posteriors; compiled at its first call.
   train_iter: Iterator[dict[str, np.ndarray]]
   make_eval_iter: Callable[[], Iterator[dict[str, np.ndarray]]]
   manager: Any
@@ -150,6 +152,7 @@ class Loop(NamedTuple):
   flops_per_step: float | None
   class_names: list[str]
   num_classes: int
+  mean_rgb: Any  # What the eval images have had subtracted (for the report's pictures).
 
 
 def log_progress(loop: Loop, step: int, metrics, throughput: monitoring.Throughput):
@@ -172,10 +175,18 @@ def log_progress(loop: Loop, step: int, metrics, throughput: monitoring.Throughp
   return summary
 
 
-def evaluate_and_adjust(loop: Loop, step: int, state, plateau: optim.Plateau):
-  """Eval metrics at `step`, and the plateau schedule's decision (Sec. 3.1)."""
-  metrics = steps.compute_eval_metrics(loop.eval_fn, state.variables, loop.make_eval_iter(),
-                                 loop.mesh)
+def evaluate_and_adjust(loop: Loop, step: int, state, plateau: optim.Plateau,
+                        final: bool = False):
+  """Eval metrics at `step`, and the plateau schedule's decision (Sec. 3.1).
+
+  final (the last step's evaluation, when config.eval.report): the same pass also
+  writes the evaluation report (vgg_jax.report) into the workdir as eval_final_*.
+  """
+  if final and loop.config.eval.get('report', True):
+    metrics = evaluate_with_report(loop, step, state)
+  else:
+    metrics = steps.compute_eval_metrics(loop.eval_fn, state.variables, loop.make_eval_iter(),
+                                         loop.mesh)
   loop.writer.write(step, metrics)
   logging.info('eval at step %d: loss %.4f  top1_err %.4f  top5_err %.4f  (%d images)',
                step, metrics['eval/loss'], metrics['eval/top1_error'],
@@ -188,6 +199,26 @@ def evaluate_and_adjust(loop: Loop, step: int, state, plateau: optim.Plateau):
       state = state.replace(opt_state=optim.set_learning_rate(state.opt_state, new_lr))
       logging.info('Eval error stalled: learning rate divided by 10 to %.2e.', new_lr)
   return metrics, state, plateau
+
+
+def evaluate_with_report(loop: Loop, step: int, state) -> dict[str, float]:
+  """compute_eval_metrics, collecting each example's posterior; then writes the report."""
+  collector = report.Collector(loop.num_classes, loop.mean_rgb)
+
+  def collect(posteriors, batch):
+    real = batch['mask'].astype(bool)
+    collector.add(posteriors[real], batch['labels'][real], batch['images'][real])
+
+  metrics = steps.compute_eval_metrics(loop.report_eval_fn, state.variables,
+                                       loop.make_eval_iter(), loop.mesh, collect)
+  start, collector = time.perf_counter(), collector.merged()
+  if jax.process_index() == 0:
+    names = loop.class_names or [str(i) for i in range(loop.num_classes)]
+    title = (f'step {step}, centre crops: top-1 error {100 * metrics["eval/top1_error"]:.2f}%')
+    paths = report.write(loop.workdir, 'eval_final', collector, names, title)
+    logging.info('Wrote the evaluation report (%.1f s): %s', time.perf_counter() - start,
+                 ', '.join(paths))
+  return metrics
 
 
 def save_checkpoint(loop: Loop, step: int, state, plateau: optim.Plateau, eval_metrics):
@@ -236,7 +267,7 @@ def run_loop(loop: Loop, state, plateau: optim.Plateau, batch, dropout_rng):
       if step % config.eval_every_steps == 0 or is_last:
         jax.block_until_ready(state)  # Queued train steps count as training time.
         eval_start = time.perf_counter()
-        eval_metrics, state, plateau = evaluate_and_adjust(loop, step, state, plateau)
+        eval_metrics, state, plateau = evaluate_and_adjust(loop, step, state, plateau, is_last)
         last_eval = eval_metrics
         throughput.exclude(time.perf_counter() - eval_start)  # Keep eval out of images/s.
       if step % config.checkpoint_every_steps == 0 or eval_metrics or is_last or preempted:
@@ -280,6 +311,7 @@ def run_stages(config, workdir: str) -> dict[str, Any]:
   # functions and the benchmark (on machines without TensorFlow) must not need.
   from vgg_jax.data import iterators  # pylint: disable=g-import-not-at-top
   from vgg_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from vgg_jax.data import statistics  # pylint: disable=g-import-not-at-top
   process_index, process_count = jax.process_index(), jax.process_count()
   mesh = sharding.create_mesh()
   sharding.check_batch_size(config.global_batch_size, mesh.size, config.grad_accum_steps)
@@ -330,8 +362,10 @@ def run_stages(config, workdir: str) -> dict[str, Any]:
                '%d steps in all.', compile_s, mesh.size, process_count, steps_per_epoch,
                total_steps)
   loop = Loop(config, optimizer, workdir, mesh, total_steps, train_fn,
-              steps.jit_eval_step(model, mesh), train_iter, make_eval_iter, manager,
+              steps.jit_eval_step(model, mesh), steps.jit_eval_step(model, mesh, True),
+              train_iter, make_eval_iter, manager,
               monitoring.MetricWriter(workdir, int(state.step)), flops,
-              train_source.class_names, num_classes)
+              train_source.class_names, num_classes,
+              statistics.rgb_statistics(config.data, workdir)['mean_rgb'])
   result = run_loop(loop, state, plateau, first_batch, dropout_rng)
   return {**result, 'compile_s': compile_s}

@@ -91,6 +91,8 @@ def eval_config() -> ml_collections.ConfigDict:
   evaluation.batch_size = 64  # Views per device call, over the local devices.
   evaluation.split = ''  # Empty: data.eval_split.
   evaluation.max_examples = 0  # > 0: only the first images of the split.
+  # Beside eval_<protocol>.json: confusion matrix, per-class table, most confident errors.
+  evaluation.report = True
   return evaluation
 
 
