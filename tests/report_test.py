@@ -91,3 +91,11 @@ def test_over_100_classes_writes_tables_and_confused_pairs_only(tmp_path):
   assert len(pairs) == len(expected) == 20
   assert pairs[0] == f'| {expected[0][0]} | {expected[0][1]} | {expected[0][2]} |'
   assert paths[-1].endswith('eval_dense_confused.md')
+
+
+def test_a_failed_write_is_a_warning(tmp_path, caplog):
+  collector = report.Collector(2, MEAN)
+  collector.add(np.asarray([[0.9, 0.1]]), np.asarray([1]), [np.zeros((4, 4, 3), np.float32)])
+  missing = str(tmp_path / 'no' / 'such' / 'dir')
+  assert report.write_or_warn(missing, 'eval_single', collector, ['a', 'b'], 't') == []
+  assert 'Could not write the evaluation report: FileNotFoundError' in caplog.text

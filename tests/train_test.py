@@ -1,5 +1,6 @@
 """Tests for vgg_jax.train and vgg_jax.checkpointing (8 fake CPU devices)."""
 
+import csv
 import glob
 import gzip
 import json
@@ -365,6 +366,13 @@ def test_two_processes_equal_one_process_with_eight_devices(tmp_path):
                          run_helpers.final_params(str(one)))
   two_eval = [json.loads(l) for l in open(tmp_path / 'two' / 'metrics.jsonl')][-1]
   assert two_eval['eval/num_examples'] == result['eval/num_examples'] == 450
+  # The last evaluation's report merges both processes' shards: every test image counted.
+  for run, metrics in ((tmp_path / 'two', two_eval), (one, result)):
+    rows = list(csv.DictReader(open(run / 'eval_final_classes.csv')))
+    assert sum(int(r['support']) for r in rows) == 450
+    wrong = sum(round(float(r['top1_error']) * int(r['support'])) for r in rows)
+    assert wrong == round(metrics['eval/top1_error'] * 450)
+    assert (run / 'eval_final_errors.png').exists()
 
 
 @pytest.mark.slow

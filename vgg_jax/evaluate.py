@@ -163,7 +163,8 @@ def run(eval_config, workdirs: Sequence[str], output_dir: str | None = None,
       names = meta.get('class_names') or [str(i) for i in range(model.num_classes)]
       title = (f"{'+'.join(result['variants'])} steps {result['steps']}, {name} at "
                f"Q={','.join(map(str, scales))}: top-1 error {100 * result['top1_error']:.2f}%")
-      result['report'] = report.write(output_dir, f'eval_{name}', collector, names, title)
+      result['report'] = report.write_or_warn(output_dir, f'eval_{name}', collector, names,
+                                              title)
       logging.info('Wrote the report (%.1f s): %s', time.perf_counter() - start,
                    ', '.join(result['report']))
   if output_dir and jax.process_index() == 0:

@@ -17,6 +17,7 @@ import math
 import os
 from typing import Sequence
 
+from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -76,7 +77,7 @@ class Collector:
     blank = (-1.0, 0, 0, 0, np.zeros((THUMBNAIL, THUMBNAIL, 3), np.uint8))
     fields = list(zip(*(self.errors + [blank] * pad)))
     gathered = [multihost_utils.process_allgather(np.stack(f)) for f in fields]
-    rows = [(float(c), int(process * 2**40 + o), int(t), int(p), th)
+    rows = [(float(c), process * 2**40 + int(o), int(t), int(p), th)
             for process in range(jax.process_count())
             for c, o, t, p, th in zip(*(g[process] for g in gathered)) if c >= 0]
     out.errors = sorted(rows, key=lambda e: (-e[0], e[1]))[:self.k]
@@ -147,6 +148,17 @@ def write(output_dir: str, prefix: str, collector: Collector, class_names: Seque
   plot_confusion(collector.confusion, names, f'{prefix}_confusion.png', title)
   plot_errors(collector.errors, names, f'{prefix}_errors.png', title)
   return written + [f'{prefix}_confusion.png', f'{prefix}_errors.png']
+
+
+def write_or_warn(*args, **kwargs) -> list[str]:
+  """write(), but a failure (a full disk, a plotting error) is a warning, not a crash: the
+  report must not cost a training run its final checkpoint or an evaluation its JSON."""
+  try:
+    return write(*args, **kwargs)
+  except Exception as error:  # pylint: disable=broad-except
+    logging.warning('Could not write the evaluation report: %s: %s', type(error).__name__,
+                    error)
+    return []
 
 
 def plot_confusion(confusion: np.ndarray, names: Sequence[str], path: str, title: str):
