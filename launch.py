@@ -154,14 +154,16 @@ def main(argv):
   if _MODE.value == 'predict':
     workdir = pretrained.resolve(_WORKDIR.value)
     config = run_config(checkpointing.load_meta(workdir)['config'])
-    for path, top in evaluate.predict(config.eval, workdir, argv[1:], data_config=config.data):
+    evaluate.check_paths(argv[1:])
+    setup = evaluate.load_for_predict(config.eval, workdir, config.data)  # Read once.
+    for path, top in evaluate.predict(config.eval, workdir, argv[1:], setup=setup):
       print(path)
       for name, probability in top:  # ImageNet ids as 'golden retriever (n02099601)'.
         print(f'  {probability:7.2%}  {imagenet_classes.describe(name)}')
     if _EXPLAIN.value:
       for _, out, name, _ in evaluate.explain_files(
           config.eval, workdir, argv[1:], _EXPLAIN.value, _EXPLAIN_DIR.value,
-          _EXPLAIN_LAYER.value, _SMOOTHGRAD.value, _SMOOTHGRAD_NOISE.value, config.data):
+          _EXPLAIN_LAYER.value, _SMOOTHGRAD.value, _SMOOTHGRAD_NOISE.value, setup=setup):
         print(f'Wrote {out} ({_EXPLAIN.value} of {imagenet_classes.describe(name)})')
     return
   result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -16,7 +16,7 @@ them); the counts are summed over processes at the end.
 import json
 import os
 import time
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from absl import logging
 import jax
@@ -185,20 +185,18 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
   return '\n'.join(lines)
 
 
-def predict(eval_config, workdir: str, paths: Sequence[str], top_k: int = 5,
-            data_config=None):
-  """Top-k (class name, probability) per image file, with the checkpoint's preprocessing.
+class PredictSetup(NamedTuple):
+  """What predict and explain_files need of a checkpoint, loaded once for both."""
+  model: Any
+  variables: Any
+  class_names: list[str]
+  mean_rgb: np.ndarray  # float32 [3].
+  scale: int  # The test scale Q: the first of eval.scales, else the data's eval_scale.
+  dense: bool  # Whole image (eval.protocol says 'dense'), else the centre crop.
 
-  Uses the dense protocol when eval.protocol says 'dense' (whole image and its flip),
-  else the centre crop, at the first of eval.scales (default: the data's eval_scale).
-  data_config: the data section (mean RGB, eval_scale); by default the run's stored one.
-  """
-  if not paths:
-    raise ValueError('Give the image files to classify: launch.py --mode=predict '
-                     '--workdir=DIR IMAGE [IMAGE ...].')
-  missing = [p for p in paths if not os.path.isfile(p)]
-  if missing:
-    raise FileNotFoundError(f'No such image file: {missing[0]}')
+
+def load_for_predict(eval_config, workdir: str, data_config=None) -> PredictSetup:
+  """The checkpoint, its class names and preprocessing; data_config: by default the run's."""
   model, variables, meta, _ = pretrained.load_checkpoint(workdir, eval_config.checkpoint)
   if data_config is None:
     data_config = ml_collections.ConfigDict(meta['config']['data'])
@@ -206,13 +204,38 @@ def predict(eval_config, workdir: str, paths: Sequence[str], top_k: int = 5,
   scale = (list(eval_config.scales) or [data_config.eval_scale])[0]
   dense = 'dense' in eval_config.protocol
   check_protocol('dense' if dense else 'single', [scale], model.image_size)
-  predictor = posteriors.Predictor(model, variables, eval_config.batch_size)
   names = meta.get('class_names') or [str(i) for i in range(model.num_classes)]
+  return PredictSetup(model, variables, names, np.asarray(stats['mean_rgb'], np.float32), scale,
+                      dense)
+
+
+def check_paths(paths: Sequence[str]):
+  if not paths:
+    raise ValueError('Give the image files to classify: launch.py --mode=predict '
+                     '--workdir=DIR IMAGE [IMAGE ...].')
+  missing = [p for p in paths if not os.path.isfile(p)]
+  if missing:
+    raise FileNotFoundError(f'No such image file: {missing[0]}')
+
+
+def predict(eval_config, workdir: str, paths: Sequence[str], top_k: int = 5,
+            data_config=None, setup: PredictSetup | None = None):
+  """Top-k (class name, probability) per image file, with the checkpoint's preprocessing.
+
+  Uses the dense protocol when eval.protocol says 'dense' (whole image and its flip),
+  else the centre crop, at the first of eval.scales (default: the data's eval_scale).
+  data_config: the data section (mean RGB, eval_scale); by default the run's stored one.
+  setup: load_for_predict's, when the caller has loaded it already.
+  """
+  check_paths(paths)
+  setup = setup or load_for_predict(eval_config, workdir, data_config)
+  model, variables, names, mean_rgb, scale, dense = setup
+  predictor = posteriors.Predictor(model, variables, eval_config.batch_size)
   protocol, results = 'dense' if dense else 'single', []
   for start in range(0, len(paths), PREDICT_CHUNK):  # Dense: one program per shape bucket.
     chunk = paths[start:start + PREDICT_CHUNK]
     rescaled = [preprocessing.preprocess_for_dense(read_image(path), scale=scale,
-                                                   mean_rgb=stats['mean_rgb']).numpy()
+                                                   mean_rgb=mean_rgb).numpy()
                 for path in chunk]
     probs = posteriors.posteriors_at_scale(predictor, rescaled, protocol, model.image_size,
                                            eval_config.flip)
@@ -224,7 +247,8 @@ def predict(eval_config, workdir: str, paths: Sequence[str], top_k: int = 5,
 
 def explain_files(eval_config, workdir: str, paths: Sequence[str], method: str, out_dir: str,
                   layer: str | None = None, samples: int = 0, noise: float = 0.15,
-                  data_config=None) -> list[tuple[str, str, str, float]]:
+                  data_config=None, setup: PredictSetup | None = None
+                  ) -> list[tuple[str, str, str, float]]:
   """Writes out_dir/<image name>_<method>.png per image: the view predict classifies, and
   it under the Grad-CAM or saliency map of its top class (vgg_jax.explain).
 
@@ -233,15 +257,9 @@ def explain_files(eval_config, workdir: str, paths: Sequence[str], method: str, 
   """
   if method not in explain.METHODS:
     raise ValueError(f'--explain={method!r} is not one of {explain.METHODS}.')
-  model, variables, meta, _ = pretrained.load_checkpoint(workdir, eval_config.checkpoint)
-  if data_config is None:
-    data_config = ml_collections.ConfigDict(meta['config']['data'])
-  mean_rgb = np.asarray(statistics.rgb_statistics(data_config, os.path.abspath(workdir))[
-      'mean_rgb'], np.float32)
-  scale = (list(eval_config.scales) or [data_config.eval_scale])[0]
-  dense = 'dense' in eval_config.protocol
-  check_protocol('dense' if dense else 'single', [scale], model.image_size)
-  names = meta.get('class_names') or [str(i) for i in range(model.num_classes)]
+  check_paths(paths)
+  setup = setup or load_for_predict(eval_config, workdir, data_config)
+  model, variables, names, mean_rgb, scale, dense = setup
   rows = []
   for path in paths:
     view = preprocessing.preprocess_for_dense(read_image(path), scale=scale,

@@ -42,6 +42,13 @@ def _scores(model, variables, images, dense, start=None):
       jnp.float32)
 
 
+def _class_score(model, variables, x, classes, dense, start=None):
+  """The sum over the batch of each image's chosen class score: grad gives dy^c per image."""
+  chosen = jnp.take_along_axis(_scores(model, variables, x, dense, start), classes[:, None],
+                               axis=1)
+  return jnp.sum(chosen)
+
+
 def _classes(logits, classes):
   return jnp.argmax(logits, axis=-1) if classes is None else jnp.asarray(classes)
 
@@ -57,11 +64,8 @@ def _gradcam(model, variables, images, classes, layer: str, dense: bool):
   logits = _scores(model, variables, images, dense)
   classes = _classes(logits, classes)
 
-  def score(a):
-    chosen = jnp.take_along_axis(_scores(model, variables, a, dense, start=layer),
-                                 classes[:, None], axis=1)
-    return jnp.sum(chosen)
-
+  score = functools.partial(_class_score, model, variables, classes=classes, dense=dense,
+                            start=layer)
   grads = jax.grad(score)(activations).astype(jnp.float32)
   weights = jnp.mean(grads, axis=(1, 2))  # alpha^c_k.
   cam = jax.nn.relu(jnp.einsum('bhwk,bk->bhw', activations.astype(jnp.float32), weights))
@@ -89,10 +93,7 @@ def _saliency(model, variables, images, classes, rng, dense: bool, samples: int,
   logits = _scores(model, variables, images, dense)
   classes = _classes(logits, classes)
 
-  def score(x):
-    return jnp.sum(jnp.take_along_axis(_scores(model, variables, x, dense), classes[:, None],
-                                       axis=1))
-
+  score = functools.partial(_class_score, model, variables, classes=classes, dense=dense)
   if samples:
     spread = jnp.max(images, axis=(1, 2, 3), keepdims=True) - jnp.min(
         images, axis=(1, 2, 3), keepdims=True)
