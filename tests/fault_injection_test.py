@@ -3,6 +3,7 @@
 The lost-process matrix injects its faults through tests/fault_launch.py.
 """
 
+import itertools
 import os
 import signal
 import subprocess
@@ -53,6 +54,14 @@ def test_sigkill_at_random_points_ends_bitwise_equal_to_an_uninterrupted_run(tmp
 MATRIX = dict(OVERRIDES, num_train_steps=8, checkpoint_every_steps=2, eval_every_steps=4,
               log_every_steps=2, peer_timeout_seconds=5)
 MOMENTS = {'compile': 0, 'step': 3, 'eval': 4, 'save': 2}  # The step each fault waits for.
+# The cells run by default: every pair of values (victim and moment, victim and way, moment
+# and way) in 8 cells, killing the coordinator (process 0) mid-step and mid-save among them.
+# FAULT_MATRIX=full runs all 16 (2 victims x 4 moments x 2 ways), about 3 minutes more.
+PAIRWISE = {(0, 'compile', 'STOP'), (1, 'compile', 'KILL'), (0, 'step', 'KILL'),
+            (1, 'step', 'STOP'), (0, 'eval', 'STOP'), (1, 'eval', 'KILL'),
+            (0, 'save', 'KILL'), (1, 'save', 'STOP')}
+CELLS = [cell for cell in itertools.product([0, 1], MOMENTS, ['KILL', 'STOP'])
+         if os.environ.get('FAULT_MATRIX') == 'full' or cell in PAIRWISE]
 
 
 @pytest.fixture(name='uninterrupted', scope='module')
@@ -63,6 +72,14 @@ def uninterrupted_fixture(tmp_path_factory):
   outputs = [p.communicate(timeout=300)[0] for p in procs]
   assert [p.returncode for p in procs] == [0, 0], ''.join(map(run_helpers.failure_text, outputs))
   return run_helpers.final_params(workdir)
+
+
+def test_the_default_cells_cover_every_pair_of_values():
+  values = ([0, 1], list(MOMENTS), ['KILL', 'STOP'])
+  for a, b in itertools.combinations(range(3), 2):
+    assert {(cell[a], cell[b]) for cell in PAIRWISE} == set(
+        itertools.product(values[a], values[b])), (a, b)
+  assert len(PAIRWISE) == 8 and set(CELLS) >= PAIRWISE
 
 
 def run_until_the_survivor_exits(procs, victim: int) -> tuple[str, float]:
@@ -86,9 +103,8 @@ def run_until_the_survivor_exits(procs, victim: int) -> tuple[str, float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('way', ['KILL', 'STOP'])
-@pytest.mark.parametrize('moment', list(MOMENTS))
-@pytest.mark.parametrize('victim', [0, 1])
+@pytest.mark.parametrize('victim, moment, way', CELLS,
+                         ids=['-'.join(map(str, cell)) for cell in CELLS])
 def test_a_lost_process_stops_the_other_cleanly_and_a_rerun_ends_as_if_uninterrupted(
     tmp_path, uninterrupted, victim, moment, way):
   """Survivor: exit 75 within 30 s, the one line, no abort; then a rerun of both resumes."""
