@@ -28,7 +28,7 @@ def call():  # Freed before the next call, as a train step's temporaries are.
   y.delete()
   # delete() frees on a runtime thread. On a loaded machine (CI's two workers) that thread
   # lagged several calls behind (seen: 9 of 36 calls took fresh memory, 4 of 36 with two
-  # busy loops beside it); a pause lets the free land first (0 of 36 in 8 loaded runs).
+  # busy loops beside it); a pause lets the free land first (0 of 36 in 13 loaded runs).
   time.sleep(0.1)
 for _ in range(12):
   call()
