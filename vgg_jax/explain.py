@@ -42,11 +42,14 @@ def _scores(model, variables, images, dense, start=None):
       jnp.float32)
 
 
-def _class_score(model, variables, x, classes, dense, start=None):
-  """The sum over the batch of each image's chosen class score: grad gives dy^c per image."""
-  chosen = jnp.take_along_axis(_scores(model, variables, x, dense, start), classes[:, None],
-                               axis=1)
-  return jnp.sum(chosen)
+def _scores_and_pullback(model, variables, x, dense, start=None):
+  """(class scores [B, classes], classes [B] -> dy^c/dx per image) from one forward pass."""
+  logits, pullback = jax.vjp(lambda x: _scores(model, variables, x, dense, start), x)
+
+  def class_gradient(classes):
+    return pullback(jax.nn.one_hot(classes, logits.shape[-1], dtype=logits.dtype))[0]
+
+  return logits, class_gradient
 
 
 def _classes(logits, classes):
@@ -60,13 +63,12 @@ def _normalise(maps):
 
 @functools.partial(jax.jit, static_argnames=('model', 'layer', 'dense'))
 def _gradcam(model, variables, images, classes, layer: str, dense: bool):
+  # The net up to the layer once, then the rest from its activations: the logits and
+  # dy^c/dA^k both come from that second half.
   activations = model.apply(variables, images, train=False, capture=layer)[layer]
-  logits = _scores(model, variables, images, dense)
+  logits, class_gradient = _scores_and_pullback(model, variables, activations, dense, layer)
   classes = _classes(logits, classes)
-
-  score = functools.partial(_class_score, model, variables, classes=classes, dense=dense,
-                            start=layer)
-  grads = jax.grad(score)(activations).astype(jnp.float32)
+  grads = class_gradient(classes).astype(jnp.float32)
   weights = jnp.mean(grads, axis=(1, 2))  # alpha^c_k.
   cam = jax.nn.relu(jnp.einsum('bhwk,bk->bhw', activations.astype(jnp.float32), weights))
   size = (cam.shape[0],) + images.shape[1:3]
@@ -90,10 +92,8 @@ def gradcam(model: models.VGG, variables, images, classes=None, layer: str | Non
 @functools.partial(jax.jit, static_argnames=('model', 'dense', 'samples'))
 def _saliency(model, variables, images, classes, rng, dense: bool, samples: int,
               noise: float):
-  logits = _scores(model, variables, images, dense)
+  logits, class_gradient = _scores_and_pullback(model, variables, images, dense)
   classes = _classes(logits, classes)
-
-  score = functools.partial(_class_score, model, variables, classes=classes, dense=dense)
   if samples:
     spread = jnp.max(images, axis=(1, 2, 3), keepdims=True) - jnp.min(
         images, axis=(1, 2, 3), keepdims=True)
@@ -101,12 +101,12 @@ def _saliency(model, variables, images, classes, rng, dense: bool, samples: int,
 
     def noisy(total, key):
       x = images + noise * spread * jax.random.normal(key, images.shape)
-      return total + jax.grad(score)(x), None
+      return total + _scores_and_pullback(model, variables, x, dense)[1](classes), None
 
     grads, _ = jax.lax.scan(noisy, jnp.zeros_like(images), keys)
     grads = grads / samples
   else:
-    grads = jax.grad(score)(images)
+    grads = class_gradient(classes)
   return _normalise(jnp.max(jnp.abs(grads), axis=-1)), classes, jax.nn.softmax(logits)
 
 
