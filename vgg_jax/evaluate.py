@@ -158,15 +158,10 @@ def run(eval_config, workdirs: Sequence[str], output_dir: str | None = None,
                 variants=[m.variant for m, *_ in loaded])
   name = eval_config.protocol.replace('+', '_')
   if collector is not None:
-    start, collector = time.perf_counter(), collector.merged()
-    if jax.process_index() == 0:
-      names = meta.get('class_names') or [str(i) for i in range(model.num_classes)]
-      title = (f"{'+'.join(result['variants'])} steps {result['steps']}, {name} at "
-               f"Q={','.join(map(str, scales))}: top-1 error {100 * result['top1_error']:.2f}%")
-      result['report'] = report.write_or_warn(output_dir, f'eval_{name}', collector, names,
-                                              title)
-      logging.info('Wrote the report (%.1f s): %s', time.perf_counter() - start,
-                   ', '.join(result['report']))
+    title = (f"{'+'.join(result['variants'])} steps {result['steps']}, {name} at "
+             f"Q={','.join(map(str, scales))}: top-1 error {100 * result['top1_error']:.2f}%")
+    result['report'] = report.write_merged(collector, output_dir, f'eval_{name}',
+                                           meta.get('class_names'), title)
   if output_dir and jax.process_index() == 0:
     path = os.path.join(output_dir, f'eval_{name}.json')
     files.write_file_atomically(path, json.dumps(result, indent=2))

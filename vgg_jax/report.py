@@ -15,6 +15,7 @@ most confident errors of all. No TensorFlow here; matplotlib draws the pictures.
 
 import math
 import os
+import time
 from typing import Sequence
 
 from absl import logging
@@ -148,6 +149,20 @@ def write(output_dir: str, prefix: str, collector: Collector, class_names: Seque
   plot_confusion(collector.confusion, names, f'{prefix}_confusion.png', title)
   plot_errors(collector.errors, names, f'{prefix}_errors.png', title)
   return written + [f'{prefix}_confusion.png', f'{prefix}_errors.png']
+
+
+def write_merged(collector: Collector, output_dir: str, prefix: str,
+                 class_names: Sequence[str] | None, title: str) -> list[str]:
+  """Merges every process's collector (collective), then process 0 writes the report
+  (write_or_warn; class names default to the class ids). Returns the paths (others: [])."""
+  start, collector = time.perf_counter(), collector.merged()
+  if jax.process_index() != 0:
+    return []
+  names = class_names or [str(i) for i in range(len(collector.confusion))]
+  paths = write_or_warn(output_dir, prefix, collector, names, title)
+  logging.info('Wrote the evaluation report (%.1f s): %s', time.perf_counter() - start,
+               ', '.join(paths))
+  return paths
 
 
 def write_or_warn(*args, **kwargs) -> list[str]:

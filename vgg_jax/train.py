@@ -211,13 +211,8 @@ def evaluate_with_report(loop: Loop, step: int, state) -> dict[str, float]:
 
   metrics = steps.compute_eval_metrics(loop.report_eval_fn, state.variables,
                                        loop.make_eval_iter(), loop.mesh, collect)
-  start, collector = time.perf_counter(), collector.merged()
-  if jax.process_index() == 0:
-    names = loop.class_names or [str(i) for i in range(loop.num_classes)]
-    title = (f'step {step}, centre crops: top-1 error {100 * metrics["eval/top1_error"]:.2f}%')
-    paths = report.write_or_warn(loop.workdir, 'eval_final', collector, names, title)
-    logging.info('Wrote the evaluation report (%.1f s): %s', time.perf_counter() - start,
-                 ', '.join(paths))
+  title = f'step {step}, centre crops: top-1 error {100 * metrics["eval/top1_error"]:.2f}%'
+  report.write_merged(collector, loop.workdir, 'eval_final', loop.class_names, title)
   return metrics
 
 
