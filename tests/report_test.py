@@ -99,3 +99,15 @@ def test_a_failed_write_is_a_warning(tmp_path, caplog):
   missing = str(tmp_path / 'no' / 'such' / 'dir')
   assert report.write_or_warn(missing, 'eval_single', collector, ['a', 'b'], 't') == []
   assert 'Could not write the evaluation report: FileNotFoundError' in caplog.text
+
+
+def test_write_merged_names_classes_by_id_when_the_run_has_no_names(tmp_path):
+  probabilities, labels, images, _ = chunk(7, classes=3)
+  collector = report.Collector(3, MEAN)
+  collector.add(probabilities, labels, images)
+  paths = report.write_merged(collector, str(tmp_path), 'eval_final', None, 'title')
+  assert [os.path.basename(p) for p in paths] == [
+      'eval_final_classes.md', 'eval_final_classes.csv', 'eval_final_confusion.png',
+      'eval_final_errors.png'] and all(os.path.exists(p) for p in paths)
+  with open(tmp_path / 'eval_final_classes.csv') as f:
+    assert [r['class'] for r in csv.DictReader(f)] == ['0', '1', '2']
