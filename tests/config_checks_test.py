@@ -45,7 +45,7 @@ def test_shipped_configs_pass(make):
     ({'global_batch_size': 0}, r'config.global_batch_size=0: must be a positive integer'),
     ({'eval_every_steps': -5}, r'config.eval_every_steps=-5: must be a positive integer'),
     ({'init_from': 'vgg17'}, r"config.init_from='vgg17': must be a run or import directory, "
-     r'or named weights: vgg11, vgg11_bn'),
+     r'given as a path \(\./DIR for one here\), or named weights: vgg11, vgg11_bn'),
     ({'init_from': 'vgg19'}, r"config.model.variant='A': must be 'E', the variant of "
      r"init_from='vgg19'"),
     ({'init_from': 'vgg11_bn'}, r'config.model.batch_norm=False: must be True'),

@@ -38,8 +38,8 @@ def served_fixture(tmp_path, monkeypatch):
 
 def test_fetch_downloads_verifies_and_reports_progress(served, capsys):
   entry, data, behaviour, directory = served
-  path, ours = download.fetch(entry, directory)
-  assert ours and open(path, 'rb').read() == data
+  path, sha256 = download.fetch(entry, directory)
+  assert open(path, 'rb').read() == data and sha256 == download.digest(path, 'sha256')
   assert os.listdir(directory) == [FILE]  # No .part left behind.
   assert behaviour.requests == [(f'/{FILE}', None)]
   line = capsys.readouterr().err.strip().splitlines()[-1]
@@ -101,17 +101,24 @@ def test_a_server_that_never_answers_times_out(served):
   assert time.monotonic() - start < 3
 
 
-def test_a_mirror_directory_is_read_in_place(tmp_path, monkeypatch):
-  mirror = tmp_path / 'mirror'
+def test_a_mirror_directory_is_copied_into_the_cache_then_verified(tmp_path, monkeypatch):
+  mirror, downloads = tmp_path / 'mirror', tmp_path / 'downloads'
   mirror.mkdir()
   (mirror / FILE).write_bytes(b'weights' * 1000)
   entry = make_entry(mirror / FILE)
   monkeypatch.setenv(named_weights.MIRROR_ENV, str(mirror))
-  assert download.fetch(entry, str(tmp_path / 'downloads')) == (str(mirror / FILE), False)
-  (mirror / FILE).write_bytes(b'tampered' * 1000)
+  path, sha256 = download.fetch(entry, str(downloads))
+  # What is hashed and later parsed is the private copy, never the mirror's file again.
+  assert path == str(downloads / FILE) and open(path, 'rb').read() == b'weights' * 1000
+  assert sha256 == download.digest(str(mirror / FILE), 'sha256')
+  (mirror / FILE).write_bytes(b'tampere' * 1000)  # As long: the hash refuses it.
   with pytest.raises(download.DownloadError, match='has the wrong bytes'):
-    download.fetch(entry, str(tmp_path / 'downloads'))
+    download.fetch(entry, str(downloads))
   assert (mirror / FILE).exists()  # A mirror's file is not ours to delete.
+  assert os.listdir(downloads) == [FILE]  # The tampered copy was not kept.
   monkeypatch.setenv(named_weights.MIRROR_ENV, str(tmp_path))
   with pytest.raises(download.DownloadError, match=f'holds no {FILE}'):
-    download.fetch(entry, str(tmp_path / 'downloads'))
+    download.fetch(entry, str(downloads))
+  monkeypatch.setenv(named_weights.MIRROR_ENV, str(tmp_path / 'nonexistent'))
+  with pytest.raises(download.DownloadError, match='nonexistent does not exist'):
+    download.fetch(entry, str(downloads))

@@ -240,7 +240,7 @@ def test_bad_weights_get_clear_errors(trunk, metric, tmp_path):
            for k, c in enumerate(lpips.CHANNELS)}
   state['lin2.model.1.weight'][0, 7] = -0.5
   torch.save(state, str(tmp_path / 'negative.pth'))
-  with pytest.raises(ValueError, match=r'lin2.model.1.weight has negative weights \(least -0.5'):
+  with pytest.raises(ValueError, match=r'lin2.model.1.weight has negative \(or NaN\) weights \(least -0.5'):
     lpips.read_linear_weights(str(tmp_path / 'negative.pth'))
   state['lin2.model.1.weight'][0, 7] = 0.5
   del state['lin4.model.1.weight']
@@ -274,24 +274,38 @@ def test_linear_weights_by_name_are_fetched_verified_and_cached(tmp_path, monkey
   monkeypatch.setenv(named_weights.CACHE_ENV, str(tmp_path / 'cache'))
   with http_server.serve(str(served)) as (url, behaviour):
     monkeypatch.setenv(named_weights.MIRROR_ENV, url)
-    path = lpips.linear_weights_path('lpips_vgg_v0.1')
+    got = lpips.linear_weights('lpips_vgg_v0.1')
     assert behaviour.requests == [(f'/{entry.file_name}', None)]
-    assert path == str(tmp_path / 'cache' / 'lpips' / entry.file_name)
-    assert lpips.linear_weights_path('lpips_vgg_v0.1') == path
+    again = lpips.linear_weights('lpips_vgg_v0.1')
     assert len(behaviour.requests) == 1  # The second load read the cache.
+  path = str(tmp_path / 'cache' / 'lpips' / entry.file_name)
   assert download.digest(path, 'sha256') == entry.hash and os.path.getsize(path) == entry.size_bytes
-  for got, expected in zip(lpips.read_linear_weights(path),
-                           lpips.read_linear_weights(wheel_weights('0.1'))):
-    np.testing.assert_array_equal(got, expected)
+  for a, b, expected in zip(got, again, lpips.read_linear_weights(wheel_weights('0.1'))):
+    np.testing.assert_array_equal(a, expected)
+    np.testing.assert_array_equal(b, expected)
+  # The cached copy is checked at every use: changed bytes are deleted and fetched again.
+  with open(path, 'r+b') as f:
+    f.seek(100)
+    f.write(b'\xff')
+  with http_server.serve(str(served)) as (url, behaviour):
+    monkeypatch.setenv(named_weights.MIRROR_ENV, url)
+    for a, expected in zip(lpips.linear_weights('lpips_vgg_v0.1'), got):
+      np.testing.assert_array_equal(a, expected)
+    assert behaviour.requests == [(f'/{entry.file_name}', None)]
   # The v0.0 entry names the wheel's other file; wrong bytes are refused and not kept.
   old = named_weights.LPIPS_WEIGHTS['lpips_vgg_v0.0']
   assert download.digest(wheel_weights('0.0'), 'sha256') == old.hash
   assert old.url.endswith('/lpips/weights/v0.0/vgg.pth') and entry.url.endswith('v0.1/vgg.pth')
-  shutil.copy(wheel_weights('0.1'), served / old.file_name)
+  shutil.copy(wheel_weights('0.1'), served / old.file_name)  # Larger than v0.0's file.
   with http_server.serve(str(served)) as (url, _):
     monkeypatch.setenv(named_weights.MIRROR_ENV, url)
+    with pytest.raises(download.DownloadError, match='has at most 6,735: refused before reading'):
+      lpips.linear_weights('lpips_vgg_v0.0')
+    changed = bytearray(open(wheel_weights('0.0'), 'rb').read())
+    changed[100] ^= 1
+    (served / old.file_name).write_bytes(changed)
     with pytest.raises(download.DownloadError, match=f'{old.file_name} from .* wrong bytes'):
-      lpips.linear_weights_path('lpips_vgg_v0.0')
+      lpips.linear_weights('lpips_vgg_v0.0')
   assert not os.path.exists(tmp_path / 'cache' / 'lpips' / old.file_name)
 
 

@@ -1,5 +1,6 @@
 """pretrained.load / fetch by name: download from 127.0.0.1, verify, convert once, cache."""
 
+import json
 import os
 import subprocess
 import sys
@@ -129,7 +130,8 @@ def child_script(entry, distributed: bool) -> str:
       'from vgg_jax import named_weights, pretrained\n'
       f'named_weights.WEIGHTS[{NAME!r}] = named_weights.Weights(\n'
       f'    {entry.name!r}, {entry.layout!r}, {entry.url!r}, {entry.hash_kind!r}, {entry.hash!r},\n'
-      '    "A", False, True, 0, None, None, named_weights.TORCH_IMAGENET, "test", 0.0)\n'
+      '    "A", False, True, 0, None, None, named_weights.TORCH_IMAGENET, "test", 0.0,\n'
+      f'    {entry.size_bytes})\n'
       f'model, variables, mean = pretrained.load({NAME!r})\n'
       'print(sum(float(np.abs(v).sum()) for v in jax.tree_util.tree_leaves(variables)))\n')
 
@@ -220,8 +222,13 @@ def test_predict_on_imagenet_weights_prints_class_names(tmp_path):
 
 
 def test_list_and_urls_commands(tmp_path):
-  """python -m vgg_jax.pretrained --list marks what is cached; --urls fills a mirror."""
-  os.makedirs(tmp_path / 'vgg19_bn' / checkpointing.CHECKPOINT_SUBDIR)
+  """python -m vgg_jax.pretrained --list marks what is cached and how each file is checked;
+  --urls fills a mirror."""
+  for name, record in (('vgg19_bn', {'format': pretrained.CONVERSION_FORMAT, 'sha256': 'f' * 64}),
+                       ('vgg13', {'format': pretrained.CONVERSION_FORMAT - 1})):
+    os.makedirs(tmp_path / name / checkpointing.CHECKPOINT_SUBDIR)
+    (tmp_path / name / 'source.json').write_text(json.dumps(record))
+  os.makedirs(tmp_path / 'vgg11' / checkpointing.CHECKPOINT_SUBDIR)  # Before records: none.
   env_vars = dict(os.environ, JAX_PLATFORMS='cpu', **{named_weights.CACHE_ENV: str(tmp_path)})
   run = lambda flag: subprocess.run(  # pylint: disable=unnecessary-lambda-assignment
       [sys.executable, '-m', 'vgg_jax.pretrained', flag], capture_output=True, text=True,
@@ -231,4 +238,8 @@ def test_list_and_urls_commands(tmp_path):
   rows = {line.split()[0]: line.split() for line in listing.stdout.splitlines()[2:]}
   assert set(rows) == set(named_weights.WEIGHTS)
   assert rows['vgg19_bn'][5] == 'yes' and rows['vgg19'][5] == 'no'
+  # A conversion of another format, or one from before formats were recorded, is made again.
+  assert rows['vgg13'][5] == 'no' and rows['vgg11'][5] == 'no'
+  assert rows['vgg19_bn'][6:8] == ['prefix,', 'pinned'] and rows['vgg13'][6] == 'prefix'
+  assert rows['vgg19'][6] == 'sha256' and rows['vgg16_keras'][6] == 'md5'
   assert urls.stdout.split() == [w.url for w in named_weights.WEIGHTS.values()]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from vgg_jax import torch_files
+from vgg_jax import untrusted
 
 
 @pytest.fixture(name='torch', scope='module')
@@ -40,7 +41,8 @@ class Hostile:
 def test_refuses_anything_but_tensors_and_names_it(torch, tmp_path):
   path = tmp_path / 'hostile.pth'
   torch.save({'weight': torch.zeros(2), 'payload': Hostile()}, path)
-  with pytest.raises(ValueError, match='posix.system is not a tensor'):
+  with pytest.raises(untrusted.WeightsFileError,
+                     match='hostile.pth: its state dict names posix.system, which is not a tensor'):
     torch_files.read_state_dict(str(path))
 
 

@@ -10,6 +10,7 @@ from vgg_jax import data
 from vgg_jax import models
 from vgg_jax import named_weights
 from vgg_jax import optim
+from vgg_jax import untrusted
 
 # Fields added after configs were first stored: an older run's config passes without them.
 OPTIONAL_MODEL = ('pool_impl',)
@@ -107,11 +108,12 @@ def check_loop(config):
     _require(config, 'num_epochs', lambda v: v > 0,
              'must be > 0 (or set num_train_steps > 0)')
   if config.init_from:
-    _require(config, 'init_from', lambda v: os.path.isdir(v) or v in named_weights.WEIGHTS,
-             'must be a run or import directory, or named weights: '
-             f'{", ".join(named_weights.WEIGHTS)}')
-    named = (None if os.path.isdir(config.init_from) else
-             named_weights.WEIGHTS.get(config.init_from))
+    # A registered name always means the name; a directory is taken only as a path.
+    _require(config, 'init_from', lambda v: v in named_weights.WEIGHTS or (
+        untrusted.looks_like_path(v) and os.path.isdir(os.path.expanduser(v))),
+             'must be a run or import directory, given as a path (./DIR for one here), or '
+             f'named weights: {", ".join(named_weights.WEIGHTS)}')
+    named = named_weights.WEIGHTS.get(config.init_from)
     if named:  # Deeper nets share their first layers' shapes: a wrong variant would copy.
       _require(config, 'model.variant', lambda v: v == named.variant,
                f'must be {named.variant!r}, the variant of init_from={config.init_from!r} '

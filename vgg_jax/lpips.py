@@ -27,6 +27,7 @@ halves its memory); normalisation, differences and sums are float32.
 """
 
 import functools
+import io
 import os
 import time
 from typing import Any
@@ -45,6 +46,7 @@ from vgg_jax import models
 from vgg_jax import named_weights
 from vgg_jax import pretrained
 from vgg_jax import torch_files
+from vgg_jax import untrusted
 
 LAYERS = ('relu1_2', 'relu2_2', 'relu3_3', 'relu4_3', 'relu5_3')
 CHANNELS = (64, 128, 256, 512, 512)
@@ -173,7 +175,7 @@ def load(version: str = '0.1', backbone: str = 'vgg16', lin_weights: str | None 
     raise ValueError("dtype='float64' needs jax_enable_x64 (jax.enable_x64(True)).")
   trunk, variables, mean_rgb = pretrained.load(backbone)
   check_trunk(trunk, mean_rgb, backbone)
-  lin = read_linear_weights(linear_weights_path(lin_weights or f'lpips_vgg_v{version}'))
+  lin = linear_weights(lin_weights or f'lpips_vgg_v{version}')
   convs = {n: p for n, p in variables['params'].items() if n.startswith('conv')}
   return LPIPS(variables={'params': jax.device_put(convs)},
                lin=tuple(jnp.asarray(w) for w in lin),
@@ -193,36 +195,40 @@ def check_trunk(trunk: models.VGG, mean_rgb, backbone: str):
                      "'vgg16' or a torchvision vgg16 file.")
 
 
-def linear_weights_path(name_or_path: str) -> str:
-  """A .pth path as it is; a name of LPIPS_WEIGHTS: its verified copy, fetched once."""
-  if os.path.isfile(name_or_path):
-    return name_or_path
-  entry = named_weights.find(name_or_path, named_weights.LPIPS_WEIGHTS)
+def linear_weights(name_or_path: str) -> tuple[np.ndarray, ...]:
+  """The five lin weight vectors of a .pth path, or of a name of LPIPS_WEIGHTS (its copy
+  in the cache, fetched once and checked against its sha256 at every use)."""
+  path = pretrained.as_path(name_or_path, named_weights.LPIPS_WEIGHTS)
+  if path is not None:
+    return read_linear_weights(path)
+  entry = named_weights.LPIPS_WEIGHTS[name_or_path]
   directory = os.path.join(named_weights.cache_dir(), 'lpips')
-  with download.file_lock(os.path.join(directory, f'.{entry.name}.lock')):
-    path = os.path.join(directory, entry.file_name)
-    if os.path.isfile(path):
-      download.check_hash(entry, path, path)
-      return path
-    return download.fetch(entry, directory)[0]  # Kept: it is the cached file.
+  data = download.cached_bytes(entry, directory)
+  return read_linear_weights(os.path.join(directory, entry.file_name), io.BytesIO(data))
 
 
-def read_linear_weights(path: str) -> tuple[np.ndarray, ...]:
-  """The five [C_l] weight vectors of an LPIPS VGG .pth (lin<k>.model.<1 or 0>.weight)."""
-  state = torch_files.read_state_dict(path)
+def read_linear_weights(path: str, file=None) -> tuple[np.ndarray, ...]:
+  """The five [C_l] weight vectors of an LPIPS VGG .pth (lin<k>.model.<1 or 0>.weight).
+
+  file: path's bytes already read and verified (parsed instead of reopening path).
+  """
+  state = torch_files.read_state_dict(path, file)
   out = []
   for k, (name, channels) in enumerate(zip(LAYERS, CHANNELS)):
     keys = [f'lin{k}.model.{i}.weight' for i in (1, 0) if f'lin{k}.model.{i}.weight' in state]
     if not keys:
-      raise ValueError(f'{path} has no lin{k}.model.1.weight ({name}): not an LPIPS VGG '
-                       f'weights file; its keys: {", ".join(list(state)[:8])}.')
+      raise untrusted.WeightsFileError(
+          f'{path} has no lin{k}.model.1.weight ({name}): not an LPIPS VGG weights file; its '
+          f'keys: {", ".join(untrusted.short(k) for k in list(state)[:8])}.')
     weights = state[keys[0]]
     if weights.shape != (1, channels, 1, 1):
-      raise ValueError(f'{path}: {keys[0]} has shape {weights.shape}; LPIPS VGG needs '
-                       f'{(1, channels, 1, 1)} ({name} has {channels} channels).')
-    if (weights < 0).any():
-      raise ValueError(f'{path}: {keys[0]} has negative weights (least {weights.min():.4g}); '
-                       "LPIPS's linear weights are non-negative.")
+      raise untrusted.WeightsFileError(
+          f'{path}: {keys[0]} has shape {weights.shape}; LPIPS VGG needs '
+          f'{(1, channels, 1, 1)} ({name} has {channels} channels).')
+    if not (weights >= 0).all():
+      raise untrusted.WeightsFileError(
+          f'{path}: {keys[0]} has negative (or NaN) weights (least {np.nanmin(weights):.4g}); '
+          "LPIPS's linear weights are non-negative.")
     out.append(np.ascontiguousarray(weights.reshape(channels), np.float32))
   return tuple(out)
 

@@ -168,14 +168,26 @@ def cache_dir() -> str:
   return os.path.abspath(os.path.expanduser(os.environ.get(CACHE_ENV) or DEFAULT_CACHE))
 
 
+def hash_check(entry) -> str:
+  """How a download of entry is verified: 'sha256', 'md5' or 'prefix' (8 hex of sha256)."""
+  return 'prefix' if entry.hash_kind == 'sha256' and len(entry.hash) < 64 else entry.hash_kind
+
+
 def format_table(cached: set[str], table: dict[str, Weights] | None = None) -> str:
-  """The table as `python -m vgg_jax.pretrained --list` prints it."""
+  """The table as `python -m vgg_jax.pretrained --list` prints it.
+
+  check: how a download is verified; 'prefix' entries (the publisher gives 8 hex digits
+  of the sha256) are pinned to their first verified download's whole sha256 once cached.
+  """
   table = WEIGHTS if table is None else table
   header = (f'{"name":<18}{"params":>13}{"top-1":>8}{"top-5":>8}{"MB":>7}  {"cached":<7}'
-            'input (publisher\'s top-1/top-5 % on ImageNet-1k val)')
+            f'{"check":<15}input (publisher\'s top-1/top-5 % on ImageNet-1k val)')
   lines = [header, '-' * len(header)]
   for w in table.values():
     acc = [f'{a:>8.3f}' if a is not None else f'{"-":>8}' for a in (w.top1, w.top5)]
+    check = hash_check(w) + (', pinned' if hash_check(w) == 'prefix' and w.name in cached
+                             else '')
     lines.append(f'{w.name:<18}{w.num_params:>13,}{"".join(acc)}{w.size_mib * 2**20 / 1e6:>7.0f}'
-                 f'  {"yes" if w.name in cached else "no":<7}{w.convention.describe()}')
+                 f'  {"yes" if w.name in cached else "no":<7}{check:<15}'
+                 f'{w.convention.describe()}')
   return '\n'.join(lines)

@@ -44,9 +44,11 @@ import numpy as np
 
 from vgg_jax import checkpointing
 from vgg_jax import download
+from vgg_jax import files
 from vgg_jax import imagenet_classes
 from vgg_jax import models
 from vgg_jax import named_weights
+from vgg_jax import untrusted
 from vgg_jax import weight_readers
 from vgg_jax.data import statistics_cache
 
@@ -57,6 +59,8 @@ SOURCES = ('keras', 'torchvision', 'timm')
 # Each source's own convention; a named entry may say otherwise (vgg16_features).
 CONVENTIONS = {'keras': named_weights.KERAS_CAFFE, 'torchvision': named_weights.TORCH_IMAGENET,
                'timm': named_weights.TORCH_IMAGENET}
+# What a cached conversion's source.json records; another value converts again.
+CONVERSION_FORMAT = 1
 decode = imagenet_classes.decode  # (wnid, name, p) rows of ImageNet probabilities.
 
 
@@ -193,7 +197,8 @@ def write_checkpoint(out, variables, model: models.VGG, prep, class_names, inclu
     raise FileExistsError(f'{out} already holds checkpoints; choose a new --out.')
   parent = os.path.dirname(os.path.abspath(out)) or '.'
   os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix='.import-', dir=parent)
+  remove_staging(parent, out)  # An earlier import of out that was killed.
+  staging = tempfile.mkdtemp(prefix=staging_prefix(out), dir=parent)
   try:
     state = {'step': np.zeros((), np.int32), **variables}
     meta = checkpointing.make_meta(
@@ -216,16 +221,19 @@ def load(name_or_path: str, checkpoint='best'):
   name_or_path: a name of vgg_jax.named_weights ('vgg16', 'vgg19_bn', 'vgg16_keras', ...:
   fetched once, then read from the cache), a weights file (.h5, .pth, .safetensors: its
   layout, variant and head read from the file) or an import's or a training run's
-  directory. model.apply(variables, images - mean_rgb) gives the logits of RGB 0..255
+  directory. A registered name always means the name; a file or directory is taken only
+  when the argument looks like a path (untrusted.looks_like_path: './vgg16', not 'vgg16').
+  model.apply(variables, images - mean_rgb) gives the logits of RGB 0..255
   images [B, H, W, 3]; features.extract(model, variables, images - mean_rgb, layers) their
   named activations. variables holds 'params' (and 'batch_stats' for batch-norm nets).
   checkpoint (directories): 'best' (lowest eval top-1 error, else the latest), 'latest' or
   a step. mean_rgb is float32 [3]: the weights' own mean, a run's configured one, or the
   one a run computed and cached.
   """
-  if os.path.isfile(name_or_path):
-    source, variant, include_top, contents = weight_readers.detect(name_or_path)
-    model, variables = build(source, name_or_path, variant, include_top, contents=contents)
+  path = as_path(name_or_path)
+  if path is not None and os.path.isfile(path):
+    source, variant, include_top, contents = weight_readers.detect(path)
+    model, variables = build(source, path, variant, include_top, contents=contents)
     return model, variables, np.asarray(mean_rgb_of(CONVENTIONS[source]), np.float32)
   directory = resolve(name_or_path)
   model, variables, meta, _ = load_checkpoint(directory, checkpoint)
@@ -239,18 +247,42 @@ def load_checkpoint(directory: str, which='best'):
   return models.create_model(checkpointing.model_fields(meta)), variables, meta, step
 
 
+def as_path(argument: str, table=None) -> str | None:
+  """argument as a path (~ expanded), or None when it is a registered name of `table`.
+
+  An argument that is neither a registered name nor looks like a path raises, listing
+  the names and saying how to pass a file or directory of the working directory.
+  """
+  table = named_weights.WEIGHTS if table is None else table
+  if argument in table:
+    return None
+  if untrusted.looks_like_path(argument):
+    return os.path.expanduser(argument)
+  here = f' A file or directory {argument} exists here: pass it as ./{argument}.' if (
+      os.path.exists(argument)) else ' Pass a file or directory as a path (./NAME).'
+  raise ValueError(f'{argument!r} is no registered name; known names: '
+                   f'{", ".join(table)}.{here}')
+
+
 def resolve(name_or_directory: str) -> str:
   """A run or import directory as it is; a name of named_weights: its cached checkpoint."""
-  if os.path.isdir(name_or_directory):
-    return name_or_directory
-  return fetch(name_or_directory)  # Unknown names raise, listing the known ones.
+  path = as_path(name_or_directory)
+  if path is None:
+    return fetch(name_or_directory)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'{path} is no directory (nor a weights file), and no '
+                            'registered name.' if not os.path.exists(path) else
+                            f'{path} is a file; a run or import directory is needed here.')
+  return path
 
 
 def fetch(name: str) -> str:
   """The directory of named weights' checkpoint in the cache; downloads and converts once.
 
   Processes of one host share the work: one holds a file lock while it downloads and
-  converts, the others wait for it and then read its checkpoint.
+  converts, the others wait for it and then read its checkpoint. The conversion records
+  the download's whole sha256 and CONVERSION_FORMAT (source.json): a conversion of
+  another format is made again, from a download that must have the recorded sha256.
   """
   entry = named_weights.find(name)
   cache, target = named_weights.cache_dir(), cached_directory(name)
@@ -262,7 +294,10 @@ def fetch(name: str) -> str:
   with download.file_lock(os.path.join(cache, f'.{entry.name}.lock')):
     if is_cached(name):  # Another process finished it while this one waited.
       return target
-    path, ours = download.fetch(entry, os.path.join(cache, 'downloads'))
+    remove_staging(cache, name)  # Left by a conversion that was killed.
+    pinned = (read_record(name) or {}).get('sha256')
+    shutil.rmtree(target, ignore_errors=True)  # Another format's, or half-written.
+    path, sha256 = download.fetch(entry, os.path.join(cache, 'downloads'), pinned=pinned)
     try:
       sys.stderr.write(f'Converting {entry.file_name} into {target}...\n')
       if jax.process_count() > 1:
@@ -270,9 +305,11 @@ def fetch(name: str) -> str:
       else:
         import_weights(entry.layout, path, entry.variant, target, entry.include_top,
                        entry.convention, origin=entry.url)
-    finally:
-      if ours:  # The checkpoint is what later loads read: the download is not kept.
-        os.remove(path)
+      files.write_file_atomically(record_path(name), json.dumps(
+          {'format': CONVERSION_FORMAT, 'file': entry.file_name, 'url': entry.url,
+           'sha256': sha256}, indent=1))
+    finally:  # The checkpoint is what later loads read: the download is not kept.
+      os.remove(path)
   return target
 
 
@@ -296,9 +333,37 @@ def cached_directory(name: str) -> str:
   return os.path.join(named_weights.cache_dir(), name)
 
 
+def record_path(name: str) -> str:
+  """source.json of a conversion: its format, the file and the download's whole sha256."""
+  return os.path.join(cached_directory(name), 'source.json')
+
+
+def read_record(name: str) -> dict | None:
+  try:
+    with open(record_path(name)) as f:
+      record = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return record if isinstance(record, dict) else None
+
+
 def is_cached(name: str) -> bool:
-  """Whether name's converted checkpoint is in the cache (it appears whole: a rename)."""
-  return os.path.isdir(os.path.join(cached_directory(name), checkpointing.CHECKPOINT_SUBDIR))
+  """Whether name's converted checkpoint, of this CONVERSION_FORMAT, is in the cache."""
+  record = read_record(name) or {}
+  return (record.get('format') == CONVERSION_FORMAT and os.path.isdir(
+      os.path.join(cached_directory(name), checkpointing.CHECKPOINT_SUBDIR)))
+
+
+def staging_prefix(out: str) -> str:
+  return f'.import-{os.path.basename(os.path.abspath(out))}-'
+
+
+def remove_staging(parent: str, name: str):
+  """Removes the staging directories an interrupted import of `name` left in parent."""
+  prefix = staging_prefix(name)
+  for entry in os.listdir(parent) if os.path.isdir(parent) else []:
+    if entry.startswith(prefix):
+      shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
 
 
 def cached_names() -> set[str]:

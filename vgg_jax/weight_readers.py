@@ -16,6 +16,7 @@ import numpy as np
 
 from vgg_jax import models
 from vgg_jax import torch_files
+from vgg_jax import untrusted
 
 # Conv layers per variant, in order, as torchvision's and timm's vgg11/13/16/19 hold them.
 TORCH_NAMES = {'A': 'vgg11', 'B': 'vgg13', 'D': 'vgg16', 'E': 'vgg19'}
@@ -61,38 +62,121 @@ def keras_layer_names(variant: str) -> dict[str, str]:
   return names
 
 
+MAX_H5_INFLATION = 16  # A dataset may declare 16x the bytes it stores (+ 1 MiB).
+H5_SLACK = 1 << 20
+
+
+def _h5_child(group, name: str, kind, path: str):
+  """group[name], refused unless it is a hard link to a `kind` (no soft or external link)."""
+  # Optional: the `pretrained` extra.
+  import h5py  # pylint: disable=g-import-not-at-top
+  link = group.get(name, getlink=True)
+  where = f'{group.name.rstrip("/")}/{untrusted.short(name)}'
+  if not isinstance(link, h5py.HardLink):
+    raise untrusted.WeightsFileError(f'{path}: {where} is a {type(link).__name__}, not an '
+                                     'object of the file: refused.')
+  child = group[name]
+  if not isinstance(child, kind):
+    raise untrusted.WeightsFileError(f'{path}: {where} is not a {kind.__name__}.')
+  if kind is h5py.Dataset:
+    if child.is_virtual or child.external:
+      raise untrusted.WeightsFileError(f'{path}: {where} keeps its data outside the file '
+                                       '(virtual or external storage): refused.')
+    if child.dtype.kind != 'f' or child.ndim > 4:
+      raise untrusted.WeightsFileError(f'{path}: {where} is {child.dtype} of rank '
+                                       f'{child.ndim}, not a float weight array.')
+  return child
+
+
+def _text(value) -> str:
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _keras_datasets(f, path: str) -> dict:
+  """Keras layer name -> [h5py.Dataset] of either .h5 layout; no data read yet."""
+  import h5py  # pylint: disable=g-import-not-at-top
+  layers = {}
+  if 'layers' in f:  # Keras 3 .weights.h5: layers/<class key>/vars/{0,1}, name in attrs.
+    group = _h5_child(f, 'layers', h5py.Group, path)
+    for key in group:
+      if 'vars' not in group[key]:
+        continue
+      vars_group = _h5_child(_h5_child(group, key, h5py.Group, path), 'vars', h5py.Group, path)
+      if len(vars_group):
+        name = _text(vars_group.attrs.get('name', key))
+        layers[name] = [_h5_child(vars_group, str(i), h5py.Dataset, path)
+                        for i in range(len(vars_group))]
+  else:  # Classic layout: attrs layer_names, each group's attrs weight_names.
+    root = _h5_child(f, 'model_weights', h5py.Group, path) if 'model_weights' in f else f
+    if 'layer_names' not in root.attrs:
+      raise untrusted.WeightsFileError(
+          f'{path} is neither a Keras 3 .weights.h5 nor a classic Keras weights file (no '
+          'layers/ group, no layer_names attribute).')
+    for name in root.attrs['layer_names']:
+      group = _h5_child(root, _text(name), h5py.Group, path)
+      weight_names = [_text(w) for w in group.attrs.get('weight_names', [])]
+      if weight_names:
+        layers[_text(name)] = [_h5_child(group, w, h5py.Dataset, path) for w in weight_names]
+  return layers
+
+
+def expected_keras_shapes(variant: str, layers: dict) -> dict[str, list[tuple]]:
+  """Keras layer -> the [kernel, bias] shapes VGG `variant` needs (the head's from fc1)."""
+  shapes, channels = {}, 3
+  keras_names = keras_layer_names(variant)
+  for layer in models.layer_table(variant):
+    if layer.kind == 'conv':
+      k = layer.kernel_size
+      shapes[keras_names[layer.name]] = [(k, k, channels, layer.features), (layer.features,)]
+      channels = layer.features
+  if all(n in layers for n in ('fc1', 'fc2', 'predictions')):
+    fc1, fc2, top = (layers[n][0].shape for n in ('fc1', 'fc2', 'predictions'))
+    width = fc1[-1] if len(fc1) == 2 and fc1[0] % channels == 0 else -1
+    classes = top[-1] if len(top) == 2 else -1
+    shapes['fc1'] = [(fc1[0] if width > 0 else -1, width), (width,)]
+    shapes['fc2'] = [(width, width), (width,)]
+    shapes['predictions'] = [(width, classes), (classes,)]
+  return shapes
+
+
 def read_keras_h5(path: str) -> dict[str, list[np.ndarray]]:
-  """Keras layer name -> [kernel, bias], from either .h5 layout."""
+  """Keras layer name -> [kernel, bias], from either .h5 layout, of a VGG-11/13/16/19.
+
+  The file is untrusted: only hard-linked float datasets stored inside the file are
+  read, their shapes are checked against the variant's layers (found by the conv count)
+  and their declared sizes against what the file stores before any data is read.
+  """
   # Optional: the `pretrained` extra.
   import h5py  # pylint: disable=g-import-not-at-top
   try:
     f = h5py.File(path, 'r')
   except OSError as error:
-    raise ValueError(f'{path} is not a readable HDF5 file (truncated or corrupt?): '
-                     f'{error}') from error
-  with f:
-    layers = {}
-    if 'layers' in f:  # Keras 3 .weights.h5: layers/<class key>/vars/{0,1}, name in attrs.
-      for key, group in f['layers'].items():
-        vars_group = group.get('vars')
-        if vars_group is None or not len(vars_group):
-          continue
-        name = vars_group.attrs.get('name', key)
-        name = name.decode() if isinstance(name, bytes) else str(name)
-        layers[name] = [np.asarray(vars_group[str(i)]) for i in range(len(vars_group))]
-    else:  # Classic layout: attrs layer_names, each group's attrs weight_names.
-      root = f['model_weights'] if 'model_weights' in f else f
-      if 'layer_names' not in root.attrs:
-        raise ValueError(f'{path} is neither a Keras 3 .weights.h5 nor a classic Keras '
-                         'weights file (no layers/ group, no layer_names attribute).')
-      for name in root.attrs['layer_names']:
-        name = name.decode() if isinstance(name, bytes) else str(name)
-        group = root[name]
-        weight_names = [w.decode() if isinstance(w, bytes) else str(w)
-                        for w in group.attrs.get('weight_names', [])]
-        if weight_names:
-          layers[name] = [np.asarray(group[w]) for w in weight_names]
-  return layers
+    raise untrusted.WeightsFileError(f'{path} is not a readable HDF5 file (truncated or '
+                                     f'corrupt?): {error}') from error
+  try:
+    with f:
+      datasets = _keras_datasets(f, path)
+      variant = variant_of(len(keras_conv_layers(datasets)), path)
+      expected = expected_keras_shapes(variant, datasets)
+      for name, shapes in expected.items():
+        got = [tuple(d.shape) for d in datasets.get(name, [])]
+        if got != shapes:
+          raise untrusted.WeightsFileError(
+              f'{path}: layer {name} holds arrays of shapes {got}; VGG variant {variant} '
+              f'needs {shapes}.')
+        for dataset in datasets[name]:
+          declared = dataset.size * dataset.dtype.itemsize
+          if declared > MAX_H5_INFLATION * dataset.id.get_storage_size() + H5_SLACK:
+            raise untrusted.WeightsFileError(
+                f'{path}: {dataset.name} declares {declared:,} bytes but stores '
+                f'{dataset.id.get_storage_size():,} (never written, or compressed past '
+                f'{MAX_H5_INFLATION}x): refused.')
+      return {name: [np.asarray(d) for d in datasets[name]] for name in expected}
+  except untrusted.WeightsFileError:
+    raise
+  except Exception as error:  # pylint: disable=broad-except
+    raise untrusted.WeightsFileError(f'{path} is not a readable Keras weights file: '
+                                     f'{untrusted.short(str(error), 300)}') from None
 
 
 def keras_variables(path: str, variant: str, include_top: bool,
@@ -104,13 +188,14 @@ def keras_variables(path: str, variant: str, include_top: bool,
   layers = read_keras_h5(path) if layers is None else layers
   convs = keras_conv_layers(layers)
   if len(convs) != len(conv_names(variant)):
-    raise ValueError(f'{path} holds {len(convs)} conv layers, a VGG of variant '
-                     f'{variant_with_convs(len(convs))}; variant {variant} has '
-                     f'{len(conv_names(variant))}.')
+    raise untrusted.WeightsFileError(f'{path} holds {len(convs)} conv layers, a VGG of variant '
+                                     f'{variant_with_convs(len(convs))}; variant {variant} has '
+                                     f'{len(conv_names(variant))}.')
   has_top = all(n in layers for n in ('fc1', 'fc2', 'predictions'))
   if include_top and not has_top:
-    raise ValueError(f'{path} has no fc1/fc2/predictions layers (an include_top=False '
-                     '"notop" file): it can give the conv base only; pass --notop.')
+    raise untrusted.WeightsFileError(
+        f'{path} has no fc1/fc2/predictions layers (an include_top=False '
+        '"notop" file): it can give the conv base only; pass --notop.')
   names = conv_names(variant) + (['fc6', 'fc7', 'fc8'] if include_top else [])
   params, keras_names = {}, keras_layer_names(variant)
   for name in names:
@@ -124,11 +209,14 @@ def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
   if path.endswith('.safetensors'):
     # Optional: the `pretrained` extra.
     from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
+    with open(path, 'rb') as f:
+      data = f.read()  # Parsed from these bytes: every tensor must lie inside them.
     try:
-      return safetensors_numpy.load_file(path)
+      return safetensors_numpy.load(data)
     except Exception as error:  # pylint: disable=broad-except
-      raise ValueError(f'{path} is not a readable safetensors file (truncated or corrupt?): '
-                       f'{error}') from error
+      raise untrusted.WeightsFileError(
+          f'{path} is not a readable safetensors file (truncated or corrupt?): '
+          f'{untrusted.short(str(error), 300)}') from None
   return torch_files.read_state_dict(path)  # .pth: read without torch or its pickle code.
 
 
@@ -142,8 +230,9 @@ def detect(path: str) -> tuple[str, str, bool, Any]:
     has_top = all(n in layers for n in ('fc1', 'fc2', 'predictions'))
     return 'keras', variant_of(len(keras_conv_layers(layers)), path), has_top, layers
   if not path.endswith(('.pth', '.pt', '.bin', '.safetensors')):
-    raise ValueError(f'{path}: not a weights file this reads (.h5, .pth, .pt, .bin, '
-                     '.safetensors).')
+    raise untrusted.WeightsFileError(
+        f'{path}: not a weights file this reads (.h5, .pth, .pt, .bin, '
+        '.safetensors).')
   state = read_torch_state_dict(path)
   source = 'timm' if any(k.startswith('pre_logits.') for k in state) else 'torchvision'
   has_top = all(f'{layer}.weight' in state for layer in TORCH_HEADS[source])
@@ -153,8 +242,8 @@ def detect(path: str) -> tuple[str, str, bool, Any]:
 def variant_of(count: int, path: str) -> str:
   variant = variant_with_convs(count)
   if variant not in models.CONFIGS:
-    raise ValueError(f'{path} holds {count} conv layers: not a VGG-11/13/16/19 '
-                     '(8, 10, 13 or 16).')
+    raise untrusted.WeightsFileError(f'{path} holds {count} conv layers: not a VGG-11/13/16/19 '
+                                     '(8, 10, 13 or 16).')
   return variant
 
 
@@ -163,8 +252,9 @@ def check_torch_layout(state, path: str, source: str):
   other = {'torchvision': 'timm', 'timm': 'torchvision'}[source]
   prefix = TORCH_HEADS[other][0].split('.')[0] + '.'
   if any(k.startswith(prefix) for k in state):
-    raise ValueError(f'{path} is a {other} VGG state dict ({prefix}* keys), not a {source} '
-                     f'one: pass --source={other}.')
+    raise untrusted.WeightsFileError(
+        f'{path} is a {other} VGG state dict ({prefix}* keys), not a {source} '
+        f'one: pass --source={other}.')
 
 
 def torch_conv_indices(state, path: str, variant: str, source: str) -> tuple[list[int], bool]:
@@ -174,22 +264,25 @@ def torch_conv_indices(state, path: str, variant: str, source: str) -> tuple[lis
   bn = '_bn' if others else ''
   if len(conv_ids) != len(conv_names(variant)):
     found = variant_with_convs(len(conv_ids))
-    raise ValueError(f'{path} holds {len(conv_ids)} conv layers, a VGG of variant {found} '
-                     f'({source} {TORCH_NAMES.get(found, "?")}{bn}); variant {variant} '
-                     f'({TORCH_NAMES[variant]}{bn}) has {len(conv_names(variant))}.')
+    raise untrusted.WeightsFileError(
+        f'{path} holds {len(conv_ids)} conv layers, a VGG of variant {found} '
+        f'({source} {TORCH_NAMES.get(found, "?")}{bn}); variant {variant} '
+        f'({TORCH_NAMES[variant]}{bn}) has {len(conv_names(variant))}.')
   if not others:
     return conv_ids, False
   # vgg*_bn: features.N conv, features.N+1 BatchNorm2d, features.N+2 ReLU.
   missing = [f'features.{i + 1}.{key}' for i in conv_ids for key in BN_KEYS
              if f'features.{i + 1}.{key}' not in state]
   if missing:
-    raise ValueError(f'{path} is a batch-norm VGG ({TORCH_NAMES[variant]}_bn) with incomplete '
-                     f'BatchNorm layers: {missing} missing (each conv features.N needs '
-                     f'features.N+1.{{{",".join(BN_KEYS)}}}).')
+    raise untrusted.WeightsFileError(
+        f'{path} is a batch-norm VGG ({TORCH_NAMES[variant]}_bn) with incomplete '
+        f'BatchNorm layers: {missing} missing (each conv features.N needs '
+        f'features.N+1.{{{",".join(BN_KEYS)}}}).')
   stray = sorted(others - {i + 1 for i in conv_ids})
   if stray:
-    raise ValueError(f'{path} has weights at features.{stray}, which follow no conv: not a '
-                     f'{source} VGG layout.')
+    raise untrusted.WeightsFileError(
+        f'{path} has weights at features.{stray}, which follow no conv: not a '
+        f'{source} VGG layout.')
   return conv_ids, True
 
 
@@ -197,8 +290,9 @@ def torch_head(state, path: str, source: str, channels: int) -> dict[str, Any]:
   """fc6, fc7, fc8 params of either torch layout."""
   keys = [f'{layer}.{kind}' for layer in TORCH_HEADS[source] for kind in ('weight', 'bias')]
   if any(k not in state for k in keys):
-    raise ValueError(f'{path} lacks {[k for k in keys if k not in state]}: pass --notop '
-                     'for the conv base.')
+    raise untrusted.WeightsFileError(
+        f'{path} lacks {[k for k in keys if k not in state]}: pass --notop '
+        'for the conv base.')
   (fc6, b6), (fc7, b7), (fc8, b8) = [
       (state[f'{layer}.weight'], state[f'{layer}.bias']) for layer in TORCH_HEADS[source]]
   if fc6.ndim == 2:  # torchvision's Linear [out, C*7*7], flattened in C,H,W order.
