@@ -10,6 +10,7 @@ import http_server  # tests/ is on sys.path
 import run_helpers
 from vgg_jax import download
 from vgg_jax import named_weights
+from vgg_jax import untrusted
 
 FILE = 'vgg_test-00000000.pth'
 
@@ -122,3 +123,60 @@ def test_a_mirror_directory_is_copied_into_the_cache_then_verified(tmp_path, mon
   monkeypatch.setenv(named_weights.MIRROR_ENV, str(tmp_path / 'nonexistent'))
   with pytest.raises(download.DownloadError, match='nonexistent does not exist'):
     download.fetch(entry, str(downloads))
+
+
+def test_an_endless_body_stops_at_the_entrys_size_and_nothing_is_kept(served):
+  entry, _, behaviour, directory = served
+  behaviour.endless = True  # No Content-Length: zeros for as long as the client reads.
+  start = time.monotonic()
+  with pytest.raises(download.DownloadError, match='sent more than the 3,000,000 bytes'):
+    download.fetch(entry, directory)
+  assert time.monotonic() - start < 30
+  assert os.listdir(directory) == []  # Never past the size, and not kept.
+
+
+def test_a_content_length_over_the_size_is_refused_before_the_body(served):
+  entry, _, behaviour, directory = served
+  behaviour.content_length = str(10**12)
+  with pytest.raises(download.DownloadError, match='offers 1,000,000,000,000 bytes; .* has at '
+                     'most 3,000,000: refused before reading'):
+    download.fetch(entry, directory)
+  behaviour.content_length = 'lots'
+  with pytest.raises(download.DownloadError, match="Content-Length 'lots', not a number"):
+    download.fetch(entry, directory)
+  # Where only the publisher's rounded size is known, it may reach that plus 1 MiB.
+  rounded = entry.__class__(**{**entry.__dict__, 'size_bytes': None, 'size_mib': 1.0})
+  assert download.max_bytes(rounded) == 2**20 + download.ROUNDED_SLACK
+  behaviour.content_length = None
+  with pytest.raises(download.DownloadError, match='has at most 2,097,152'):
+    download.fetch(rounded, directory)
+
+
+def test_a_trickle_stalls_with_the_url_and_the_mirror_variable(served, monkeypatch):
+  entry, _, behaviour, directory = served
+  monkeypatch.setattr(download, 'STALL_SECONDS', 1.0)  # 30 s in use; 1 s here.
+  behaviour.trickle_seconds = 0.05  # 20 bytes a second.
+  start = time.monotonic()
+  with pytest.raises(download.DownloadError) as error:
+    download.fetch(entry, directory)
+  assert time.monotonic() - start < 10
+  message = str(error.value)
+  assert f'/{FILE} stalled' in message and named_weights.MIRROR_ENV in message
+  assert os.listdir(directory) == [FILE + '.part']  # Kept, to resume from.
+
+
+@pytest.mark.parametrize('planted', ['.part', '.lock'])
+def test_a_link_planted_in_the_cache_is_refused_by_name(served, tmp_path, planted):
+  entry, _, _, directory = served
+  os.makedirs(directory)
+  target = tmp_path / 'victim'
+  target.write_bytes(b'precious')
+  link = os.path.join(directory, (FILE + '.part') if planted == '.part' else '.x.lock')
+  os.symlink(target, link)
+  with pytest.raises(untrusted.WeightsFileError, match=f'{link} is a symbolic link'):
+    if planted == '.part':
+      download.fetch(entry, directory)
+    else:
+      with download.file_lock(link):
+        pass
+  assert target.read_bytes() == b'precious'

@@ -16,6 +16,10 @@ class Behaviour:
   drops: int = 0  # The next `drops` GETs send the full length but close after drop_after.
   drop_after: int = 0
   hang_seconds: float = 0.0  # Wait this long before answering at all.
+  content_length: str | None = None  # Sent instead of the true length, when set.
+  endless: bool = False  # No Content-Length; zeros until the client hangs up (or 60 s).
+  trickle_seconds: float = 0.0  # Send the body a byte at a time, this far apart (<= 60 s).
+  sent: int = 0  # Body bytes sent, over all requests.
   requests: list = dataclasses.field(default_factory=list)  # (path, Range header or None).
 
 
@@ -24,6 +28,12 @@ def make_handler(behaviour: Behaviour):
 
     def log_message(self, *args):  # Quiet.
       pass
+
+    def handle(self):
+      try:
+        super().handle()
+      except ConnectionError:  # The client hung up early (a refused body): expected.
+        pass
 
     def do_GET(self):  # pylint: disable=invalid-name
       behaviour.requests.append((self.path, self.headers.get('Range')))
@@ -45,8 +55,12 @@ def make_handler(behaviour: Behaviour):
       else:
         self.send_response(200)
       body = data[start:]
-      self.send_header('Content-Length', str(len(body)))
+      if not behaviour.endless:
+        self.send_header('Content-Length', behaviour.content_length or str(len(body)))
       self.end_headers()
+      if behaviour.endless or behaviour.trickle_seconds:
+        self.stream(body)
+        return
       if behaviour.drops:
         behaviour.drops -= 1
         self.wfile.write(body[:behaviour.drop_after])
@@ -54,6 +68,25 @@ def make_handler(behaviour: Behaviour):
         self.close_connection = True
         return
       self.wfile.write(body)
+      behaviour.sent += len(body)
+
+    def stream(self, body):
+      """Zeros without end, or body a byte at a time; stops when the client goes (<= 60 s)."""
+      deadline = time.monotonic() + 60
+      block = bytes(1 << 16) if behaviour.endless else None
+      position = 0
+      try:
+        while time.monotonic() < deadline and (block or position < len(body)):
+          chunk = block or body[position:position + 1]
+          self.wfile.write(chunk)
+          self.wfile.flush()
+          behaviour.sent += len(chunk)
+          position += len(chunk)
+          if behaviour.trickle_seconds:
+            time.sleep(behaviour.trickle_seconds)
+      except OSError:  # The client hung up: what the test wanted.
+        pass
+      self.close_connection = True
 
   return Handler
 

@@ -110,6 +110,28 @@ def test_wrong_bytes_leave_the_cache_clean(served, env, monkeypatch):
   assert os.listdir(env / 'downloads') == []
 
 
+def test_the_cache_cleans_up_records_its_format_and_pins_the_sha256(served, env):
+  entry, path, behaviour = served
+  os.makedirs(env / f'.import-{NAME}-killed')  # Left by a conversion that was killed.
+  pretrained.load(NAME)
+  assert not [p for p in os.listdir(env) if p.startswith('.import-')]
+  record_path = env / NAME / 'source.json'
+  record = json.loads(record_path.read_text())
+  assert record == {'format': pretrained.CONVERSION_FORMAT, 'file': os.path.basename(path),
+                    'url': entry.url, 'sha256': download.digest(path, 'sha256')}
+  # A conversion of another format is made again, from a download with the pinned sha256.
+  record_path.write_text(json.dumps({**record, 'format': 0}))
+  pretrained.load(NAME)
+  assert len(behaviour.requests) == 2 and json.loads(record_path.read_text()) == record
+  # The publisher checks 8 hex digits only: a file with that prefix but other bytes than
+  # the first verified download (pinned here) is refused, and the pin is kept.
+  record_path.write_text(json.dumps({**record, 'format': 0, 'sha256': '0' * 64}))
+  with pytest.raises(download.DownloadError, match='the verified download of this entry had 0000'):
+    pretrained.load(NAME)
+  assert json.loads(record_path.read_text())['sha256'] == '0' * 64
+  assert os.listdir(env / 'downloads') == []
+
+
 def test_unknown_names_and_missing_paths_list_the_known_names(env):
   with pytest.raises(ValueError, match='known names: vgg11, vgg11_bn'):
     pretrained.load('vgg17')

@@ -296,9 +296,9 @@ def fetch(name: str) -> str:
       return target
     remove_staging(cache, name)  # Left by a conversion that was killed.
     pinned = (read_record(name) or {}).get('sha256')
-    shutil.rmtree(target, ignore_errors=True)  # Another format's, or half-written.
     path, sha256 = download.fetch(entry, os.path.join(cache, 'downloads'), pinned=pinned)
     try:
+      shutil.rmtree(target, ignore_errors=True)  # Another format's, or half-written.
       sys.stderr.write(f'Converting {entry.file_name} into {target}...\n')
       if jax.process_count() > 1:
         convert_in_a_child(entry, path, target)

@@ -6,7 +6,8 @@ the protocol, the system info, the state dict and the storage keys, then each st
 bytes behind an int64 element count), which torchvision's 2017 VGG files use. Every rule
 is checked before memory is spent on what it guards (docs/security.md):
 - Every pickle of the file, in every position, is at most MAX_PICKLE_BYTES, uses only
-  the opcodes a state dict needs (no sets, extensions or object construction) and is read
+  the opcodes a state dict needs (no sets, extensions or object construction) and memo
+  indices no larger than its size, and is read
   by an unpickler that knows only dicts, tensors and storages. Any other global is
   refused by name, so no code in the file runs (what torch.load(weights_only=True)
   promises).
@@ -55,6 +56,7 @@ OPCODES = frozenset((
     'SHORT_BINUNICODE', 'BINUNICODE8', 'STRING', 'BINSTRING', 'SHORT_BINSTRING', 'BINBYTES',
     'SHORT_BINBYTES', 'BINBYTES8', 'GLOBAL', 'STACK_GLOBAL', 'REDUCE', 'BUILD', 'PERSID',
     'BINPERSID', 'PUT', 'BINPUT', 'LONG_BINPUT', 'MEMOIZE', 'GET', 'BINGET', 'LONG_BINGET'))
+MEMO_OPCODES = frozenset(('PUT', 'BINPUT', 'LONG_BINPUT', 'GET', 'BINGET', 'LONG_BINGET'))
 Storage = collections.namedtuple('Storage', 'dtype key view')  # view: (offset, count) or None.
 Tensor = collections.namedtuple('Tensor', 'storage offset shape strides')
 
@@ -139,10 +141,15 @@ def _unpickle(buffer: bytes, start: int, unpickler_class, what: str):
   window = buffer[start:start + MAX_PICKLE_BYTES]
   end = None
   try:
-    for opcode, _, position in pickletools.genops(window):
+    for opcode, argument, position in pickletools.genops(window):
       if opcode.name not in OPCODES:
         raise pickle.UnpicklingError(f'its {what} uses opcode {opcode.name}, which a state '
                                      'dict never needs: refused')
+      # The unpickler sizes its memo to the largest index: a pickler numbers them from 0,
+      # one per opcode at most, so an index past the position is a memory bomb.
+      if opcode.name in MEMO_OPCODES and int(argument) > position:
+        raise pickle.UnpicklingError(f'its {what} uses memo index {int(argument):,} at byte '
+                                     f'{position:,}: refused')
       if opcode.name == 'STOP':
         end = position + 1
         break
@@ -222,14 +229,14 @@ def _read_zip(f, path: str, size: int):
       raise untrusted.WeightsFileError(f'{path} lacks storage {key}, which its state dict '
                                        'names.')
     nbytes = numel * np.dtype(dtype).itemsize
+    if info.file_size != nbytes:
+      raise untrusted.WeightsFileError(f'{path}: storage {key} holds {info.file_size:,} '
+                                       f'bytes but the state dict declares {nbytes:,}.')
     budget -= nbytes
     if budget < 0:
       raise untrusted.WeightsFileError(
           f'{path}: its storages inflate past {MAX_INFLATION} times the file ({size:,} '
           f'bytes) at storage {key} ({nbytes:,} bytes): refused as a zip bomb.')
-    if info.file_size != nbytes:
-      raise untrusted.WeightsFileError(f'{path}: storage {key} holds {info.file_size:,} '
-                                       f'bytes but the state dict declares {nbytes:,}.')
     buffers[key] = np.frombuffer(_read_entry(archive, info, nbytes, path), np.uint8)
   return tree, unpickler.storages, buffers
 
@@ -272,8 +279,10 @@ def _check_view(tensor: Tensor, storages, name: str, path: str) -> int:
     raise bad('has a negative or non-integer offset, size or stride')
   length = (tensor.storage.view[1] if tensor.storage.view
             else storages[tensor.storage.key][1])
+  if any(d >= 2**31 for d in shape):
+    raise bad(f'has a dimension of 2**31 or more ({untrusted.short(str(shape))})')
   numel = math.prod(shape)
-  if numel > length or any(d >= 2**31 for d in shape):
+  if numel > length:
     raise bad(f'has {numel:,} elements, more than its storage holds ({length:,})')
   last = offset + sum((d - 1) * s for d, s in zip(shape, strides)) if numel else offset - 1
   if last >= length:

@@ -73,7 +73,7 @@ def _h5_child(group, name: str, kind, path: str):
   link = group.get(name, getlink=True)
   where = f'{group.name.rstrip("/")}/{untrusted.short(name)}'
   if not isinstance(link, h5py.HardLink):
-    raise untrusted.WeightsFileError(f'{path}: {where} is a {type(link).__name__}, not an '
+    raise untrusted.WeightsFileError(f'{path}: {where} is a link ({type(link).__name__}), not an '
                                      'object of the file: refused.')
   child = group[name]
   if not isinstance(child, kind):
