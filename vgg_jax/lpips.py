@@ -198,7 +198,7 @@ def check_trunk(trunk: models.VGG, mean_rgb, backbone: str):
 def linear_weights(name_or_path: str) -> tuple[np.ndarray, ...]:
   """The five lin weight vectors of a .pth path, or of a name of LPIPS_WEIGHTS (its copy
   in the cache, fetched once and checked against its sha256 at every use)."""
-  path = pretrained.as_path(name_or_path, named_weights.LPIPS_WEIGHTS)
+  path = named_weights.as_path(name_or_path, named_weights.LPIPS_WEIGHTS)
   if path is not None:
     return read_linear_weights(path)
   entry = named_weights.LPIPS_WEIGHTS[name_or_path]

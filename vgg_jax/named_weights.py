@@ -9,7 +9,10 @@ file names, for clusters without internet.
 """
 
 import dataclasses
+import json
 import os
+
+from vgg_jax import untrusted
 
 CACHE_ENV, MIRROR_ENV = 'VGG_JAX_CACHE', 'VGG_JAX_MIRROR'
 DEFAULT_CACHE = os.path.join('~', '.cache', 'vgg_jax')
@@ -166,6 +169,41 @@ def find(name: str, table: dict | None = None):
 def cache_dir() -> str:
   """$VGG_JAX_CACHE, default ~/.cache/vgg_jax."""
   return os.path.abspath(os.path.expanduser(os.environ.get(CACHE_ENV) or DEFAULT_CACHE))
+
+
+def cached_directory(name: str) -> str:
+  return os.path.join(cache_dir(), name)
+
+
+def record_path(name: str) -> str:
+  """source.json of a conversion: its format, the file and the download's whole sha256."""
+  return os.path.join(cached_directory(name), 'source.json')
+
+
+def read_record(name: str) -> dict | None:
+  try:
+    with open(record_path(name)) as f:
+      record = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return record if isinstance(record, dict) else None
+
+
+def as_path(argument: str, table=None) -> str | None:
+  """argument as a path (~ expanded), or None when it is a registered name of `table`.
+
+  An argument that is neither a registered name nor looks like a path raises, listing
+  the names and saying how to pass a file or directory of the working directory.
+  """
+  table = WEIGHTS if table is None else table
+  if argument in table:
+    return None
+  if untrusted.looks_like_path(argument):
+    return os.path.expanduser(argument)
+  here = f' A file or directory {argument} exists here: pass it as ./{argument}.' if (
+      os.path.exists(argument)) else ' Pass a file or directory as a path (./NAME).'
+  raise ValueError(f'{argument!r} is no registered name; known names: '
+                   f'{", ".join(table)}.{here}')
 
 
 def hash_check(entry) -> str:

@@ -48,7 +48,6 @@ from vgg_jax import files
 from vgg_jax import imagenet_classes
 from vgg_jax import models
 from vgg_jax import named_weights
-from vgg_jax import untrusted
 from vgg_jax import weight_readers
 from vgg_jax.data import statistics_cache
 
@@ -230,7 +229,7 @@ def load(name_or_path: str, checkpoint='best'):
   a step. mean_rgb is float32 [3]: the weights' own mean, a run's configured one, or the
   one a run computed and cached.
   """
-  path = as_path(name_or_path)
+  path = named_weights.as_path(name_or_path)
   if path is not None and os.path.isfile(path):
     source, variant, include_top, contents = weight_readers.detect(path)
     model, variables = build(source, path, variant, include_top, contents=contents)
@@ -247,26 +246,9 @@ def load_checkpoint(directory: str, which='best'):
   return models.create_model(checkpointing.model_fields(meta)), variables, meta, step
 
 
-def as_path(argument: str, table=None) -> str | None:
-  """argument as a path (~ expanded), or None when it is a registered name of `table`.
-
-  An argument that is neither a registered name nor looks like a path raises, listing
-  the names and saying how to pass a file or directory of the working directory.
-  """
-  table = named_weights.WEIGHTS if table is None else table
-  if argument in table:
-    return None
-  if untrusted.looks_like_path(argument):
-    return os.path.expanduser(argument)
-  here = f' A file or directory {argument} exists here: pass it as ./{argument}.' if (
-      os.path.exists(argument)) else ' Pass a file or directory as a path (./NAME).'
-  raise ValueError(f'{argument!r} is no registered name; known names: '
-                   f'{", ".join(table)}.{here}')
-
-
 def resolve(name_or_directory: str) -> str:
   """A run or import directory as it is; a name of named_weights: its cached checkpoint."""
-  path = as_path(name_or_directory)
+  path = named_weights.as_path(name_or_directory)
   if path is None:
     return fetch(name_or_directory)
   if not os.path.isdir(path):
@@ -285,7 +267,7 @@ def fetch(name: str) -> str:
   another format is made again, from a download that must have the recorded sha256.
   """
   entry = named_weights.find(name)
-  cache, target = named_weights.cache_dir(), cached_directory(name)
+  cache, target = named_weights.cache_dir(), named_weights.cached_directory(name)
   if is_cached(name):
     return target
   # JAX's backends start now, while every process of a multi-process run is still in step
@@ -295,7 +277,7 @@ def fetch(name: str) -> str:
     if is_cached(name):  # Another process finished it while this one waited.
       return target
     remove_staging(cache, name)  # Left by a conversion that was killed.
-    pinned = (read_record(name) or {}).get('sha256')
+    pinned = (named_weights.read_record(name) or {}).get('sha256')
     path, sha256 = download.fetch(entry, os.path.join(cache, 'downloads'), pinned=pinned)
     try:
       shutil.rmtree(target, ignore_errors=True)  # Another format's, or half-written.
@@ -305,7 +287,7 @@ def fetch(name: str) -> str:
       else:
         import_weights(entry.layout, path, entry.variant, target, entry.include_top,
                        entry.convention, origin=entry.url)
-      files.write_file_atomically(record_path(name), json.dumps(
+      files.write_file_atomically(named_weights.record_path(name), json.dumps(
           {'format': CONVERSION_FORMAT, 'file': entry.file_name, 'url': entry.url,
            'sha256': sha256}, indent=1))
     finally:  # The checkpoint is what later loads read: the download is not kept.
@@ -329,29 +311,11 @@ def convert_in_a_child(entry: named_weights.Weights, path: str, target: str):
     raise RuntimeError(f'Converting {path} failed: {result.stderr.strip()[-2000:]}')
 
 
-def cached_directory(name: str) -> str:
-  return os.path.join(named_weights.cache_dir(), name)
-
-
-def record_path(name: str) -> str:
-  """source.json of a conversion: its format, the file and the download's whole sha256."""
-  return os.path.join(cached_directory(name), 'source.json')
-
-
-def read_record(name: str) -> dict | None:
-  try:
-    with open(record_path(name)) as f:
-      record = json.load(f)
-  except (OSError, ValueError):
-    return None
-  return record if isinstance(record, dict) else None
-
-
 def is_cached(name: str) -> bool:
   """Whether name's converted checkpoint, of this CONVERSION_FORMAT, is in the cache."""
-  record = read_record(name) or {}
+  record = named_weights.read_record(name) or {}
   return (record.get('format') == CONVERSION_FORMAT and os.path.isdir(
-      os.path.join(cached_directory(name), checkpointing.CHECKPOINT_SUBDIR)))
+      os.path.join(named_weights.cached_directory(name), checkpointing.CHECKPOINT_SUBDIR)))
 
 
 def staging_prefix(out: str) -> str:
