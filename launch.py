@@ -18,7 +18,7 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
-from vgg_jax import host_memory
+from vgg_jax.training import host_memory
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # Before TensorFlow is imported.
 
@@ -62,10 +62,10 @@ _CPU_COLLECTIVES = flags.DEFINE_enum(
 def initialize_distributed(jax, config):
   """jax.distributed.initialize as the flags say, with the config's timeouts.
 
-  Through vgg_jax.peers: a lost process then ends the others with one line and exit 75.
+  Through vgg_jax.training.peers: a lost process then ends the others with one line and exit 75.
   Returns what peers.initialize returns, which must live as long as the run.
   """
-  from vgg_jax import peers  # pylint: disable=g-import-not-at-top  (imports jax)
+  from vgg_jax.training import peers  # pylint: disable=g-import-not-at-top  (imports jax)
   if _CPU_COLLECTIVES.value:
     jax.config.update('jax_cpu_collectives_implementation', _CPU_COLLECTIVES.value)
   # JAX's heartbeat outlasts the peer watchdog, which then names the lost process.
@@ -126,12 +126,13 @@ def main(argv):
   # Imported only now: host memory must be set up before JAX and TensorFlow start threads.
   import jax  # pylint: disable=g-import-not-at-top
   from vgg_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from vgg_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from vgg_jax import imagenet_classes  # pylint: disable=g-import-not-at-top
-  from vgg_jax import monitoring  # pylint: disable=g-import-not-at-top
+  from vgg_jax.data import imagenet_classes  # pylint: disable=g-import-not-at-top
+  from vgg_jax.evaluation import explain  # pylint: disable=g-import-not-at-top
+  from vgg_jax.evaluation import protocols  # pylint: disable=g-import-not-at-top
+  from vgg_jax.models import table2  # pylint: disable=g-import-not-at-top
   from vgg_jax import pretrained  # pylint: disable=g-import-not-at-top
-  from vgg_jax import table2  # pylint: disable=g-import-not-at-top
-  from vgg_jax import train  # pylint: disable=g-import-not-at-top
+  from vgg_jax.training import monitoring  # pylint: disable=g-import-not-at-top
+  from vgg_jax.training import train  # pylint: disable=g-import-not-at-top
   checkpointing.quiet_orbax_logs()
   monitoring.quiet_jax_backend_logs()
   if _MODE.value == 'table':
@@ -144,9 +145,9 @@ def main(argv):
   if _MODE.value == 'evaluate':
     workdir = pretrained.resolve(_WORKDIR.value)
     config = run_config(checkpointing.load_meta(workdir)['config'])
-    result = evaluate.run(config.eval, [workdir, *config.eval.fusion_workdirs],
+    result = protocols.run(config.eval, [workdir, *config.eval.fusion_workdirs],
                           output_dir=workdir, data_config=config.data)
-    print(evaluate.format_table([result]))
+    print(protocols.format_table([result]))
     print(f"Wrote {result.get('path')}")
     for path in result.get('report', []):
       print(f'Wrote {path}')
@@ -154,16 +155,17 @@ def main(argv):
   if _MODE.value == 'predict':
     workdir = pretrained.resolve(_WORKDIR.value)
     config = run_config(checkpointing.load_meta(workdir)['config'])
-    evaluate.check_paths(argv[1:])
-    setup = evaluate.load_for_predict(config.eval, workdir, config.data)  # Read once.
-    for path, top in evaluate.predict(config.eval, workdir, argv[1:], setup=setup):
+    protocols.check_paths(argv[1:])
+    setup = protocols.load_for_predict(config.eval, workdir, config.data)  # Read once.
+    for path, top in protocols.predict(config.eval, workdir, argv[1:], setup=setup):
       print(path)
       for name, probability in top:  # ImageNet ids as 'golden retriever (n02099601)'.
         print(f'  {probability:7.2%}  {imagenet_classes.describe(name)}')
     if _EXPLAIN.value:
-      for _, out, name, _ in evaluate.explain_files(
-          config.eval, workdir, argv[1:], _EXPLAIN.value, _EXPLAIN_DIR.value,
-          _EXPLAIN_LAYER.value, _SMOOTHGRAD.value, _SMOOTHGRAD_NOISE.value, setup=setup):
+      explanation = explain.Explanation(_EXPLAIN.value, _EXPLAIN_LAYER.value,
+                                        _SMOOTHGRAD.value, _SMOOTHGRAD_NOISE.value)
+      for _, out, name, _ in protocols.explain_files(setup, argv[1:], explanation,
+                                                     _EXPLAIN_DIR.value):
         print(f'Wrote {out} ({_EXPLAIN.value} of {imagenet_classes.describe(name)})')
     return
   result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

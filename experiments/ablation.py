@@ -31,9 +31,9 @@ from experiments.configs import digits
 from experiments.configs import imagenet
 from vgg_jax import checkpointing
 from vgg_jax import files
-from vgg_jax import host_memory
 from vgg_jax import models
-from vgg_jax import monitoring
+from vgg_jax.training import host_memory
+from vgg_jax.training import monitoring
 
 _PRESET = flags.DEFINE_enum('preset', 'digits', ['digits', 'cifar10', 'imagenet'],
                             'Which study to run.')
@@ -245,7 +245,7 @@ def plan_runs(preset: Preset, root: str, seed: int) -> list[Run]:
 def train_run(config, workdir: str) -> None:
   """Trains (or resumes, or skips when finished) one configuration."""
   # Imported here, after main() set up host memory: TensorFlow starts threads on import.
-  from vgg_jax import train  # pylint: disable=g-import-not-at-top
+  from vgg_jax.training import train  # pylint: disable=g-import-not-at-top
   done = os.path.join(workdir, 'done.json')
   if os.path.exists(done):
     logging.info('%s is finished: skipped.', workdir)
@@ -261,7 +261,7 @@ def evaluate_runs(workdirs, protocol: str, scales, flip: bool, cache_dir: str,
                   max_examples: int = 0) -> dict:
   """Cached evaluation (fusion if several) of the runs' best checkpoints."""
   # Imported here, after main() set up host memory: TensorFlow starts threads on import.
-  from vgg_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from vgg_jax.evaluation import protocols  # pylint: disable=g-import-not-at-top
   key = (f"eval_{protocol.replace('+', '_')}_{'_'.join(map(str, scales))}"
          f"{'' if flip else '_noflip'}{f'_first{max_examples}' if max_examples else ''}")
   if len(workdirs) > 1 or cache_dir != workdirs[0]:  # A fusion: named by its members.
@@ -275,7 +275,7 @@ def evaluate_runs(workdirs, protocol: str, scales, flip: bool, cache_dir: str,
   config.protocol, config.scales, config.flip, config.batch_size = (protocol, tuple(scales),
                                                                     flip, 256)
   config.max_examples = max_examples
-  result = evaluate.run(config, list(workdirs))
+  result = protocols.run(config, list(workdirs))
   files.write_file_atomically(path, json.dumps(result))
   return result
 

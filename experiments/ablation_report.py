@@ -13,7 +13,7 @@ import numpy as np
 
 from vgg_jax import files
 from vgg_jax import models
-from vgg_jax import monitoring
+from vgg_jax.training import monitoring
 
 # PAPER.md Tables 3 and 4: top-1 / top-5 error (%), ImageNet validation.
 PAPER_TABLE3 = {'A': (29.6, 10.4), 'A-LRN': (29.7, 10.5), 'B': (28.7, 9.9),

@@ -28,13 +28,13 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 
-from vgg_jax import host_memory
-from vgg_jax import layers
 from vgg_jax import models
-from vgg_jax import monitoring
-from vgg_jax import optim
+from vgg_jax.models import layers
 from vgg_jax import sharding
-from vgg_jax import steps
+from vgg_jax.training import host_memory
+from vgg_jax.training import monitoring
+from vgg_jax.training import optim
+from vgg_jax.training import steps
 
 _VARIANT = flags.DEFINE_enum('variant', 'A', list(models.CONFIGS), 'Table 1 configuration.')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 32, 'Input height and width.')

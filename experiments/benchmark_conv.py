@@ -1,4 +1,4 @@
-"""The CPU convolution formulations (vgg_jax/cpu_ops.py), per layer and in the whole step.
+"""The CPU convolution formulations (vgg_jax/models/cpu_ops.py), per layer and in the whole step.
 
   python -m experiments.benchmark_conv --layers=64:32:64:64,4:112:64:128 [--torch]
   python -m experiments.benchmark_conv --step --variant=D --image_size=32 --batch_size=64 \\
@@ -23,8 +23,8 @@ import jax
 import numpy as np
 
 from experiments import benchmark
-from vgg_jax import cpu_ops
-from vgg_jax import host_memory
+from vgg_jax.models import cpu_ops
+from vgg_jax.training import host_memory
 
 _LAYERS = flags.DEFINE_list('layers', [], 'BATCH:SIZE:CIN:COUT of each 3x3 layer to time.')
 _TORCH = flags.DEFINE_bool('torch', False, 'Also time torch nn.Conv2d (channels_last, default).')

@@ -1,4 +1,4 @@
-"""images/s of the train step's resampling (vgg_jax/device_crops.py) on this machine's
+"""images/s of the train step's resampling (vgg_jax/data/device_crops.py) on this machine's
 default JAX backend, on random windows made on the device (no TensorFlow needed).
 
   python -m experiments.benchmark_device_crops [--batch_size=256] [--window=352]
@@ -15,7 +15,7 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 
-from vgg_jax import device_crops
+from vgg_jax.data import device_crops
 
 
 def define_flags():

@@ -3,7 +3,7 @@
   python -m experiments.benchmark_eval [--variant=D] [--scale=256] [--num_images=8]
   python -m experiments.benchmark_eval --spread=300 --dense_path=buckets|shapes [...]
 
-Times posteriors.posteriors_at_scale, the code `launch.py --mode=evaluate` runs per batch
+Times views.posteriors_at_scale, the code `launch.py --mode=evaluate` runs per batch
 of images already rescaled to Q, for the single-crop (1 view), dense (whole image and
 its flip) and multi-crop (5x5 grid x 2 flips = 50 views) protocols, on random weights
 and random images of Q x (4/3 Q), the shape a 500x375 photo takes. Compilation is
@@ -25,10 +25,10 @@ from absl import flags
 import jax
 import numpy as np
 
-from vgg_jax import posteriors
-from vgg_jax import host_memory
-from vgg_jax import layers
+from vgg_jax.evaluation import views
 from vgg_jax import models
+from vgg_jax.models import layers
+from vgg_jax.training import host_memory
 
 _VARIANT = flags.DEFINE_enum('variant', 'D', list(models.CONFIGS), 'Table 1 configuration.')
 _SCALE = flags.DEFINE_integer('scale', 256, 'Test scale Q (smallest side), pixels.')
@@ -50,11 +50,11 @@ flags.adopt_module_key_flags(host_memory)  # Its --reuse_host_memory, in --help.
 
 def time_protocol(predictor, images, protocol: str) -> dict:
   """One untimed call (compiles every batch shape), then one timed one."""
-  posteriors.posteriors_at_scale(predictor, images, protocol, _IMAGE_SIZE.value)
+  views.posteriors_at_scale(predictor, images, protocol, _IMAGE_SIZE.value)
   start = time.perf_counter()
-  posteriors.posteriors_at_scale(predictor, images, protocol, _IMAGE_SIZE.value)
+  views.posteriors_at_scale(predictor, images, protocol, _IMAGE_SIZE.value)
   seconds = time.perf_counter() - start
-  views = len(images) * posteriors.views_per_scale(protocol)
+  views = len(images) * views.views_per_scale(protocol)
   return {'protocol': protocol, 'images': len(images), 'views': views,
           'images_per_s': round(len(images) / seconds, 3),
           'views_per_s': round(views / seconds, 2), 's_per_image': round(seconds / len(images), 4)}
@@ -71,7 +71,7 @@ def time_spread(predictor, rng) -> dict:
   """Dense evaluation (with flips) of --spread images, compilation included."""
   shapes = spread_shapes(_SPREAD.value, _SCALE.value, rng)
   images = [rng.normal(0, 60, shape + (3,)).astype(np.float32) for shape in shapes]
-  compiled = posteriors._posteriors._cache_size  # pylint: disable=protected-access
+  compiled = views._posteriors._cache_size  # pylint: disable=protected-access
   before, start = compiled(), time.perf_counter()
   if _DENSE_PATH.value == 'buckets':
     predictor.dense(images)
@@ -91,7 +91,7 @@ def main(argv):
   model = models.VGG(variant=_VARIANT.value, num_classes=1000, image_size=_IMAGE_SIZE.value,
                      width=_WIDTH.value, fc_width=_FC_WIDTH.value, conv_impl=_CONV_IMPL.value)
   variables = models.init_variables(model, jax.random.key(0))
-  predictor = posteriors.Predictor(model, variables, _BATCH_SIZE.value)
+  predictor = views.Predictor(model, variables, _BATCH_SIZE.value)
   rng = np.random.default_rng(0)
   common = {'variant': _VARIANT.value, 'width': _WIDTH.value, 'scale': _SCALE.value,
             'conv_impl': layers.resolve_conv_impl(_CONV_IMPL.value),

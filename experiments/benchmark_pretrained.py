@@ -20,10 +20,10 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from vgg_jax import download
 from vgg_jax import models
-from vgg_jax import named_weights
 from vgg_jax import pretrained
+from vgg_jax.pretrained import download
+from vgg_jax.pretrained import named_weights
 
 _VARIANT = flags.DEFINE_enum('variant', 'D', ['A', 'B', 'D', 'E'], 'Which VGG to write.')
 _LEGACY = flags.DEFINE_bool('legacy_pth', True, "torch's legacy .pth format (as torchvision's "

@@ -14,7 +14,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from vgg_jax import monitoring
+from vgg_jax.training import monitoring
 
 # Series shown in percent.
 PERCENT_KEYS = ('train/top1_error', 'eval/top1_error', 'eval/top5_error')

@@ -40,8 +40,8 @@ from PIL import ImageOps
 from vgg_jax import checkpointing
 from vgg_jax import features
 from vgg_jax import models
-from vgg_jax import monitoring
 from vgg_jax import pretrained
+from vgg_jax.training import monitoring
 
 OPTIMIZERS = ('adam', 'lbfgs')
 INITS = ('content', 'noise')

@@ -1,4 +1,4 @@
-"""Tests for vgg_jax.config_checks: every shipped config passes, bad fields are named."""
+"""Tests for vgg_jax.training.config_checks: every shipped config passes, bad fields are named."""
 
 import os
 
@@ -11,9 +11,9 @@ from experiments.configs import finetune
 from experiments.configs import image_folder
 from experiments.configs import imagenet
 import run_helpers
-from vgg_jax import config_checks
 from vgg_jax import models
-from vgg_jax import train
+from vgg_jax.training import config_checks
+from vgg_jax.training import train
 
 
 @pytest.mark.parametrize('make', [

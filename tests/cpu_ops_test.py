@@ -1,4 +1,4 @@
-"""Tests for vgg_jax.cpu_ops: each CPU kernel equals the plain JAX expression."""
+"""Tests for vgg_jax.models.cpu_ops: each CPU kernel equals the plain JAX expression."""
 
 import flax.linen as nn
 import jax
@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vgg_jax import cpu_ops
-from vgg_jax import layers
+from vgg_jax.models import cpu_ops
+from vgg_jax.models import layers
 
 
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])

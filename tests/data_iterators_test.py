@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 
 import data_helpers
-from vgg_jax import device_crops
+from vgg_jax import data
+from vgg_jax.data import device_crops
 from vgg_jax.data import iterators
 from vgg_jax.data import preprocessing
 from vgg_jax.data import sources
@@ -62,13 +63,13 @@ def test_resume_at_step_equals_uninterrupted_across_epochs():
 def test_multi_process_batches_are_half_the_global_batch():
   config = data_helpers.data_config()
   batches = [next(iterators.create_train_iterator(
-      config, image_size=32, global_batch_size=16, seed=0, process_index=i,
-      process_count=2)) for i in range(2)]
+      config, image_size=32, global_batch_size=16, seed=0,
+      shard=data.Shard(i, 2))) for i in range(2)]
   assert all(b['images'].shape == (8, 32, 32, 3) for b in batches)
   assert not np.array_equal(batches[0]['images'], batches[1]['images'])
   with pytest.raises(ValueError, match='global batch size 15 is not divisible by the process count 2'):
     iterators.create_train_iterator(config, image_size=32, global_batch_size=15,
-                                    seed=0, process_count=2)
+                                    seed=0, shard=data.Shard(0, 2))
 
 
 @pytest.mark.parametrize('source', ['digits', 'folder'])
@@ -76,8 +77,8 @@ def test_global_batches_do_not_depend_on_process_count(source, folder):
   config = data_helpers.data_config(source=source, folder=folder, scale_min=32, scale_max=40,
                                     random_flip=True, pca_stddev=0.1)
   make = lambda i, n: take(iterators.create_train_iterator(
-      config, image_size=32, global_batch_size=8, seed=5, process_index=i,
-      process_count=n), 4)  # The folder has 24 images: 4 batches of 8 cross an epoch.
+      config, image_size=32, global_batch_size=8, seed=5,
+      shard=data.Shard(i, n)), 4)  # The folder has 24 images: 4 batches of 8 cross an epoch.
   whole, halves = make(0, 1), [make(0, 2), make(1, 2)]
   for j, batch in enumerate(whole):
     for key in ('images', 'labels'):
@@ -91,7 +92,7 @@ def test_eval_iterator_pads_with_mask_and_lines_up_processes():
   per_process = []
   for i in range(2):
     batches = list(iterators.create_eval_iterator(
-        config, image_size=32, global_batch_size=64, process_index=i, process_count=2))
+        config, image_size=32, global_batch_size=64, shard=data.Shard(i, 2)))
     per_process.append(batches)
     assert all(b['images'].shape == (32, 32, 32, 3) for b in batches)
   assert len(per_process[0]) == len(per_process[1])
@@ -186,12 +187,13 @@ def test_folder_images_are_turned_upright_by_their_exif(tmp_path):
   assert upright.shape == (96, 32, 3)
   train = next(iterators.create_train_iterator(config, image_size=32, global_batch_size=1,
                                                seed=0))['images'][0]
-  kwargs = dict(image_size=32, scale_min=32, scale_max=40, random_flip=False, pca_stddev=0.0,
-                eigval=None, eigvec=None, mean_rgb=config.mean_rgb)
+  augmentation = preprocessing.Augmentation(
+      image_size=32, scale_min=32, scale_max=40, random_flip=False, pca_stddev=0.0,
+      eigval=None, eigvec=None, mean_rgb=config.mean_rgb)
   seed = tf.constant([0, 0], tf.int64)  # The first example of seed 0's stream.
   np.testing.assert_allclose(
-      train, preprocessing.preprocess_for_train(upright, seed, **kwargs), atol=1e-3)
-  assert np.abs(train - preprocessing.preprocess_for_train(stored, seed, **kwargs)).max() > 1
+      train, preprocessing.preprocess_for_train(upright, seed, augmentation), atol=1e-3)
+  assert np.abs(train - preprocessing.preprocess_for_train(stored, seed, augmentation)).max() > 1
   # Resampled in the train step: the upright image sent whole (it fits a 128-pixel
   # window), or cropped on the host and rounded to uint8 (it does not fit 64 pixels).
   for window, tolerance in ((128, 1e-2), (64, 0.5 + 1e-3)):

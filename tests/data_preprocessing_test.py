@@ -27,9 +27,9 @@ def test_train_crop_comes_from_the_rescaled_image():
   # values must follow the rescaled ramp, whatever the crop offset.
   ramp = np.tile(np.linspace(0, 255, 120).astype(np.uint8)[None, :, None], (60, 1, 3))
   out = preprocessing.preprocess_for_train(
-      tf.constant(ramp), tf.constant([0, 7], tf.int64), image_size=32, scale_min=40,
-      scale_max=40, random_flip=False, pca_stddev=0.0, eigval=None, eigvec=None,
-      mean_rgb=(0, 0, 0)).numpy()
+      tf.constant(ramp), tf.constant([0, 7], tf.int64), preprocessing.Augmentation(
+          image_size=32, scale_min=40, scale_max=40, random_flip=False, pca_stddev=0.0,
+          eigval=None, eigvec=None, mean_rgb=(0, 0, 0))).numpy()
   assert out.shape == (32, 32, 3)
   steps = np.diff(out[0, :, 0])
   assert np.all(steps > 0) and abs(steps.mean() - 255 / 80) < 0.5  # 120 wide -> 80 wide.
@@ -63,14 +63,15 @@ def test_encoded_crops_equal_decoded_crops(image_format, size, scales):
   # flip, colour shift and filter, so equal up to float round-off.
   encoded = tf.constant(smooth_image(*size, image_format))
   decoded = preprocessing.decode_image(encoded, True)
-  kwargs = dict(image_size=scales[0] * 7 // 8, scale_min=scales[0], scale_max=scales[1],
-                random_flip=True, pca_stddev=0.1, eigval=statistics.IMAGENET_PCA_EIGVAL,
-                eigvec=statistics.IMAGENET_PCA_EIGVEC, mean_rgb=MEAN)
+  augmentation = preprocessing.Augmentation(
+      image_size=scales[0] * 7 // 8, scale_min=scales[0], scale_max=scales[1],
+      random_flip=True, pca_stddev=0.1, eigval=statistics.IMAGENET_PCA_EIGVAL,
+      eigvec=statistics.IMAGENET_PCA_EIGVEC, mean_rgb=MEAN)
   for i in range(6):
     seed = tf.constant([3, i], tf.int64)
-    from_bytes = preprocessing.preprocess_for_train(encoded, seed, encoded=True, **kwargs)
-    reference = preprocessing.preprocess_for_train(decoded, seed, **kwargs)
-    assert from_bytes.shape == reference.shape == (kwargs['image_size'],) * 2 + (3,)
+    from_bytes = preprocessing.preprocess_for_train(encoded, seed, augmentation, encoded=True)
+    reference = preprocessing.preprocess_for_train(decoded, seed, augmentation)
+    assert from_bytes.shape == reference.shape == (augmentation.image_size,) * 2 + (3,)
     np.testing.assert_allclose(from_bytes, reference, atol=1e-3)
 
 

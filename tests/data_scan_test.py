@@ -114,7 +114,7 @@ def folder_run_config(root, **overrides):
 
 
 def test_train_stops_on_bad_files_before_writing_anything(tmp_path):
-  from vgg_jax import train  # pylint: disable=g-import-not-at-top  (only this test trains)
+  from vgg_jax.training import train  # pylint: disable=g-import-not-at-top  (only this test trains)
   root = make_folder(tmp_path / 'data')
   bad = add_bad_files(tmp_path / 'data')
   workdir = tmp_path / 'work'
@@ -125,7 +125,7 @@ def test_train_stops_on_bad_files_before_writing_anything(tmp_path):
 
 
 def test_train_with_skip_corrupt_trains_on_the_rest(tmp_path, caplog):
-  from vgg_jax import train  # pylint: disable=g-import-not-at-top  (only this test trains)
+  from vgg_jax.training import train  # pylint: disable=g-import-not-at-top  (only this test trains)
   root = make_folder(tmp_path / 'data')
   bad = add_bad_files(tmp_path / 'data')
   config = folder_run_config(root, **{

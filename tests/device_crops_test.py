@@ -1,4 +1,4 @@
-"""Tests for vgg_jax.device_crops: the train step's resampling of the host's uint8 windows
+"""Tests for vgg_jax.data.device_crops: the train step's resampling of the host's uint8 windows
 equals the host pipeline's crops (preprocessing.preprocess_for_train)."""
 
 import jax
@@ -8,11 +8,11 @@ import tensorflow as tf
 
 import data_helpers
 import run_helpers
-from vgg_jax import config_checks
-from vgg_jax import device_crops
-from vgg_jax import sharding
+from vgg_jax.data import device_crops
 from vgg_jax.data import iterators
 from vgg_jax.data import preprocessing
+from vgg_jax import sharding
+from vgg_jax.training import config_checks
 import train_test  # pylint: disable=g-bad-import-order  (tests/ is on sys.path)
 
 

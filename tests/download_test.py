@@ -1,4 +1,4 @@
-"""Tests for vgg_jax.download against a file server on 127.0.0.1 (no internet)."""
+"""Tests for vgg_jax.pretrained.download against a file server on 127.0.0.1 (no internet)."""
 
 import os
 import time
@@ -8,9 +8,9 @@ import pytest
 
 import http_server  # tests/ is on sys.path
 import run_helpers
-from vgg_jax import download
-from vgg_jax import named_weights
-from vgg_jax import untrusted
+from vgg_jax.pretrained import download
+from vgg_jax.pretrained import named_weights
+from vgg_jax.pretrained import untrusted
 
 FILE = 'vgg_test-00000000.pth'
 

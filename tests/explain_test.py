@@ -1,4 +1,4 @@
-"""vgg_jax.explain: Grad-CAM points at the evidence (and a random net's does not); saliency."""
+"""vgg_jax.evaluation.explain: Grad-CAM points at the evidence (and a random net's does not); saliency."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import run_helpers
-from vgg_jax import explain
+from vgg_jax.evaluation import explain
 from vgg_jax import models
 
 SIZE, PATCH = 64, 16
@@ -132,9 +132,9 @@ def test_gradcam_weights_are_the_mean_gradient_of_the_class_score():
 
   @jax.jit
   def by_hand(variables, image):
-    acts = model.apply(variables, image, capture='relu4_2')['relu4_2']
+    acts = model.apply(variables, image, 'relu4_2', method=models.VGG.features)['relu4_2']
     grads = jax.grad(lambda a: jnp.sum(jnp.take_along_axis(
-        model.apply(variables, a, start='relu4_2'), classes[:, None], axis=1)))(acts)
+        model.apply(variables, a, 'relu4_2', method=models.VGG.run_from), classes[:, None], axis=1)))(acts)
     cam = jax.nn.relu(jnp.einsum('bhwk,bk->bhw', acts, grads.mean(axis=(1, 2))))
     cam = jax.image.resize(cam, (2, 32, 32), 'bilinear')
     return cam / cam.max(axis=(1, 2), keepdims=True)

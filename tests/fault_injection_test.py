@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 
 import run_helpers  # tests/ is on sys.path
-from vgg_jax import checkpointing
-from vgg_jax import train
+from vgg_jax.training import train
 
 OVERRIDES = dict(num_train_steps=60, checkpoint_every_steps=3, eval_every_steps=1000,
                  log_every_steps=3)
@@ -169,6 +168,6 @@ def test_full_disk_stops_the_run_and_the_last_checkpoint_restores(small_disk):
   assert process.returncode not in (0, None), output[-3000:]
   assert 'No space left on device' in output, output[-3000:]
   os.remove(filler)
-  params, meta = checkpointing.load_params(str(workdir))  # Restores after the failure.
+  params, meta = run_helpers.params_and_meta(workdir)  # Restores after the failure.
   assert meta['step'] >= saved and meta['step'] in run_helpers.finished_steps(workdir)
   assert all(np.all(np.isfinite(p)) for p in jax.tree_util.tree_leaves(params))

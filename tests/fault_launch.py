@@ -21,7 +21,7 @@ sys.path.insert(0, ROOT)
 
 import launch  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vgg_jax import checkpointing  # pylint: disable=g-import-not-at-top,wrong-import-position
-from vgg_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vgg_jax.training import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 VICTIM, MOMENT, WAY, STEP = os.environ.get('FAULT', '-1:none:KILL:0').split(':')
 VICTIM, STEP = int(VICTIM), int(STEP)
@@ -36,7 +36,7 @@ def inject(moment: str, step: int = 0):
 
 
 def patch():
-  compile_train_step, evaluate_and_adjust = train.compile_train_step, train.evaluate_and_adjust
+  compile_train_step, evaluate = train.compile_train_step, train.evaluate
   save = checkpointing.save
 
   def compile_with_fault(*args, **kwargs):
@@ -53,14 +53,14 @@ def patch():
 
   def evaluate_with_fault(loop, step, *args, **kwargs):
     inject('eval', step)
-    return evaluate_and_adjust(loop, step, *args, **kwargs)
+    return evaluate(loop, step, *args, **kwargs)
 
   def save_with_fault(manager, step, *args, **kwargs):
     save(manager, step, *args, **kwargs)
     inject('save', step)
 
   train.compile_train_step = compile_with_fault
-  train.evaluate_and_adjust = evaluate_with_fault
+  train.evaluate = evaluate_with_fault
   checkpointing.save = save_with_fault
 
 

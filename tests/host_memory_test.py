@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Each call of f makes a fresh 64 MB output, freed before the next call.
 SCRIPT = r'''
 import json, resource, sys, time
-from vgg_jax import host_memory
+from vgg_jax.training import host_memory
 reused = sys.argv[1] == '1' and host_memory.reuse_freed_memory()
 import jax, jax.numpy as jnp
 f = jax.jit(lambda x: x * 2 + 1)
@@ -71,7 +71,7 @@ def test_respects_a_user_malloc_setting():
 
 
 def test_only_where_jax_computes_on_the_cpu(monkeypatch):
-  from vgg_jax import host_memory  # pylint: disable=g-import-not-at-top
+  from vgg_jax.training import host_memory  # pylint: disable=g-import-not-at-top
   monkeypatch.setenv('JAX_PLATFORMS', 'cuda,cpu')
   assert not host_memory.jax_runs_on_cpu()
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
@@ -97,7 +97,7 @@ def test_skipped_on_accelerator_hosts_unless_forced():
 # A block bigger than 2**31 bytes freed at the top of the heap, then asked for again.
 BIG_BLOCK_SCRIPT = r'''
 import ctypes, json, resource, sys
-from vgg_jax import host_memory
+from vgg_jax.training import host_memory
 reused = host_memory.reuse_freed_memory(force=True)
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)

@@ -11,7 +11,7 @@ import zlib
 
 import numpy as np
 
-from vgg_jax import torch_files
+from vgg_jax.pretrained import torch_files
 
 
 # --- Pickle opcodes -----------------------------------------------------------------
@@ -215,7 +215,7 @@ def keras_cases(directory: str, outside_file: str) -> dict[str, str]:
   """name -> path of crafted Keras 3 .weights.h5 files (VGG-11's layer names and shapes)."""
   import h5py  # pylint: disable=g-import-not-at-top
   from vgg_jax import models  # pylint: disable=g-import-not-at-top
-  from vgg_jax import weight_readers  # pylint: disable=g-import-not-at-top
+  from vgg_jax.pretrained import weight_readers  # pylint: disable=g-import-not-at-top
   shapes, channels = {}, 3  # Keras layer -> (kernel, bias) shapes of VGG-11's convs.
   for layer in models.layer_table('A'):
     if layer.kind == 'conv':

@@ -22,11 +22,11 @@ import pytest
 
 import hostile_files  # tests/ is on sys.path
 import http_server
-from vgg_jax import download
 from vgg_jax import lpips
-from vgg_jax import named_weights
-from vgg_jax import torch_files
-from vgg_jax import untrusted
+from vgg_jax.pretrained import download
+from vgg_jax.pretrained import named_weights
+from vgg_jax.pretrained import torch_files
+from vgg_jax.pretrained import untrusted
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MEMORY_MB, SECONDS = 600, 30
@@ -123,8 +123,8 @@ def test_each_hostile_file_is_refused_in_bounded_memory_and_time(reports, reader
     assert report['outcome'] == 'loaded', report
   else:
     assert report.get('refused'), report
-    assert report['outcome'] in ('vgg_jax.untrusted.WeightsFileError',
-                                 'vgg_jax.download.DownloadError'), report
+    assert report['outcome'] in ('vgg_jax.pretrained.untrusted.WeightsFileError',
+                                 'vgg_jax.pretrained.download.DownloadError'), report
     assert re.search(expected, report['message']), report['message']
     assert os.path.basename(report['path']) in report['message']  # It names the file.
 
@@ -269,4 +269,4 @@ def test_mutation_fuzzer_never_crashes_runs_code_or_bloats(tmp_path):
   # The mutants reach both ends: some still load, most are refused.
   print(outcomes, 'peak MB', max(r['peak_mb'] for r in found),
         'slowest s', max(r['seconds'] for r in found))
-  assert outcomes.get('loaded', 0) > 100 and outcomes['vgg_jax.untrusted.WeightsFileError'] > 4000
+  assert outcomes.get('loaded', 0) > 100 and outcomes['vgg_jax.pretrained.untrusted.WeightsFileError'] > 4000

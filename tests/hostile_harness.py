@@ -22,12 +22,12 @@ TIME_LIMIT = 60
 def readers(names):
   """reader name -> function(path), importing only what the cases need."""
   table = {}
-  from vgg_jax import torch_files  # pylint: disable=g-import-not-at-top
+  from vgg_jax.pretrained import torch_files  # pylint: disable=g-import-not-at-top
   table['torch'] = torch_files.read_state_dict
   if names & {'pretrained', 'lpips', 'keras', 'safetensors'}:
     from vgg_jax import lpips  # pylint: disable=g-import-not-at-top
     from vgg_jax import pretrained  # pylint: disable=g-import-not-at-top
-    from vgg_jax import weight_readers  # pylint: disable=g-import-not-at-top
+    from vgg_jax.pretrained import weight_readers  # pylint: disable=g-import-not-at-top
     table.update(pretrained=pretrained.load, lpips=lpips.read_linear_weights,
                  keras=weight_readers.read_keras_h5,
                  safetensors=weight_readers.read_torch_state_dict)
@@ -36,7 +36,7 @@ def readers(names):
 
 def child(function, path, write_end):
   signal.alarm(TIME_LIMIT)
-  from vgg_jax import untrusted  # pylint: disable=g-import-not-at-top
+  from vgg_jax.pretrained import untrusted  # pylint: disable=g-import-not-at-top
   try:
     function(path)
     report = {'outcome': 'loaded'}

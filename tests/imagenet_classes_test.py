@@ -1,11 +1,11 @@
-"""Tests for vgg_jax.imagenet_classes: the shipped table equals what the packages hold."""
+"""Tests for vgg_jax.data.imagenet_classes: the shipped table equals what the packages hold."""
 
 import importlib.resources
 
 import numpy as np
 import pytest
 
-from vgg_jax import imagenet_classes
+from vgg_jax.data import imagenet_classes
 
 
 def test_ids_are_tfds_imagenet2012_labels_in_order():

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 import http_server  # tests/ is on sys.path
-from vgg_jax import download
 from vgg_jax import lpips
-from vgg_jax import named_weights
 from vgg_jax import pretrained
+from vgg_jax.pretrained import download
+from vgg_jax.pretrained import named_weights
 
 torch = pytest.importorskip('torch', reason='the reference is PyTorch')
 # lpips builds its trunk with torchvision's deprecated pretrained= argument.

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import run_helpers
-from vgg_jax import cpu_ops
-from vgg_jax import layers
 from vgg_jax import models
-from vgg_jax import table2
+from vgg_jax.models import cpu_ops
+from vgg_jax.models import layers
+from vgg_jax.models import table2
 
 # PAPER.md Table 2, exact counts at 224x224x3 with 1000 classes.
 EXACT_PARAMS = {
@@ -134,7 +134,8 @@ def test_dense_averages_the_score_map():
   model = models.VGG(variant='A', width=1 / 16, fc_width=16, num_classes=5, image_size=64)
   variables = models.init_variables(model, jax.random.key(0))
   images = jax.random.normal(jax.random.key(3), (1, 96, 96, 3))
-  features = jax.jit(lambda v: model.apply(v, images, capture_intermediates=True, dense=True,
+  features = jax.jit(lambda v: model.apply(v, images, capture_intermediates=True,
+                                           method=models.VGG.dense,
                                            mutable=['intermediates']))(variables)[1]
   conv5_2 = features['intermediates']['conv5_2']['__call__'][0]  # Conv output (plus bias).
   pooled = layers.max_pool_2x2(jax.nn.relu(conv5_2), 'xla')  # pool5.
@@ -154,7 +155,7 @@ def test_dense_averages_the_score_map():
 @pytest.mark.parametrize('batch_norm, head', [
     pytest.param(False, 'fc', marks=pytest.mark.slow), (True, 'small')])
 def test_start_runs_on_from_a_layer_to_the_same_logits(batch_norm, head):
-  """apply(capture=L) then apply(start=L) is the whole forward pass, bit for bit."""
+  """features(L) then run_from(L) is the whole forward pass, bit for bit."""
   model = models.VGG(variant='A-LRN', width=0.125, fc_width=32, num_classes=5, image_size=32,
                      batch_norm=batch_norm, head=head)
   variables = models.init_variables(model, jax.random.key(0))
@@ -162,15 +163,14 @@ def test_start_runs_on_from_a_layer_to_the_same_logits(batch_norm, head):
 
   @functools.partial(jax.jit, static_argnames='layer')
   def two_halves(variables, x, layer):
-    return model.apply(variables, model.apply(variables, x, capture=layer)[layer], start=layer)
+    acts = model.apply(variables, x, layer, method=models.VGG.features)[layer]
+    return model.apply(variables, acts, layer, method=models.VGG.run_from)
 
   full = run_helpers.apply(model, variables, x)
   for layer in ('norm1', 'pool3', 'relu5_2'):
     np.testing.assert_array_equal(two_halves(variables, x, layer), full, err_msg=layer)
   with pytest.raises(ValueError, match=r"\['conv5_3'\] are not in VGG-A-LRN"):
-    model.apply(variables, x, start='conv5_3')
-  with pytest.raises(ValueError, match='valid_sizes needs dense=True .and no capture or start'):
-    model.apply(variables, x, dense=True, start='pool3', valid_sizes=jnp.ones((2, 2), int))
+    model.apply(variables, x, 'conv5_3', method=models.VGG.run_from)
 
 
 def test_bfloat16_computation_keeps_float32_params():
@@ -216,7 +216,7 @@ def test_bad_inputs_name_the_value():
   with pytest.raises(ValueError, match='images are 16x16 but the FC head was built for'):
     model.apply(variables, jnp.zeros((1, 16, 16, 3)))
   with pytest.raises(ValueError, match='at least image_size=32 on each side, got 24x40'):
-    model.apply(variables, jnp.zeros((1, 24, 40, 3)), dense=True)
+    model.apply(variables, jnp.zeros((1, 24, 40, 3)), method=models.VGG.dense)
   with pytest.raises(ValueError, match=r'must be \[B, H, W, 3\]'):
     model.apply(variables, jnp.zeros((1, 3, 32, 32)))
 
@@ -305,8 +305,14 @@ def test_frozen_norms_use_their_running_statistics_in_training():
     models.VGG(variant='A', batch_norm=True, frozen_norms=('bn9_9',))
 
 
-def test_valid_sizes_need_dense():
+def test_call_takes_images_and_train_only():
+  """One entry per use: dense scores, features and running on from a layer are methods."""
   model = models.VGG(variant='A', **TINY)
   variables = models.init_variables(model, jax.random.key(0))
-  with pytest.raises(ValueError, match='valid_sizes needs dense=True'):
-    model.apply(variables, jnp.zeros((1, 32, 32, 3)), valid_sizes=jnp.array([[32, 32]]))
+  images = jnp.zeros((1, 32, 32, 3))
+  for option in ({'dense': True}, {'capture': 'conv1_1'}, {'start': 'pool3'},
+                 {'valid_sizes': jnp.array([[32, 32]])}):
+    with pytest.raises(TypeError, match='unexpected keyword argument'):
+      model.apply(variables, images, **option)
+  assert set(model.apply(variables, images, ('conv1_1', 'pool5'),
+                         method=models.VGG.features)) == {'conv1_1', 'pool5'}

@@ -6,7 +6,7 @@ import logging as std_logging
 import numpy as np
 import pytest
 
-from vgg_jax import monitoring
+from vgg_jax.training import monitoring
 
 
 def test_writer_keeps_rows_up_to_the_resumed_step_and_writes_tensorboard(tmp_path):
@@ -54,4 +54,4 @@ def test_jax_backend_filter_drops_only_its_info_lines():
   bridge = '/site-packages/jax/_src/xla_bridge.py'
   assert not monitoring.filter_jax_backend_log(record(bridge, std_logging.INFO))
   assert monitoring.filter_jax_backend_log(record(bridge, std_logging.WARNING))
-  assert monitoring.filter_jax_backend_log(record('/vgg_jax/train.py', std_logging.INFO))
+  assert monitoring.filter_jax_backend_log(record('/vgg_jax/training/train.py', std_logging.INFO))

@@ -1,4 +1,4 @@
-"""Tests for vgg_jax.named_weights: the table agrees with itself, our nets and its publishers."""
+"""Tests for vgg_jax.pretrained.named_weights: the table agrees with itself, our nets and its publishers."""
 
 import inspect
 import re
@@ -6,8 +6,8 @@ import re
 import pytest
 
 from vgg_jax import models
-from vgg_jax import named_weights
 from vgg_jax import pretrained
+from vgg_jax.pretrained import named_weights
 
 TABLE = named_weights.WEIGHTS
 

@@ -1,4 +1,4 @@
-"""Tests for vgg_jax.optim: weight decay, the plateau rule, learning-rate setting."""
+"""Tests for vgg_jax.training.optim: weight decay, the plateau rule, learning-rate setting."""
 
 import dataclasses
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.configs import base
-from vgg_jax import optim
+from vgg_jax.training import optim
 
 
 def optimizer(**overrides) -> optim.OptimizerConfig:

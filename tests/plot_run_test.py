@@ -21,7 +21,7 @@ def train_row(step, lr=1e-2):
 
 
 def eval_row(step):
-  """A row as train.evaluate_and_adjust writes it."""
+  """A row as train.evaluate writes it."""
   return {'step': step, 'eval/loss': 3.0 / step, 'eval/top1_error': 0.8 / step,
           'eval/top5_error': 0.1 / step, 'eval/num_examples': 64}
 

@@ -3,7 +3,7 @@
 import os
 import signal
 
-from vgg_jax import preemption
+from vgg_jax.training import preemption
 
 
 def test_sigterm_asks_to_save_and_stop_and_close_restores_the_handler():

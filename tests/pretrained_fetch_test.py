@@ -12,10 +12,10 @@ import pytest
 import http_server  # tests/ is on sys.path
 import run_helpers
 from vgg_jax import checkpointing
-from vgg_jax import download
-from vgg_jax import imagenet_classes
-from vgg_jax import named_weights
+from vgg_jax.data import imagenet_classes
 from vgg_jax import pretrained
+from vgg_jax.pretrained import download
+from vgg_jax.pretrained import named_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = 'vgg11_test'
@@ -149,7 +149,8 @@ def child_script(entry, distributed: bool) -> str:
       'import sys\n'
       'import numpy as np, jax\n'
       + start +
-      'from vgg_jax import named_weights, pretrained\n'
+      'from vgg_jax import pretrained\n'
+      'from vgg_jax.pretrained import named_weights\n'
       f'named_weights.WEIGHTS[{NAME!r}] = named_weights.Weights(\n'
       f'    {entry.name!r}, {entry.layout!r}, {entry.url!r}, {entry.hash_kind!r}, {entry.hash!r},\n'
       '    "A", False, True, 0, None, None, named_weights.TORCH_IMAGENET, "test", 0.0,\n'
@@ -194,7 +195,7 @@ def test_finetune_from_a_name_in_one_config(served, env, tmp_path):
   """finetune.py with init_from=NAME: fetched, frozen conv base, the weights' own mean."""
   from experiments.configs import finetune  # pylint: disable=g-import-not-at-top
   from pretrained_test import write_two_class_folder  # pylint: disable=g-import-not-at-top
-  from vgg_jax import train  # pylint: disable=g-import-not-at-top
+  from vgg_jax.training import train  # pylint: disable=g-import-not-at-top
   write_two_class_folder(tmp_path / 'folder')
   config = finetune.get_config('small,A')
   config.model.update(image_size=32, head_width=16)
@@ -204,8 +205,8 @@ def test_finetune_from_a_name_in_one_config(served, env, tmp_path):
   config.update(global_batch_size=16, eval_batch_size=16, num_train_steps=4,
                 log_every_steps=2, eval_every_steps=4, checkpoint_every_steps=4)
   train.train_and_evaluate(config, str(tmp_path / 'run'))
-  after, meta = checkpointing.load_params(str(tmp_path / 'run'))
-  before, _ = checkpointing.load_params(str(env / NAME))
+  after, meta = run_helpers.params_and_meta(tmp_path / 'run')
+  before, _ = run_helpers.params_and_meta(env / NAME)
   for layer in before:
     if layer.startswith('conv'):
       run_helpers.assert_trees_equal(after[layer], before[layer])

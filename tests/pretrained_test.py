@@ -17,10 +17,10 @@ import pytest
 import data_helpers
 import run_helpers
 from vgg_jax import checkpointing
-from vgg_jax import evaluate
+from vgg_jax.evaluation import protocols
 from vgg_jax import models
 from vgg_jax import pretrained
-from vgg_jax import train
+from vgg_jax.training import train
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -164,7 +164,7 @@ def test_torchvision_safetensors_import_matches_reference(torch_vgg11, tmp_path)
   pretrained.import_weights('torchvision', str(path), 'A', str(tmp_path / 'out'))
   assert_close(our_logits(tmp_path / 'out', images), expected)
   # A C,H,W vs H,W,C flatten slip would be caught: the two orders differ here.
-  params, _ = checkpointing.load_params(str(tmp_path / 'out'))
+  params, _ = run_helpers.params_and_meta(tmp_path / 'out')
   naive = state['classifier.0.weight'].T
   assert not np.allclose(params['fc6']['kernel'], naive)
 
@@ -269,7 +269,7 @@ def test_torchvision_vgg11_bn_import_matches_torchvision(torchvision_vgg11_bn, t
                             str(tmp_path / 'pth'))
   run_helpers.assert_trees_equal(checkpointing.load_variables(str(tmp_path / 'pth'))[0], variables)
   assert_close(file_logits(torchvision_vgg11_bn['.pth'], torchvision_vgg11_bn['images']),
-               torchvision_vgg11_bn['logits'])  # Read without torch (vgg_jax.torch_files).
+               torchvision_vgg11_bn['logits'])  # Read without torch (vgg_jax.pretrained.torch_files).
 
 
 @pytest.mark.parametrize('name', ['vgg11', 'vgg11_bn'])
@@ -345,7 +345,7 @@ def test_notop_import_gives_the_conv_base(keras_vgg16, tmp_path):
   notop = tmp_path / 'notop.weights.h5'
   keras.applications.VGG16(weights=None, include_top=False).save_weights(str(notop))
   pretrained.import_weights('keras', str(notop), 'D', str(tmp_path / 'out'), include_top=False)
-  params, _ = checkpointing.load_params(str(tmp_path / 'out'))
+  params, _ = run_helpers.params_and_meta(tmp_path / 'out')
   assert sorted(params) == sorted(n for n in models.layer_names('D') if n.startswith('conv'))
 
 
@@ -383,8 +383,8 @@ def test_finetune_freezes_the_conv_base_and_learns_the_head(tmp_path, head, sour
   config.update(global_batch_size=16, eval_batch_size=16, num_train_steps=30,
                 log_every_steps=10, eval_every_steps=30, checkpoint_every_steps=30)
   result = train.train_and_evaluate(config, str(tmp_path / 'run'))
-  before, _ = checkpointing.load_params(str(source))
-  after, meta = checkpointing.load_params(str(tmp_path / 'run'))
+  before, _ = run_helpers.params_and_meta(source)
+  after, meta = run_helpers.params_and_meta(tmp_path / 'run')
   for layer in after:
     if layer.startswith('conv'):
       run_helpers.assert_trees_equal(after[layer], before[layer])  # Bit-identical.
@@ -406,13 +406,13 @@ def test_predict_prints_names(tmp_path, source):
   assert lines[0] == str(image) and len(lines) == 6
   # Only the answer: no Orbax read-only warnings, no progress log lines from our code.
   assert 'read only' not in result.stderr and 'Metadata file' not in result.stderr
-  assert not [l for l in result.stderr.splitlines() if 'launch.py' in l or 'evaluate.py' in l]
+  assert not [l for l in result.stderr.splitlines() if 'launch.py' in l or 'protocols.py' in l]
   names = [line.split()[-1] for line in lines[1:]]
   assert set(names) <= {str(d) for d in range(10)} and len(set(names)) == 5
   probabilities = [float(line.split('%')[0]) for line in lines[1:]]
   assert probabilities == sorted(probabilities, reverse=True)
   with pytest.raises(FileNotFoundError, match='No such image file'):
-    evaluate.predict(run_helpers.tiny_config().eval, str(source), [str(tmp_path / 'nope.jpg')])
+    protocols.predict(run_helpers.tiny_config().eval, str(source), [str(tmp_path / 'nope.jpg')])
 
 
 def test_predict_applies_exif_orientation(tmp_path, source):
@@ -427,7 +427,7 @@ def test_predict_applies_exif_orientation(tmp_path, source):
   assert np.array_equal(np.asarray(viewed), upright)
   config = run_helpers.tiny_config().eval
   config.protocol, config.scales = 'dense', (32,)
-  (_, upright_top), (_, sideways_top) = evaluate.predict(
+  (_, upright_top), (_, sideways_top) = protocols.predict(
       config, str(source), [str(tmp_path / 'upright.png'), str(tmp_path / 'sideways.png')])
   np.testing.assert_allclose([p for _, p in sideways_top], [p for _, p in upright_top],
                              rtol=1e-5)

@@ -1,4 +1,4 @@
-"""vgg_jax.report: counts equal a hand computation, the sheet holds the k most confident errors."""
+"""vgg_jax.evaluation.report: counts equal a hand computation, the sheet holds the k most confident errors."""
 
 import csv
 import os
@@ -6,7 +6,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from vgg_jax import report
+from vgg_jax.evaluation import report
 
 MEAN = np.asarray([100.0, 110.0, 120.0], np.float32)
 

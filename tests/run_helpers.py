@@ -14,6 +14,7 @@ import numpy as np
 
 from experiments.configs import digits
 from vgg_jax import checkpointing
+from vgg_jax import models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,7 +22,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @functools.partial(jax.jit, static_argnames=('model', 'train', 'dense'))
 def apply(model, variables, images, train=False, dense=False, rngs=None):
   """model.apply compiled whole: run op by op, every primitive would compile on its own."""
-  return model.apply(variables, images, train=train, dense=dense, rngs=rngs)
+  if dense:
+    return model.apply(variables, images, method=models.VGG.dense, rngs=rngs)
+  return model.apply(variables, images, train=train, rngs=rngs)
 
 # A tiny net A on digits: the default config shrunk so a run takes seconds.
 TINY_OVERRIDES = {
@@ -51,9 +54,15 @@ def launch_args(workdir, **overrides):
   return args
 
 
+def params_and_meta(workdir):
+  """(parameters as numpy arrays, meta) of a workdir's latest checkpoint."""
+  variables, meta = checkpointing.load_variables(str(workdir))
+  return variables['params'], meta
+
+
 def final_params(workdir):
   """The parameters (numpy) of a workdir's latest checkpoint."""
-  return checkpointing.load_params(str(workdir))[0]
+  return params_and_meta(workdir)[0]
 
 
 def assert_trees_equal(a, b):

@@ -1,12 +1,12 @@
-"""Tests for vgg_jax.torch_files: .pth files read without torch equal torch.load's tensors."""
+"""Tests for vgg_jax.pretrained.torch_files: .pth files read without torch equal torch.load's tensors."""
 
 import os
 
 import numpy as np
 import pytest
 
-from vgg_jax import torch_files
-from vgg_jax import untrusted
+from vgg_jax.pretrained import torch_files
+from vgg_jax.pretrained import untrusted
 
 
 @pytest.fixture(name='torch', scope='module')

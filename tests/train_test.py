@@ -1,4 +1,4 @@
-"""Tests for vgg_jax.train and vgg_jax.checkpointing (8 fake CPU devices)."""
+"""Tests for vgg_jax.training.train and vgg_jax.checkpointing (8 fake CPU devices)."""
 
 import csv
 import glob
@@ -17,12 +17,13 @@ import pytest
 
 import run_helpers  # tests/ is on sys.path
 from vgg_jax import checkpointing
-from vgg_jax import models
-from vgg_jax import optim
-from vgg_jax import sharding
-from vgg_jax import steps
-from vgg_jax import train
 from vgg_jax.data import iterators
+from vgg_jax import models
+from vgg_jax import sharding
+from vgg_jax.training import optim
+from vgg_jax.training import steps
+from vgg_jax.training import train
+from vgg_jax.training import warm_start
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,8 +39,8 @@ def create_optimizer(config):
 
 
 def initial_state(config, model, tx, mesh):
-  """train.initial_state with config's warm start (init_from, init_layers)."""
-  return train.initial_state(model, tx, mesh, jax.random.key(0), config.init_from,
+  """warm_start.initial_state with config's warm start (init_from, init_layers)."""
+  return warm_start.initial_state(model, tx, mesh, jax.random.key(0), config.init_from,
                              config.init_layers)
 
 
@@ -88,8 +89,8 @@ def test_batch_norm_statistics_are_the_global_batchs():
   batch = digits_batch(config)
   variables = run_steps(config, sharding.create_mesh(), [batch])
   model, _, state = setup(config, sharding.create_mesh())
-  conv = model.apply(jax.device_get(state.variables), batch['images'],
-                     capture='conv1_1')['conv1_1']
+  conv = model.apply(jax.device_get(state.variables), batch['images'], 'conv1_1',
+                     method=models.VGG.features)['conv1_1']
   np.testing.assert_allclose(variables['batch_stats']['bn1_1']['mean'],
                              0.1 * np.mean(conv, axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)
 
@@ -142,7 +143,7 @@ def test_train_writes_metrics_checkpoints_and_config(tmp_path):
   assert {'eval/loss', 'eval/top5_error'} <= set(eval_rows[0])
   assert os.listdir(tmp_path / 'tensorboard')
   assert json.load(open(tmp_path / 'config.json'))['model']['variant'] == 'A'
-  params, meta = checkpointing.load_params(str(tmp_path))
+  params, meta = run_helpers.params_and_meta(tmp_path)
   assert meta['step'] == 8 and meta['data_position'] == 8 * 16
   assert meta['config']['model']['width'] == 0.0625 and meta['class_names'][3] == '3'
   assert set(params) == {'conv1_1', 'conv2_1', 'conv3_1', 'conv3_2', 'conv4_1', 'conv4_2',
@@ -212,7 +213,7 @@ def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
   with pytest.raises(FloatingPointError, match=r'at step (\d+): training stopped') as error:
     train.train_and_evaluate(config, str(tmp_path))
   bad_step = int(error.value.args[0].split('at step ')[1].split(':')[0])
-  params, meta = checkpointing.load_params(str(tmp_path))
+  params, meta = run_helpers.params_and_meta(tmp_path)
   assert meta['step'] == bad_step - 1
   assert all(np.all(np.isfinite(p)) for p in jax.tree_util.tree_leaves(params))
 
@@ -348,7 +349,7 @@ def test_sigterm_saves_the_current_step(tmp_path):
   assert process.returncode == 143, output[-2000:]
   saved = int(output.split('Preempted: saved step ')[1].split()[0])
   assert saved in run_helpers.finished_steps(tmp_path) and saved < 100_000
-  params, meta = checkpointing.load_params(str(tmp_path))
+  params, meta = run_helpers.params_and_meta(tmp_path)
   assert meta['step'] == saved
 
 
@@ -392,7 +393,7 @@ def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both(tmp_path):
   assert [p.returncode for p in procs] == [143, 143], outputs[0][-2000:] + outputs[1][-2000:]
   saved = [int(out.split('Preempted: saved step ')[1].split()[0]) for out in outputs]
   assert saved[0] == saved[1] and saved[0] in run_helpers.finished_steps(tmp_path)
-  _, meta = checkpointing.load_params(str(tmp_path))
+  _, meta = run_helpers.params_and_meta(tmp_path)
   assert meta['step'] == saved[0] < 100_000
 
 

@@ -7,6 +7,7 @@ Layout of DIR/checkpoints/<step>/ (plain Orbax, restorable without this code):
           stream stands, schedule bookkeeping, eval metrics (imports add their source).
 """
 
+import contextlib
 import logging as std_logging
 import os
 from typing import Any
@@ -73,16 +74,27 @@ def make_meta(config: dict[str, Any], step: int, *, global_batch_size: int,
           'num_classes': num_classes, 'eval': eval_metrics or {}, **extra}
 
 
+# Model fields added after checkpoints were first stored, and the value older runs had.
+ADDED_MODEL_FIELDS = {'batch_norm': False, 'pool_impl': 'auto'}
+
+
+def upgrade_meta(meta: dict[str, Any]) -> dict[str, Any]:
+  """A stored meta in today's form: every compatibility rule for older checkpoints, once."""
+  model = meta['config']['model']
+  for name, value in ADDED_MODEL_FIELDS.items():
+    model.setdefault(name, value)
+  return meta
+
+
 def model_fields(meta: dict[str, Any]) -> dict[str, Any]:
   """The fields of the model a checkpoint's meta describes (models.create_model takes them)."""
   return dict(meta['config']['model'], num_classes=meta['num_classes'])
 
 
 def model_signature(model_config) -> dict[str, Any]:
-  """The fields a checkpoint's parameters depend on (no batch_norm: saved before it)."""
-  signature = {k: model_config[k] for k in ('variant', 'num_classes', 'width', 'fc_width',
-                                            'image_size')}
-  return dict(signature, batch_norm=model_config.get('batch_norm', False))
+  """The fields a checkpoint's parameters depend on."""
+  return {k: model_config[k] for k in ('variant', 'num_classes', 'width', 'fc_width',
+                                       'image_size', 'batch_norm')}
 
 
 def check_compatible(workdir: str, stored_meta: dict[str, Any], model_config,
@@ -106,7 +118,8 @@ def save(manager: ocp.CheckpointManager, step: int, state, meta: dict[str, Any],
 
 
 def read_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
-  return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  return upgrade_meta(manager.restore(
+      step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'])
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state):
@@ -126,7 +139,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state):
                       type(error).__name__, str(error).splitlines()[0] if str(error) else '')
       set_aside(manager, step)
       continue
-    return restored['state'], restored['meta']
+    return restored['state'], upgrade_meta(restored['meta'])
   return None
 
 
@@ -162,15 +175,22 @@ def best_step(manager: ocp.CheckpointManager) -> int | None:
   return -min(scored)[1] if scored else manager.latest_step()
 
 
-def _find_step(workdir: str, step: int | None) -> tuple[str, int, dict[str, Any]]:
-  """(checkpoint directory, step, meta) of a run's checkpoint (latest by default)."""
+@contextlib.contextmanager
+def _reading(workdir: str):
+  """(checkpoint directory, a read-only manager holding at least one finished step)."""
   directory = checkpoint_dir(workdir)
   if not os.path.isdir(directory):
     raise FileNotFoundError(f'No checkpoints in {workdir}: {directory} does not exist.')
   with create_manager(workdir, read_only=True) as manager:
-    step = manager.latest_step() if step is None else step
-    if step is None:
+    if manager.latest_step() is None:
       raise FileNotFoundError(f'No finished checkpoint in {directory}.')
+    yield directory, manager
+
+
+def _find_step(workdir: str, step: int | None) -> tuple[str, int, dict[str, Any]]:
+  """(checkpoint directory, step, meta) of a run's checkpoint (latest by default)."""
+  with _reading(workdir) as (directory, manager):
+    step = manager.latest_step() if step is None else step
     return directory, step, read_meta(manager, step)
 
 
@@ -198,21 +218,10 @@ def load_variables(workdir: str, step: int | None = None):
   return jax.tree_util.tree_map(np.asarray, variables), meta
 
 
-def load_params(workdir: str, step: int | None = None):
-  """(params as numpy arrays, meta) of a run's checkpoint (latest by default)."""
-  variables, meta = load_variables(workdir, step)
-  return variables['params'], meta
-
-
 def resolve_step(workdir: str, which) -> int:
   """'best', 'latest' or a step number -> a step with a checkpoint in workdir."""
-  directory = checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f'No checkpoints in {workdir}: {directory} does not exist.')
-  with create_manager(workdir, read_only=True) as manager:
+  with _reading(workdir) as (directory, manager):
     steps = list(manager.all_steps())
-    if not steps:
-      raise FileNotFoundError(f'No finished checkpoint in {directory}.')
     if which == 'best':
       return best_step(manager)
     if which == 'latest':

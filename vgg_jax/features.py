@@ -39,7 +39,7 @@ def extract(model: models.VGG, variables, images, layers: Sequence[str] | str):
 # the net would compile on its own.
 @functools.partial(jax.jit, static_argnames=('model', 'names'))
 def _extract(model: models.VGG, variables, images, names: tuple[str, ...]):
-  return model.apply(variables, images, train=False, capture=names)
+  return model.apply(variables, images, names, method=models.VGG.features)
 
 
 def _layer_weights(layers: Mapping[str, float] | Sequence[str]) -> dict[str, float]:
@@ -120,10 +120,3 @@ def style_loss(grams, target_grams, weights: Mapping[str, float] | None = None) 
     diff = grams[name] - target_grams[name]
     total = total + weight * jnp.mean(jnp.square(diff), axis=(1, 2)) / 4.0
   return total
-
-
-def style_targets(model: models.VGG, variables, style_images,
-                  layers: Sequence[str]) -> dict[str, jax.Array]:
-  """{layer: Gram matrix [B, C, C]} of the style images, the style loss's targets."""
-  feats = extract(model, variables, style_images, tuple(layers))
-  return {name: gram_matrix(feats[name]) for name in layers}

@@ -1,8 +1,6 @@
-"""Files that readers, or a crash mid-write, never see half-written; the image suffixes we read."""
+"""Files that readers, or a crash mid-write, never see half-written."""
 
 import os
-
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')  # Lower case.
 
 
 def write_file_atomically(path: str, text: str):

@@ -40,22 +40,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vgg_jax import download
+from vgg_jax import data
 from vgg_jax import files
 from vgg_jax import models
-from vgg_jax import named_weights
 from vgg_jax import pretrained
-from vgg_jax import torch_files
-from vgg_jax import untrusted
+from vgg_jax.pretrained import download
+from vgg_jax.pretrained import named_weights
+from vgg_jax.pretrained import torch_files
+from vgg_jax.pretrained import untrusted
 
 LAYERS = ('relu1_2', 'relu2_2', 'relu3_3', 'relu4_3', 'relu5_3')
-CHANNELS = (64, 128, 256, 512, 512)
+CHANNELS = models.STAGE_CHANNELS  # One layer of each stage.
 VERSIONS = ('0.1', '0.0')
 SHIFT = np.asarray([-.030, -.088, -.188], np.float32)  # The reference's ScalingLayer.
 SCALE = np.asarray([.458, .448, .450], np.float32)
 EPS = 1e-10  # The reference's normalize_tensor.
 MIN_SIZE = 16  # relu5_3 lies behind four 2x2 pools.
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float64': jnp.float64}
+DTYPES = {'float32': models.DTYPES['float32'], 'bfloat16': models.DTYPES['bfloat16'],
+          'float64': jnp.float64}  # float64 for checks, with jax_enable_x64.
 # Our vgg16 import folds torchvision's normalisation into conv1_1, whose input channel c is
 # divided by 255 * std_c: a torch input t is this trunk's t * 255 * std.
 TORCH_TO_TRUNK = np.asarray([255.0 * s for s in named_weights.TORCH_IMAGENET.std], np.float32)
@@ -125,7 +127,8 @@ def _layer_distances(metric: LPIPS, x0, x1, spatial: bool, normalize: bool):
     x = 2.0 * x - 1.0
   if metric.version == '0.1':
     x = (x - SHIFT.astype(dtype)) / SCALE.astype(dtype)
-  feats = metric.trunk.apply(metric.variables, x * TORCH_TO_TRUNK.astype(dtype), capture=LAYERS)
+  feats = metric.trunk.apply(metric.variables, x * TORCH_TO_TRUNK.astype(dtype), LAYERS,
+                            method=models.VGG.features)
   out = {}
   for name, weights in zip(LAYERS, metric.lin):
     f = feats[name].astype(dtype)
@@ -266,7 +269,7 @@ def paired_names(dir0: str, dir1: str) -> list[str]:
   for folder in (dir0, dir1):
     if not os.path.isdir(folder):
       raise FileNotFoundError(f'No folder {folder}.')
-    names.append({n for n in os.listdir(folder) if n.lower().endswith(files.IMAGE_EXTENSIONS)})
+    names.append({n for n in os.listdir(folder) if n.lower().endswith(data.IMAGE_EXTENSIONS)})
   both = sorted(names[0] & names[1])
   for folder, only in ((dir0, names[0] - names[1]), (dir1, names[1] - names[0])):
     if only:

@@ -9,9 +9,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 
-def create_mesh() -> Mesh:
-  """A 1-D ('data',) mesh over all devices of all processes."""
-  return Mesh(np.asarray(jax.devices()), ('data',))
+def create_mesh(local: bool = False) -> Mesh:
+  """A 1-D ('data',) mesh over all devices of all processes (local: this process's)."""
+  return Mesh(np.asarray(jax.local_devices() if local else jax.devices()), ('data',))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -4,7 +4,7 @@ Every experiment config imports this and changes only what differs. Each section
 built by one small function (model_config, data_config, optimizer_config, eval_config)
 that tests, the ablation and the benchmarks reuse instead of retyping ConfigDicts.
 The library reads every field (no defaults restated there) and checks the values once
-at start-up (vgg_jax.config_checks), naming the field that is wrong.
+at start-up (vgg_jax.training.config_checks), naming the field that is wrong.
 """
 
 import ml_collections
@@ -49,7 +49,7 @@ def data_config() -> ml_collections.ConfigDict:
   data.random_flip = True  # Horizontal flip, Sec. 3.1.
   data.pca_stddev = 0.1  # AlexNet colour shift, alpha ~ N(0, 0.1); 0 disables.
   # > 0: the host only decodes each crop's uint8 window (padded to this side, pixels) and
-  # the train step resamples it on the device (vgg_jax/device_crops.py); 0: all on the host.
+  # the train step resamples it on the device (vgg_jax/data/device_crops.py); 0: all on the host.
   data.device_window = 0
   data.pca_eigval = placeholder(object)  # None: ImageNet's; 'compute': from the data.
   data.pca_eigvec = placeholder(object)

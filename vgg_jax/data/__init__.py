@@ -16,5 +16,17 @@ subtracted), labels [b] int32, and for evaluation mask [b] bool (False marks pad
 b = global_batch_size / process_count; each process reads only its own examples.
 """
 
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+  """This process's share of a split: process `index` of `count` reads every count-th."""
+  index: int = 0
+  count: int = 1
+
+
 # config.data.source: the kinds of Source (sources.load_source), checked by config_checks.
 SOURCES = ('digits', 'folder', 'tfds', 'fake')
+# The image files a folder source (and the LPIPS command line) reads; lower case.
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')

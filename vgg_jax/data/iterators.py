@@ -12,6 +12,7 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
+from vgg_jax import data
 from vgg_jax.data import preprocessing
 from vgg_jax.data import sources
 from vgg_jax.data import statistics
@@ -88,29 +89,39 @@ def _per_process_stream(source: sources.Source, seed: int, first: int, buffer: i
   return tf.data.Dataset.zip(ds.skip(offset), positions)
 
 
+def augmentation(data_config, image_size: int, cache_dir: str | None
+                 ) -> preprocessing.Augmentation:
+  """Sec. 3.1's augmentation of config.data, with the split's statistics (cached)."""
+  stats = statistics.rgb_statistics(data_config, cache_dir)
+  return preprocessing.Augmentation(
+      image_size=image_size, scale_min=data_config.scale_min, scale_max=data_config.scale_max,
+      random_flip=data_config.random_flip, pca_stddev=data_config.pca_stddev,
+      eigval=stats['pca_eigval'], eigvec=stats['pca_eigvec'], mean_rgb=stats['mean_rgb'])
+
+
 def create_train_iterator(data_config, *, image_size: int, global_batch_size: int,
-                          seed: int, start_step: int = 0, process_index: int = 0,
-                          process_count: int = 1, cache_dir: str | None = None,
-                          source: sources.Source | None = None
+                          seed: int, start_step: int = 0, shard: data.Shard = data.Shard(),
+                          cache_dir: str | None = None, source: sources.Source | None = None
                           ) -> Iterator[dict[str, np.ndarray]]:
   """Endless, seeded training batches; the stream from `start_step` on, for resume.
 
   Batches hold 'images' (float32 crops) and 'labels', or with data.device_window > 0
   the uint8 windows and draws of preprocessing.train_window that the train step turns
-  into the crops (vgg_jax.device_crops).
+  into the crops (vgg_jax.data.device_crops).
 
   Each epoch's order is a function of (seed, epoch) and each example's augmentation
   of (seed, its position in the stream), so starting at step k yields exactly the
   batches an uninterrupted run sees from step k. For digits and image folders the
   global batches are the same whatever the process count (see sources.load_train_source).
   """
-  batch = local_batch_size(global_batch_size, process_count)
-  source = source or sources.load_train_source(data_config, process_index, process_count,
+  process_index = shard.index
+  batch = local_batch_size(global_batch_size, shard.count)
+  source = source or sources.load_train_source(data_config, shard.index, shard.count,
                                                cache_dir)
   if source.num_examples == 0:
     raise ValueError(f'Training split {data_config.train_split!r} is empty for process '
                      f'{process_index}.')
-  stats = statistics.rgb_statistics(data_config, cache_dir)
+  augment_with = augmentation(data_config, image_size, cache_dir)
   if source.lookup is not None:
     ds = _global_order_stream(source, seed, start_step * global_batch_size, batch,
                               global_batch_size, process_index)
@@ -127,12 +138,8 @@ def create_train_iterator(data_config, *, image_size: int, global_batch_size: in
   def augment(ex, position):
     example_seed = tf.stack([tf.constant(seed * 65_536 + stream_id, tf.int64), position])
     image = ex['image'] if source.encoded else preprocessing.decode_image(ex['image'], False)
-    out = augment_fn(
-        image, example_seed, image_size=image_size, scale_min=data_config.scale_min,
-        scale_max=data_config.scale_max, random_flip=data_config.random_flip,
-        pca_stddev=data_config.pca_stddev, eigval=stats['pca_eigval'],
-        eigvec=stats['pca_eigvec'], mean_rgb=stats['mean_rgb'], encoded=source.encoded,
-        orientation=ex.get('orientation', 1))
+    out = augment_fn(image, example_seed, augment_with, encoded=source.encoded,
+                     orientation=ex.get('orientation', 1))
     return {**(out if window else {'images': out}), 'labels': ex['label']}
 
   ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -150,8 +157,7 @@ def num_eval_batches(total_examples: int, global_batch_size: int, process_count:
 
 def create_eval_iterator(data_config, *, image_size: int, global_batch_size: int,
                          split: str | None = None, scale: int | None = None,
-                         process_index: int = 0, process_count: int = 1,
-                         cache_dir: str | None = None,
+                         shard: data.Shard = data.Shard(), cache_dir: str | None = None,
                          source: sources.Source | None = None
                          ) -> Iterator[dict[str, np.ndarray]]:
   """One pass over the eval split: centre crops at Q, padded with mask=False.
@@ -160,11 +166,11 @@ def create_eval_iterator(data_config, *, image_size: int, global_batch_size: int
   """
   split = split or data_config.eval_split
   scale = scale or data_config.eval_scale
-  batch = local_batch_size(global_batch_size, process_count)
-  source = source or sources.load_source(data_config, split, process_index, process_count,
+  batch = local_batch_size(global_batch_size, shard.count)
+  source = source or sources.load_source(data_config, split, shard.index, shard.count,
                                          cache_dir)
   stats = statistics.rgb_statistics(data_config, cache_dir)
-  batches = num_eval_batches(source.total_examples, global_batch_size, process_count)
+  batches = num_eval_batches(source.total_examples, global_batch_size, shard.count)
   padding = batches * batch - source.num_examples
 
   def prepare(ex):

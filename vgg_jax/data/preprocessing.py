@@ -4,17 +4,33 @@ Decoding (EXIF orientation applied), isotropic rescaling of the smallest side, t
 crop (decoding only the JPEG window it needs, resampled by `resample`), flip and PCA
 colour shift for training, all here (`preprocess_for_train`) or, with the resampling left
 to the train step on the device, up to the uint8 window (`train_window`); centre crop and
-whole image (dense) for testing (the multi-crop grid is cut by vgg_jax.posteriors).
+whole image (dense) for testing (the multi-crop grid is cut by vgg_jax.evaluation.views).
 Knows nothing of sources or the model.
 
 One filter, TensorFlow's antialiased bilinear resize, has three implementations, each for
 a reason given in docs/performance.md: `resize` (tf.image.resize) for evaluation and for
 decoded arrays' training crops, `resample` (banded matrix products) for the training
-crops of encoded images, and vgg_jax.device_crops when the train step resamples.
+crops of encoded images, and vgg_jax.data.device_crops when the train step resamples.
 """
+
+import dataclasses
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+  """Sec. 3.1's training augmentation, built once from config.data and the statistics."""
+  image_size: int  # The crop's side.
+  scale_min: int  # S ~ U[scale_min, scale_max]; equal: a fixed S.
+  scale_max: int
+  random_flip: bool
+  pca_stddev: float  # AlexNet's colour shift, alpha ~ N(0, pca_stddev); 0: none.
+  eigval: Any  # [3] and [3, 3]: the RGB covariance's eigenvalues and eigenvectors.
+  eigvec: Any
+  mean_rgb: Any  # [3], subtracted.
 
 
 def decode_image(image, encoded: bool):
@@ -183,13 +199,15 @@ def _jpeg_window(jpeg, shape_hw, new_hw, offset, image_size: int):
   return window, scale, tf.cast(start, tf.float32) * scale - tf.cast(offset, tf.float32)
 
 
-def _crop_source(image, seeds, *, image_size: int, scale_min: int, scale_max: int,
-                 encoded: bool, orientation):
+def _crop_source(image, seeds, augmentation: Augmentation, encoded: bool, orientation):
   """(pixels uint8, scale [2], translation [2]) whose resample is the training crop.
 
   Upright JPEGs: only the window the crop needs is decoded. Other images are decoded
   whole and turned by `orientation`; the whole image is then the window.
   """
+  image_size, scale_min, scale_max = (augmentation.image_size, augmentation.scale_min,
+                                      augmentation.scale_max)
+
   def whole(pixels):
     shape_hw = tf.shape(pixels)[:2]
     new_hw, offset = sample_crop(shape_hw, seeds, image_size, scale_min, scale_max)
@@ -209,15 +227,16 @@ def _crop_source(image, seeds, *, image_size: int, scale_min: int, scale_max: in
       apply_orientation(decode_image(image, encoded=True), orientation)))
 
 
-def _colour_offset(seeds, pca_stddev: float, eigval, eigvec, mean_rgb):
+def _colour_offset(seeds, augmentation: Augmentation):
   """What training adds to every pixel of a crop: the PCA colour shift minus the mean."""
-  offset = -tf.constant(mean_rgb, tf.float32)
-  return pca_lighting(offset, eigval, eigvec, pca_stddev, seeds[3]) if pca_stddev > 0 else offset
+  a = augmentation
+  offset = -tf.constant(a.mean_rgb, tf.float32)
+  return (pca_lighting(offset, a.eigval, a.eigvec, a.pca_stddev, seeds[3]) if a.pca_stddev > 0
+          else offset)
 
 
-def preprocess_for_train(image, seed, *, image_size: int, scale_min: int, scale_max: int,
-                         random_flip: bool, pca_stddev: float, eigval, eigvec, mean_rgb,
-                         encoded: bool = False, orientation=1):
+def preprocess_for_train(image, seed, augmentation: Augmentation, encoded: bool = False,
+                         orientation=1):
   """Sec. 3.1: rescale to S (fixed or ~U[S_min, S_max]), random crop, flip, colour shift.
 
   image: uint8 [h, w, 3], or encoded bytes if `encoded`: JPEGs stored upright
@@ -225,43 +244,41 @@ def preprocess_for_train(image, seed, *, image_size: int, scale_min: int, scale_
   resampled from the window); others are decoded whole and turned by `orientation`
   (EXIF 1..8) first. seed: [2] int64 stateless seed. Returns [S, S, 3] float32.
   """
+  image_size, random_flip = augmentation.image_size, augmentation.random_flip
   seeds = tf.random.experimental.stateless_split(seed, 4)
   flip = flip_drawn(seeds[2]) if random_flip else False
   if encoded:
-    pixels, scale, translation = _crop_source(
-        image, seeds, image_size=image_size, scale_min=scale_min, scale_max=scale_max,
-        encoded=True, orientation=orientation)
+    pixels, scale, translation = _crop_source(image, seeds, augmentation, True, orientation)
     image = resample(pixels, image_size, scale, translation, flip)
   else:
     # Decoded arrays: `resize` whole, then cut. `resample` would change their crops by float
     # round-off, and with them the default (digits) job's numbers (docs/performance.md).
     pixels = apply_orientation(image, orientation)
-    new_hw, offset = sample_crop(tf.shape(pixels)[:2], seeds, image_size, scale_min, scale_max)
+    new_hw, offset = sample_crop(tf.shape(pixels)[:2], seeds, image_size,
+                                 augmentation.scale_min, augmentation.scale_max)
     image = resize(pixels, new_hw)
     image = image[offset[0]:offset[0] + image_size, offset[1]:offset[1] + image_size]
     if random_flip:
       image = tf.cond(flip, lambda: image[:, ::-1], lambda: image)
   image.set_shape([image_size, image_size, 3])
-  return image + _colour_offset(seeds, pca_stddev, eigval, eigvec, mean_rgb)
+  return image + _colour_offset(seeds, augmentation)
 
 
-def train_window(image, seed, *, window: int, image_size: int, scale_min: int,
-                 scale_max: int, random_flip: bool, pca_stddev: float, eigval, eigvec,
-                 mean_rgb, encoded: bool = False, orientation=1) -> dict:
+def train_window(image, seed, augmentation: Augmentation, window: int, encoded: bool = False,
+                 orientation=1) -> dict:
   """preprocess_for_train's host half when the train step resamples on the device.
 
   Same draws (S, offset, flip, colour shift) from the same seed. Returns 'window':
   the decoded pixels the crop needs, uint8 [window, window, 3] (padded with zeros;
   'window_hw' is the real size), 'resample' (scale y, x, translation y, x), 'flip' and
-  'colour' (shift minus mean, [3]); vgg_jax.device_crops turns them into the crop.
+  'colour' (shift minus mean, [3]); vgg_jax.data.device_crops turns them into the crop.
   A source larger than `window` is resampled here and sent as the crop itself
   (rounded to uint8, scale 1): within 0.5 of the host pipeline.
   """
+  image_size = augmentation.image_size
   seeds = tf.random.experimental.stateless_split(seed, 4)
-  flip = flip_drawn(seeds[2]) if random_flip else tf.constant(False)
-  pixels, scale, translation = _crop_source(
-      image, seeds, image_size=image_size, scale_min=scale_min, scale_max=scale_max,
-      encoded=encoded, orientation=orientation)
+  flip = flip_drawn(seeds[2]) if augmentation.random_flip else tf.constant(False)
+  pixels, scale, translation = _crop_source(image, seeds, augmentation, encoded, orientation)
   fits = tf.reduce_all(tf.shape(pixels)[:2] <= window)
 
   def crop_here():
@@ -273,7 +290,7 @@ def train_window(image, seed, *, window: int, image_size: int, scale_min: int,
   hw = tf.shape(pixels)[:2]
   return {'window': tf.pad(pixels, [[0, window - hw[0]], [0, window - hw[1]], [0, 0]]),
           'window_hw': hw, 'resample': tf.concat([scale, translation], 0), 'flip': flip,
-          'colour': _colour_offset(seeds, pca_stddev, eigval, eigvec, mean_rgb)}
+          'colour': _colour_offset(seeds, augmentation)}
 
 
 def preprocess_for_eval(image, *, image_size: int, scale: int, mean_rgb):

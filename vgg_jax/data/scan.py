@@ -17,8 +17,8 @@ from absl import logging
 from PIL import Image
 import tensorflow as tf
 
-from vgg_jax import files
 from vgg_jax.data import preprocessing
+from vgg_jax import files
 
 PROGRESS_EVERY_S = 5.0  # Seconds between progress lines while checking a folder.
 MAX_LISTED = 20  # Bad files named in the error; the rest are counted.

@@ -16,11 +16,10 @@ import numpy as np
 import tensorflow as tf
 
 from vgg_jax import data
-from vgg_jax import files
 from vgg_jax.data import preprocessing
 from vgg_jax.data import scan
 
-IMAGE_EXTENSIONS = files.IMAGE_EXTENSIONS
+IMAGE_EXTENSIONS = data.IMAGE_EXTENSIONS
 DIGITS_SIZE = 32
 IMAGENET_MANUAL_HELP = """\
 ImageNet (imagenet2012) cannot be downloaded automatically. To prepare it:

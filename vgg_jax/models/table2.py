@@ -1,6 +1,6 @@
 """Table 2 reproduced: parameters and multiply-accumulates of the six nets beside the paper's.
 
-  python -m vgg_jax.table2          # or: python launch.py --mode=table
+  python -m vgg_jax.models          # or: python launch.py --mode=table
 """
 
 from vgg_jax import models

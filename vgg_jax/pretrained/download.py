@@ -23,8 +23,8 @@ import time
 import urllib.error
 import urllib.request
 
-from vgg_jax import named_weights
-from vgg_jax import untrusted
+from vgg_jax.pretrained import named_weights
+from vgg_jax.pretrained import untrusted
 
 TIMEOUT_SECONDS = 10.0  # Per connect and per read: no network fails in well under 30 s.
 STALL_SECONDS, STALL_BYTES = 30.0, 4096  # Fewer bytes than this in that long: stalled.

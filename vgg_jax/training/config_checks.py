@@ -8,9 +8,9 @@ import os
 
 from vgg_jax import data
 from vgg_jax import models
-from vgg_jax import named_weights
-from vgg_jax import optim
-from vgg_jax import untrusted
+from vgg_jax.pretrained import named_weights
+from vgg_jax.pretrained import untrusted
+from vgg_jax.training import optim
 
 # Fields added after configs were first stored: an older run's config passes without them.
 OPTIONAL_MODEL = ('pool_impl',)
@@ -41,10 +41,6 @@ def _require(config, name: str, ok, want: str, optional: bool = False):
   value = _field(config, name, optional)
   if value is not _ABSENT:
     models.check_fields({f'config.{name}': value}, {f'config.{name}': (ok, want)})
-
-
-def _positive_int(value) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def check_model(config):
@@ -85,7 +81,7 @@ def check_optimizer(config):
   _require(config, 'optimizer.momentum', lambda v: 0 <= v < 1, 'must be in [0, 1)')
   _require(config, 'optimizer.weight_decay', lambda v: v >= 0, 'must be >= 0')
   _require(config, 'optimizer.plateau_factor', lambda v: 0 < v < 1, 'must be in (0, 1)')
-  _require(config, 'optimizer.plateau_patience', _positive_int, 'must be a positive integer')
+  _require(config, 'optimizer.plateau_patience', models.positive_int, 'must be a positive integer')
   _require(config, 'optimizer.plateau_max_decays', lambda v: isinstance(v, int) and v >= 0,
            'must be an integer >= 0')
   for name in ('decay_biases', 'freeze_conv_base', 'unfreeze_last_stage'):
@@ -98,11 +94,11 @@ def check_optimizer(config):
 def check_loop(config):
   for name in ('global_batch_size', 'eval_batch_size', 'grad_accum_steps', 'log_every_steps',
                'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
-    _require(config, name, _positive_int, 'must be a positive integer')
+    _require(config, name, models.positive_int, 'must be a positive integer')
   for name in ('peer_timeout_seconds', 'shutdown_timeout_seconds'):
-    _require(config, name, _positive_int, 'must be a positive integer (seconds)')
+    _require(config, name, models.positive_int, 'must be a positive integer (seconds)')
   _require(config, 'profile_steps', lambda v: len(v) == 0 or (
-      len(v) == 2 and _positive_int(v[0]) and _positive_int(v[1])),
+      len(v) == 2 and models.positive_int(v[0]) and models.positive_int(v[1])),
            'must be () or (first step, count), both positive integers')
   if config.num_train_steps <= 0:
     _require(config, 'num_epochs', lambda v: v > 0,

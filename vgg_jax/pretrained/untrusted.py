@@ -1,9 +1,8 @@
 """What every reader of a file the user did not write shares: one refusal, names vs paths.
 
-A weights file, a mirror or a server is untrusted (docs/security.md): the readers
-(vgg_jax.torch_files, vgg_jax.weight_readers, vgg_jax.download) accept only what the
-format allows, and every refusal is a WeightsFileError naming the file and what was
-wrong. The user's own cache ($VGG_JAX_CACHE) is trusted once a file in it is verified.
+A weights file, a mirror or a server is untrusted (docs/security.md): the readers of
+vgg_jax.pretrained (torch_files, weight_readers, download) accept only what the format
+allows, and every refusal is a WeightsFileError naming the file and what was wrong. The user's own cache ($VGG_JAX_CACHE) is trusted once a file in it is verified.
 """
 
 import errno

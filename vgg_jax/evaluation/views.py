@@ -13,10 +13,10 @@ import functools
 import math
 
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 from vgg_jax import models
+from vgg_jax import sharding
 
 BUCKET_MULTIPLE = models.MIN_IMAGE_SIZE  # The net's stride: five 2x2 pools.
 PROTOCOLS = ('single', 'dense', 'multicrop', 'dense+multicrop')
@@ -32,7 +32,10 @@ def views_per_scale(protocol: str, flip: bool = True) -> int:
 # its traces, so the runs of a study and their fusions compile each shape once.
 @functools.partial(jax.jit, static_argnames=('model', 'dense'))
 def _posteriors(model: models.VGG, variables, images, dense: bool, valid_sizes=None):
-  logits = model.apply(variables, images, train=False, dense=dense, valid_sizes=valid_sizes)
+  if dense:
+    logits = model.apply(variables, images, valid_sizes, method=models.VGG.dense)
+  else:
+    logits = model.apply(variables, images)
   return jax.nn.softmax(logits)
 
 
@@ -54,13 +57,13 @@ class Predictor:
 
   def __init__(self, model: models.VGG, variables, batch_size: int):
     """variables: {'params': ...} (and 'batch_stats' for the batch-norm variants)."""
-    self.mesh = Mesh(np.asarray(jax.local_devices()), ('data',))
+    self.mesh = sharding.create_mesh(local=True)  # Each process predicts its own images.
     self.model = model
-    self.variables = jax.device_put(variables, NamedSharding(self.mesh, P()))
+    self.variables = jax.device_put(variables, sharding.replicated(self.mesh))
     per_device = max(1, batch_size // self.mesh.size)
     self.batch_size = per_device * self.mesh.size
     self.batch_sizes = batch_sizes(self.batch_size, self.mesh.size)
-    self.views = NamedSharding(self.mesh, P('data'))
+    self.views = sharding.batch_sharding(self.mesh)
     self.programs: set[tuple] = set()
 
   def _run(self, images: np.ndarray, dense: bool, valid_sizes=None) -> np.ndarray:

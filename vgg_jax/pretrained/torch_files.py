@@ -34,7 +34,7 @@ import zipfile
 import ml_dtypes
 import numpy as np
 
-from vgg_jax import untrusted
+from vgg_jax.pretrained import untrusted
 
 LEGACY_MAGIC = 0x1950a86a20f9469cfc6c  # torch.serialization.MAGIC_NUMBER.
 STORAGE_DTYPES = {

@@ -17,6 +17,7 @@ images must be image_size crops. Batch-norm nets use their running statistics.
 Each map is divided by its maximum (all zero stays zero). No TensorFlow here.
 """
 
+import dataclasses
 import functools
 import os
 
@@ -29,6 +30,20 @@ from vgg_jax import models
 METHODS = ('gradcam', 'saliency')
 
 
+@dataclasses.dataclass(frozen=True)
+class Explanation:
+  """What to draw over an image: Grad-CAM at `layer` (default: default_layer), or the
+  saliency map, SmoothGrad with `samples` > 0 noisy copies of `noise` times its range."""
+  method: str
+  layer: str | None = None
+  samples: int = 0
+  noise: float = 0.15
+
+  def __post_init__(self):
+    if self.method not in METHODS:
+      raise ValueError(f'--explain={self.method!r} is not one of {METHODS}.')
+
+
 def default_layer(model: models.VGG) -> str:
   """Grad-CAM's layer: the last ReLU of the last conv stage."""
   table = model.layer_table
@@ -38,8 +53,11 @@ def default_layer(model: models.VGG) -> str:
 
 def _scores(model, variables, images, dense, start=None):
   """Class scores before the softmax, [B, classes] float32."""
-  return model.apply(variables, images, train=False, dense=dense, start=start).astype(
-      jnp.float32)
+  if start is not None:
+    return model.apply(variables, images, start, dense, method=models.VGG.run_from)
+  if dense:
+    return model.apply(variables, images, method=models.VGG.dense)
+  return model.apply(variables, images)
 
 
 def _scores_and_pullback(model, variables, x, dense, start=None):
@@ -65,7 +83,7 @@ def _normalise(maps):
 def _gradcam(model, variables, images, classes, layer: str, dense: bool):
   # The net up to the layer once, then the rest from its activations: the logits and
   # dy^c/dA^k both come from that second half.
-  activations = model.apply(variables, images, train=False, capture=layer)[layer]
+  activations = model.apply(variables, images, layer, method=models.VGG.features)[layer]
   logits, class_gradient = _scores_and_pullback(model, variables, activations, dense, layer)
   classes = _classes(logits, classes)
   grads = class_gradient(classes).astype(jnp.float32)
@@ -81,10 +99,9 @@ def gradcam(model: models.VGG, variables, images, classes=None, layer: str | Non
   layer = layer or default_layer(model)
   model.check_names(layer)  # An unknown name lists the net's layers.
   names = [entry.name for entry in model.layer_table]
-  head = min(i for i, entry in enumerate(model.layer_table) if entry.kind in ('fc', 'dense'))
-  if names.index(layer) >= head:
-    raise ValueError(f'Grad-CAM needs a layer of the conv stages (up to {names[head - 1]}), '
-                     f'not the head\'s {layer}.')
+  if names.index(layer) >= model.head_start:
+    raise ValueError(f'Grad-CAM needs a layer of the conv stages (up to '
+                     f'{names[model.head_start - 1]}), not the head\'s {layer}.')
   return _gradcam(model, variables, jnp.asarray(images, jnp.float32),
                   None if classes is None else jnp.asarray(classes), layer, dense)
 

@@ -1,38 +1,38 @@
-"""Tests for vgg_jax.posteriors: the test views, shape buckets with exact masks."""
+"""Tests for vgg_jax.evaluation.views: the test views, shape buckets with exact masks."""
 
 import jax
 import numpy as np
 import pytest
 
+from vgg_jax.evaluation import views
 from vgg_jax import models
-from vgg_jax import posteriors
 
 
 def test_multi_crop_views_count_and_offsets():
   image = np.arange(40 * 50 * 3, dtype=np.float32).reshape(40, 50, 3)
-  views = posteriors.multi_crop_views(image, image_size=32)
-  assert views.shape == (50, 32, 32, 3)
-  offsets = posteriors.multi_crop_offsets(40, 50, 32)
+  crops = views.multi_crop_views(image, image_size=32)
+  assert crops.shape == (50, 32, 32, 3)
+  offsets = views.multi_crop_offsets(40, 50, 32)
   assert offsets[0] == (0, 0) and offsets[-1] == (8, 18) and offsets[12] == (4, 9)
-  np.testing.assert_array_equal(views[24], image[8:40, 18:50])
-  np.testing.assert_array_equal(views[25], image[0:32, 0:32][:, ::-1])
+  np.testing.assert_array_equal(crops[24], image[8:40, 18:50])
+  np.testing.assert_array_equal(crops[25], image[0:32, 0:32][:, ::-1])
   np.testing.assert_array_equal(
-      posteriors.multi_crop_views(image, image_size=32, flip=False), views[:25])
+      views.multi_crop_views(image, image_size=32, flip=False), crops[:25])
 
 
 def random_predictor(num_classes=10):
   model = models.VGG(variant='A', width=1 / 16, fc_width=32, image_size=32,
                      num_classes=num_classes)
   params = models.init_variables(model, jax.random.key(0))['params']
-  return posteriors.Predictor(model, {'params': params}, batch_size=16)
+  return views.Predictor(model, {'params': params}, batch_size=16)
 
 
 def test_dense_equals_flip_averaged_centre_crop_on_square_images_at_q_equal_crop():
   predictor = random_predictor()
   images = list(np.random.default_rng(0).normal(0, 50, (5, 32, 32, 3)).astype(np.float32))
-  dense = posteriors.posteriors_at_scale(predictor, images, 'dense', 32)
-  single = posteriors.posteriors_at_scale(predictor, images, 'single', 32)
-  flipped = posteriors.posteriors_at_scale(predictor, [im[:, ::-1] for im in images],
+  dense = views.posteriors_at_scale(predictor, images, 'dense', 32)
+  single = views.posteriors_at_scale(predictor, images, 'single', 32)
+  flipped = views.posteriors_at_scale(predictor, [im[:, ::-1] for im in images],
                                          'single', 32)
   np.testing.assert_allclose(dense, 0.5 * (single + flipped), rtol=1e-5, atol=1e-6)
   assert not np.allclose(single, flipped, atol=1e-4)  # The flip matters for random nets.
@@ -43,25 +43,25 @@ def test_dense_posterior_is_flip_invariant_and_handles_mixed_shapes():
   rng = np.random.default_rng(1)
   images = [rng.normal(0, 50, shape).astype(np.float32)
             for shape in ((40, 56, 3), (40, 40, 3), (40, 56, 3))]
-  dense = posteriors.posteriors_at_scale(predictor, images, 'dense', 32)
-  flipped = posteriors.posteriors_at_scale(predictor, [im[:, ::-1] for im in images], 'dense', 32)
+  dense = views.posteriors_at_scale(predictor, images, 'dense', 32)
+  flipped = views.posteriors_at_scale(predictor, [im[:, ::-1] for im in images], 'dense', 32)
   np.testing.assert_allclose(dense, flipped, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(dense.sum(1), 1.0, rtol=1e-5)
   # Each image's posterior is its own, whatever shares its batch.
-  alone = posteriors.posteriors_at_scale(predictor, images[1:2], 'dense', 32)
+  alone = views.posteriors_at_scale(predictor, images[1:2], 'dense', 32)
   np.testing.assert_allclose(dense[1:2], alone, rtol=1e-5, atol=1e-6)
 
 
 def test_multicrop_averages_fifty_views():
   predictor = random_predictor()
   image = np.random.default_rng(2).normal(0, 50, (40, 48, 3)).astype(np.float32)
-  views = posteriors.multi_crop_views(image, image_size=32)
-  assert len(views) == 50
-  expected = predictor(views).mean(0)
-  got = posteriors.posteriors_at_scale(predictor, [image], 'multicrop', 32)[0]
+  crops = views.multi_crop_views(image, image_size=32)
+  assert len(crops) == 50
+  expected = predictor(crops).mean(0)
+  got = views.posteriors_at_scale(predictor, [image], 'multicrop', 32)[0]
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-  both = posteriors.posteriors_at_scale(predictor, [image], 'dense+multicrop', 32)[0]
-  dense = posteriors.posteriors_at_scale(predictor, [image], 'dense', 32)[0]
+  both = views.posteriors_at_scale(predictor, [image], 'dense+multicrop', 32)[0]
+  dense = views.posteriors_at_scale(predictor, [image], 'dense', 32)[0]
   np.testing.assert_allclose(both, 0.5 * (dense + expected), rtol=1e-5, atol=1e-6)
 
 
@@ -69,10 +69,10 @@ def test_flip_off_uses_only_unflipped_views():
   predictor = random_predictor()
   rng = np.random.default_rng(4)
   images = [rng.normal(0, 50, (40, 48, 3)).astype(np.float32)]
-  dense = posteriors.posteriors_at_scale(predictor, images, 'dense', 32, flip=False)
+  dense = views.posteriors_at_scale(predictor, images, 'dense', 32, flip=False)
   np.testing.assert_allclose(dense, predictor(np.stack(images), dense=True), rtol=1e-5, atol=1e-6)
-  crops = posteriors.multi_crop_views(images[0], image_size=32)[:25]
-  multi = posteriors.posteriors_at_scale(predictor, images, 'multicrop', 32, flip=False)
+  crops = views.multi_crop_views(images[0], image_size=32)[:25]
+  multi = views.posteriors_at_scale(predictor, images, 'multicrop', 32, flip=False)
   np.testing.assert_allclose(multi[0], predictor(crops).mean(0), rtol=1e-5, atol=1e-6)
 
 
@@ -105,7 +105,7 @@ def photos(count, seed=0, low=32, high=80):
 def check_buckets_equal_shapes(variant, batch_norm, conv_impl, flip, images):
   model = models.VGG(variant=variant, width=1 / 16, fc_width=16, num_classes=5,
                      image_size=32, batch_norm=batch_norm, conv_impl=conv_impl)
-  predictor = posteriors.Predictor(model, random_variables(model), batch_size=8)
+  predictor = views.Predictor(model, random_variables(model), batch_size=8)
   bucketed = predictor.dense(images, flip)
   by_shape = predictor.dense(images, flip, buckets=False)
   np.testing.assert_allclose(bucketed, by_shape, rtol=1e-4, atol=2e-6)
@@ -117,8 +117,8 @@ def test_buckets_equal_the_per_shape_path_on_many_shapes():
   on every other one (12 shapes, 5 buckets: the per-shape path compiles once per shape)."""
   images = photos(24)
   assert len({im.shape for im in images}) == 24
-  assert len({posteriors.bucket_shape(*im.shape[:2]) for im in images}) <= 9
-  assert len({posteriors.bucket_shape(*im.shape[:2]) for im in images[::2]}) >= 5
+  assert len({views.bucket_shape(*im.shape[:2]) for im in images}) <= 9
+  assert len({views.bucket_shape(*im.shape[:2]) for im in images[::2]}) >= 5
   check_buckets_equal_shapes('A-LRN', True, 'matmul', True, images[::2])
 
 
@@ -135,12 +135,12 @@ def test_buckets_equal_the_per_shape_path(variant, batch_norm, conv_impl):
 
 def test_compilations_are_bounded_by_buckets_and_batch_sizes():
   model = models.VGG(variant='A', width=1 / 16, fc_width=16, num_classes=5, image_size=32)
-  predictor = posteriors.Predictor(model, random_variables(model), batch_size=16)
+  predictor = views.Predictor(model, random_variables(model), batch_size=16)
   images = photos(40, seed=2, low=40, high=64)  # Sides 40..63: every image in bucket 64x64.
-  before = posteriors._posteriors._cache_size()  # pylint: disable=protected-access
+  before = views._posteriors._cache_size()  # pylint: disable=protected-access
   first = predictor.dense(images[:25])
   rest = predictor.dense(images[25:])
-  compiled = posteriors._posteriors._cache_size() - before  # pylint: disable=protected-access
+  compiled = views._posteriors._cache_size() - before  # pylint: disable=protected-access
   bound = 1 * len(predictor.batch_sizes)  # One bucket.
   assert predictor.batch_sizes == (8, 16) and compiled <= bound
   assert {shape for shape, *_ in predictor.programs} <= {(8, 64, 64, 3), (16, 64, 64, 3)}
@@ -151,19 +151,19 @@ def test_padding_rows_and_batch_sizes_change_no_posterior():
   model = models.VGG(variant='A', width=1 / 16, fc_width=16, num_classes=5, image_size=32)
   variables = random_variables(model)
   images = photos(5, seed=3, low=32, high=60)
-  together = posteriors.Predictor(model, variables, batch_size=32).dense(images)
-  alone = [posteriors.Predictor(model, variables, batch_size=8).dense([im])[0] for im in images]
+  together = views.Predictor(model, variables, batch_size=32).dense(images)
+  alone = [views.Predictor(model, variables, batch_size=8).dense([im])[0] for im in images]
   np.testing.assert_allclose(together, np.stack(alone), rtol=1e-5, atol=1e-6)
 
 
 def test_batch_sizes_double_from_the_device_count():
-  assert posteriors.batch_sizes(64, 8) == (8, 16, 32, 64)
-  assert posteriors.batch_sizes(24, 8) == (8, 16, 24)
-  assert posteriors.batch_sizes(8, 8) == (8,)
-  assert posteriors.bucket_shape(33, 64) == (64, 64) and posteriors.bucket_shape(32, 65) == (32, 96)
+  assert views.batch_sizes(64, 8) == (8, 16, 32, 64)
+  assert views.batch_sizes(24, 8) == (8, 16, 24)
+  assert views.batch_sizes(8, 8) == (8,)
+  assert views.bucket_shape(33, 64) == (64, 64) and views.bucket_shape(32, 65) == (32, 96)
 
 
 def test_views_per_scale_without_flips():
-  assert posteriors.views_per_scale('dense+multicrop', flip=False) == 26
-  assert posteriors.views_per_scale('single', flip=False) == 1
-  assert posteriors.views_per_scale('multicrop') == 50
+  assert views.views_per_scale('dense+multicrop', flip=False) == 26
+  assert views.views_per_scale('single', flip=False) == 1
+  assert views.views_per_scale('multicrop') == 50

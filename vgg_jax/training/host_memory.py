@@ -42,7 +42,7 @@ REUSE_HOST_MEMORY = flags.DEFINE_bool(
     'reuse_host_memory', True,
     'Where JAX computes on the CPU, keep freed host memory for reuse (glibc; the whole '
     'process, torch included): faster CPU steps, slower compiles; see '
-    'vgg_jax/host_memory.py and docs/performance.md.')
+    'vgg_jax/training/host_memory.py and docs/performance.md.')
 
 
 def accelerator_plugins() -> list[str]:

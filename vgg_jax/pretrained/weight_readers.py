@@ -6,7 +6,7 @@ kernels HWIO, fc6's kernel [window*window*C, out] in H,W,C flatten order, BatchN
 weight/bias/running_mean/running_var as scale/bias (params) and mean/var (batch_stats).
 The arrays still expect the source's own input convention; vgg_jax.pretrained folds it
 into conv1_1. h5py and safetensors are optional dependencies (the `pretrained` extra),
-imported only by the reader that needs them; vgg_jax.torch_files reads .pth files,
+imported only by the reader that needs them; vgg_jax.pretrained.torch_files reads .pth files,
 without torch.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from vgg_jax import models
-from vgg_jax import torch_files
-from vgg_jax import untrusted
+from vgg_jax.pretrained import torch_files
+from vgg_jax.pretrained import untrusted
 
 # Conv layers per variant, in order, as torchvision's and timm's vgg11/13/16/19 hold them.
 TORCH_NAMES = {'A': 'vgg11', 'B': 'vgg13', 'D': 'vgg16', 'E': 'vgg19'}
@@ -129,7 +129,7 @@ def expected_keras_shapes(variant: str, layers: dict) -> dict[str, list[tuple]]:
       k = layer.kernel_size
       shapes[keras_names[layer.name]] = [(k, k, channels, layer.features), (layer.features,)]
       channels = layer.features
-  if all(n in layers for n in ('fc1', 'fc2', 'predictions')):
+  if keras_has_top(layers):
     fc1, fc2, top = (layers[n][0].shape for n in ('fc1', 'fc2', 'predictions'))
     width = fc1[-1] if len(fc1) == 2 and fc1[0] % channels == 0 else -1
     classes = top[-1] if len(top) == 2 else -1
@@ -137,6 +137,11 @@ def expected_keras_shapes(variant: str, layers: dict) -> dict[str, list[tuple]]:
     shapes['fc2'] = [(width, width), (width,)]
     shapes['predictions'] = [(width, classes), (classes,)]
   return shapes
+
+
+def keras_has_top(layers) -> bool:
+  """Whether a Keras file's layers include fc1, fc2 and predictions (not a "notop" file)."""
+  return all(n in layers for n in ('fc1', 'fc2', 'predictions'))
 
 
 def read_keras_h5(path: str) -> dict[str, list[np.ndarray]]:
@@ -191,8 +196,7 @@ def keras_variables(path: str, variant: str, include_top: bool,
     raise untrusted.WeightsFileError(f'{path} holds {len(convs)} conv layers, a VGG of variant '
                                      f'{variant_with_convs(len(convs))}; variant {variant} has '
                                      f'{len(conv_names(variant))}.')
-  has_top = all(n in layers for n in ('fc1', 'fc2', 'predictions'))
-  if include_top and not has_top:
+  if include_top and not keras_has_top(layers):
     raise untrusted.WeightsFileError(
         f'{path} has no fc1/fc2/predictions layers (an include_top=False '
         '"notop" file): it can give the conv base only; pass --notop.')
@@ -227,8 +231,8 @@ def detect(path: str) -> tuple[str, str, bool, Any]:
   """
   if path.endswith('.h5'):
     layers = read_keras_h5(path)
-    has_top = all(n in layers for n in ('fc1', 'fc2', 'predictions'))
-    return 'keras', variant_of(len(keras_conv_layers(layers)), path), has_top, layers
+    return ('keras', variant_of(len(keras_conv_layers(layers)), path), keras_has_top(layers),
+            layers)
   if not path.endswith(('.pth', '.pt', '.bin', '.safetensors')):
     raise untrusted.WeightsFileError(
         f'{path}: not a weights file this reads (.h5, .pth, .pt, .bin, '

@@ -1,10 +1,8 @@
 """The VGG family of Simonyan & Zisserman (ICLR 2015), Table 1, as one Flax module.
 
 Every step of the forward pass is described once, as data (layer_table: name, kind, what
-it owns); the logits, dense evaluation, feature capture, the feature and BatchNorm names
-and the weight-layer names are all read off that one list.
-
-`python -m vgg_jax.models` prints Table 2 (weight layers, parameters, GMACs) reproduced.
+it owns); the logits, dense evaluation, feature capture, running on from a layer, the
+feature and BatchNorm names and the weight-layer names are all read off that one list.
 """
 
 from typing import Any, Mapping, NamedTuple
@@ -14,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vgg_jax import layers
+from vgg_jax.models import layers
 
 # Table 1: the kernel size of each conv layer, per stage (1 = C's 1x1 convs).
 CONFIGS = {
@@ -99,17 +97,18 @@ def norm_names(variant: str) -> dict[str, str]:
   return {conv.name: norm.name for conv, norm in zip(table, table[1:]) if norm.kind == 'bn'}
 
 
-def _positive_int(value) -> bool:
+def positive_int(value) -> bool:
+  """Whether value is an int (Python or numpy, not a bool) above 0."""
   return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
 
 
 # VGG's fields: (rule, what a good value is), each checked once, by check_fields.
 FIELD_RULES = {
     'variant': (lambda v: v in CONFIGS, f'must be one of {list(CONFIGS)}'),
-    'num_classes': (_positive_int, 'must be a positive integer'),
+    'num_classes': (positive_int, 'must be a positive integer'),
     'width': (lambda v: v > 0, 'must be > 0'),
-    'fc_width': (_positive_int, 'must be a positive integer'),
-    'head_width': (_positive_int, 'must be a positive integer'),
+    'fc_width': (positive_int, 'must be a positive integer'),
+    'head_width': (positive_int, 'must be a positive integer'),
     'dropout_rate': (lambda v: 0 <= v < 1, 'must be in [0, 1)'),
     'image_size': (lambda v: v >= MIN_IMAGE_SIZE,
                    f'must be at least {MIN_IMAGE_SIZE} (five 2x2 pools)'),
@@ -152,22 +151,21 @@ def _check_nhwc(shape):
 
 
 class VGG(nn.Module):
-  """VGG net `variant` of Table 1; images [B, H, W, 3] NHWC float -> logits [B, num_classes].
+  """VGG net `variant` of Table 1; one entry per use, each over one private forward pass:
 
-  image_size is the training crop size: it fixes fc6's window (image_size / 32).
-  head='small' replaces fc6-fc8 by the common transfer-learning head: head1 (Dense
-  head_width over the flattened conv map), ReLU, dropout, head2 (Dense num_classes).
-  With dense=True the same parameters run fully-convolutionally on any image at least
-  image_size on each side, and the class-score map is spatially averaged (Sec. 3.2).
-  batch_norm=True: BatchNorm after every conv, before its ReLU, as torchvision's vgg*_bn
-  (not in the paper); its running statistics live in the 'batch_stats' collection.
-  frozen_norms=('bn1_1', ...): those BatchNorm layers normalise with their running
-  statistics in training too and never update them, as a frozen conv base needs.
-  capture=(names, ...): returns {name: activation [B, h, w, C]} for those feature_names
-  instead of the logits, computing only as far as the deepest of them; FC layers then run
-  fully-convolutionally (fc6 as a window x window conv), on images the pools up to the
-  deepest layer leave a pixel of (16 for relu5_3, 32 for pool5; at least image_size when
-  an FC layer is asked for).
+    model.apply(variables, images)                         logits [B, num_classes]
+    model.apply(variables, images, method=VGG.dense)       Sec. 3.2 dense scores
+    model.apply(variables, images, names, method=VGG.features)   {name: activation}
+    model.apply(variables, acts, layer, method=VGG.run_from)     logits from a layer
+
+  images [B, H, W, 3] NHWC float. image_size is the training crop size: it fixes fc6's
+  window (image_size / 32). head='small' replaces fc6-fc8 by the common transfer-learning
+  head: head1 (Dense head_width over the flattened conv map), ReLU, dropout, head2 (Dense
+  num_classes). batch_norm=True: BatchNorm after every conv, before its ReLU, as
+  torchvision's vgg*_bn (not in the paper); its running statistics live in the
+  'batch_stats' collection. frozen_norms=('bn1_1', ...): those BatchNorm layers normalise
+  with their running statistics in training too and never update them, as a frozen conv
+  base needs.
   """
   variant: str = 'D'
   num_classes: int = 1000
@@ -233,78 +231,105 @@ class VGG(nn.Module):
     if smallest < least:
       raise ValueError(f'Layer {self.layer_table[deepest].name} needs images of at least '
                        f'{least}x{least}, got {images_shape[1]}x{images_shape[2]}.')
-    first_fc = next(i for i, layer in enumerate(self.layer_table) if layer.kind == 'fc')
-    if deepest >= first_fc and smallest < self.image_size:
+    if deepest >= self.head_start and smallest < self.image_size:
       raise ValueError(f'Layer {self.layer_table[deepest].name} (FC) needs images of at '
                        f'least image_size={self.image_size} on each side, got '
                        f'{images_shape[1]}x{images_shape[2]}.')
     return capture
 
+  @property
+  def head_start(self) -> int:
+    """Index in layer_table of the head's first layer (fc6, or the small head's head1)."""
+    return next(i for i, layer in enumerate(self.layer_table) if layer.kind in ('fc', 'dense'))
+
   def _deepest(self, names) -> int:
     """Index in layer_table of the last of names."""
     return max(i for i, layer in enumerate(self.layer_table) if layer.name in names)
 
-  def steps(self, last: int, fuse: bool, first: int = 0) -> list[tuple[Layer, ...]]:
-    """layer_table[first:last + 1], grouped into the steps the forward pass runs: with
-    fuse, a conv followed by its ReLU and a pool is one step (bias, ReLU, pool fused)."""
+  def groups(self, last: int, fuse: bool, first: int = 0) -> list[tuple[Layer, ...]]:
+    """layer_table[first:last + 1] as the forward pass runs it: each group a layer, or with
+    fuse a conv followed by its ReLU and a pool (bias, ReLU and pool fused in one call)."""
     table, out, i = self.layer_table[first:last + 1], [], 0
     while i < len(table):
       kinds = tuple(layer.kind for layer in table[i:i + 3])
-      width = 3 if fuse and kinds == ('conv', 'relu', 'pool') else 1
-      out.append(table[i:i + width])
-      i += width
+      size = 3 if fuse and kinds == ('conv', 'relu', 'pool') else 1
+      out.append(table[i:i + size])
+      i += size
     return out
 
-  @nn.compact
-  def __call__(self, images, train: bool = False, dense: bool = False, capture=None,
-               valid_sizes=None, start: str | None = None):
-    """valid_sizes (dense only): [B, 2] int, each image's (height, width) inside images,
-    which pad it at the bottom and right. Every conv then sees zeros beyond the image, as
-    'same' padding does at a true border; each 2x2 pool floors the valid size, as it
-    floors the map; the class scores are averaged over the image's own positions. The
-    padding changes no output; each valid size must be at least image_size.
-    start: a feature name; images is then that layer's activation (as capture gives it)
-    and the pass runs on from the next layer, to the logits (Grad-CAM's second half)."""
-    first = 0 if start is None else self._deepest(self.check_names(start)) + 1
-    if capture is None:
-      if start is None:
-        self._check_input(images, dense)
-      wanted, last = (), len(self.layer_table) - 1
-    else:
-      wanted = self.check_capture(images.shape, capture)
-      dense, last = True, self._deepest(wanted)  # FC layers run as convolutions.
-    if valid_sizes is not None and (not dense or capture is not None or start is not None):
-      raise ValueError('valid_sizes needs dense=True (and no capture or start).')
-    x, out, valid = images.astype(self.dtype), {}, valid_sizes
-    for step in self.steps(last, fuse=capture is None, first=first):
-      if valid is not None and step[0].kind == 'conv':
-        x = jnp.where(_inside(valid, x.shape[1], x.shape[2]), x, jnp.zeros((), x.dtype))
-      x = self._run(step, x, train, dense)
-      if valid is not None and step[-1].kind == 'pool':
-        valid = valid // 2
-      if step[-1].name in wanted:
-        out[step[-1].name] = x
-    if capture is not None:
-      return out
-    if valid is not None:  # Sec. 3.2 over each image's own score map: fc6 is a VALID conv.
-      valid = valid - self.image_size // MIN_IMAGE_SIZE + 1
-      inside = _inside(valid, x.shape[1], x.shape[2])
-      total = jnp.sum(jnp.where(inside, x.astype(jnp.float32), 0.0), axis=(1, 2))
-      return total / jnp.prod(valid, axis=1, keepdims=True).astype(jnp.float32)
-    if dense:  # Sec. 3.2: class-score map [B, h, w, classes] averaged over space.
-      x = x.mean(axis=(1, 2))
-    return x.astype(jnp.float32)
+  def __call__(self, images, train: bool = False):
+    """Logits [B, num_classes] float32 of image_size x image_size images [B, H, W, 3]."""
+    self._check_input(images, dense=False)
+    last = len(self.layer_table) - 1
+    return self._forward(images, train, False, self.groups(last, fuse=True)).astype(
+        jnp.float32)
 
-  def _run(self, step: tuple[Layer, ...], x, train: bool, dense: bool):
-    """One step of the forward pass: a layer, or a stage's fused conv, ReLU and pool."""
-    layer = step[0]
+  def dense(self, images, valid_sizes=None):
+    """Sec. 3.2 dense evaluation: the FC layers as convolutions over images [B, H, W, 3]
+    at least image_size on each side, the class-score map averaged: [B, num_classes].
+
+    valid_sizes: [B, 2] int, each image's (height, width) inside images, which pad it at
+    the bottom and right. Every conv then sees zeros beyond the image, as 'same' padding
+    does at a true border; each 2x2 pool floors the valid size, as it floors the map; the
+    scores are averaged over the image's own positions. The padding changes no output;
+    each valid size must be at least image_size.
+    """
+    self._check_input(images, dense=True)
+    groups = self.groups(len(self.layer_table) - 1, fuse=True)
+    x = self._forward(images, False, True, groups, valid_sizes=valid_sizes)
+    if valid_sizes is None:  # The class-score map [B, h, w, classes] averaged over space.
+      return x.mean(axis=(1, 2)).astype(jnp.float32)
+    # Five pools floor the valid size to valid // 32; fc6 is a VALID window conv.
+    valid = valid_sizes // MIN_IMAGE_SIZE - self.image_size // MIN_IMAGE_SIZE + 1
+    inside = _inside(valid, x.shape[1], x.shape[2])
+    total = jnp.sum(jnp.where(inside, x.astype(jnp.float32), 0.0), axis=(1, 2))
+    return total / jnp.prod(valid, axis=1, keepdims=True).astype(jnp.float32)
+
+  def features(self, images, names) -> dict[str, Any]:
+    """{name: activation [B, h, w, C]} of feature_names `names` (one or several).
+
+    Runs only as far as the deepest of them, each layer unfused; FC layers run as
+    convolutions (fc6 as a window x window conv), on images the pools up to the deepest
+    layer leave a pixel of (16 for relu5_3, 32 for pool5; at least image_size when an FC
+    layer is asked for).
+    """
+    wanted = self.check_capture(images.shape, names)
+    groups = self.groups(self._deepest(wanted), fuse=False)
+    return self._forward(images, False, True, groups, wanted=wanted)
+
+  def run_from(self, activations, layer: str, dense: bool = False):
+    """Logits [B, num_classes] float32 from `layer`'s activations (as features gives
+    them), running on from the next layer: Grad-CAM's second half."""
+    first = self._deepest(self.check_names(layer)) + 1
+    groups = self.groups(len(self.layer_table) - 1, fuse=True, first=first)
+    x = self._forward(activations, False, dense, groups)
+    return (x.mean(axis=(1, 2)) if dense else x).astype(jnp.float32)
+
+  @nn.compact
+  def _forward(self, images, train: bool, dense: bool, groups, wanted=(), valid_sizes=None):
+    """The one forward pass over `groups`: the last group's output, or {name: output} of
+    the groups ending in a `wanted` layer. valid_sizes: see dense()."""
+    x, out, valid = images.astype(self.dtype), {}, valid_sizes
+    for group in groups:
+      if valid is not None and group[0].kind == 'conv':
+        x = jnp.where(_inside(valid, x.shape[1], x.shape[2]), x, jnp.zeros((), x.dtype))
+      x = self._run(group, x, train, dense)
+      if valid is not None and group[-1].kind == 'pool':
+        valid = valid // 2
+      if group[-1].name in wanted:
+        out[group[-1].name] = x
+    return out if wanted else x
+
+  def _run(self, group: tuple[Layer, ...], x, train: bool, dense: bool):
+    """One group of the forward pass: a layer, or a stage's fused conv, ReLU and pool."""
+    layer = group[0]
     init = layers.kernel_initializer(self.kernel_init)
     pool_impl = layers.resolve_pool_impl(self.pool_impl, self.conv_impl)
     if layer.kind == 'conv':
       conv = layers.Conv(layer.features, layer.kernel_size,
                          layers.resolve_conv_impl(self.conv_impl), dtype=self.dtype,
                          kernel_init=init, name=layer.name)
-      return conv.bias_relu_max_pool(x, pool_impl) if len(step) == 3 else conv(x)
+      return conv.bias_relu_max_pool(x, pool_impl) if len(group) == 3 else conv(x)
     if layer.kind == 'bn':
       frozen = layer.name in self.frozen_norms
       return nn.BatchNorm(use_running_average=not train or frozen, momentum=BN_MOMENTUM,

@@ -15,7 +15,7 @@ import numpy as np
 @functools.cache
 def classes() -> tuple[tuple[str, str], ...]:
   """((wnid, name), ...) for the 1000 classes, in model order."""
-  text = (importlib.resources.files('vgg_jax') / 'imagenet_classes.tsv').read_text()
+  text = (importlib.resources.files('vgg_jax.data') / 'imagenet_classes.tsv').read_text()
   return tuple(tuple(line.split('\t')) for line in text.splitlines() if line)
 
 

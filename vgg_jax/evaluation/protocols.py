@@ -25,23 +25,32 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from vgg_jax import explain
-from vgg_jax import files
-from vgg_jax import posteriors
-from vgg_jax import pretrained
-from vgg_jax import report
 from vgg_jax.data import preprocessing
 from vgg_jax.data import scan
 from vgg_jax.data import sources
 from vgg_jax.data import statistics
+from vgg_jax.evaluation import explain
+from vgg_jax.evaluation import report
+from vgg_jax.evaluation import views
+from vgg_jax import files
+from vgg_jax import pretrained
 
 PREDICT_CHUNK = 64  # Images rescaled and classified together by predict.
 
 
+class Protocol(NamedTuple):
+  """How each test image is seen (Sec. 3.2): views.PROTOCOLS' `name` at every test scale
+  Q of `scales`, for nets trained on image_size crops, with horizontal flips if `flip`."""
+  name: str
+  scales: tuple[int, ...]
+  image_size: int
+  flip: bool = True
+
+
 def check_protocol(protocol: str, scales: Sequence[int], image_size: int):
-  if protocol not in posteriors.PROTOCOLS:
+  if protocol not in views.PROTOCOLS:
     raise ValueError(f'Unknown evaluation protocol {protocol!r}; choose one of '
-                     f'{posteriors.PROTOCOLS}.')
+                     f'{views.PROTOCOLS}.')
   if not scales:
     raise ValueError('config.eval.scales is empty: give at least one test scale Q.')
   small = [q for q in scales if q < image_size]
@@ -69,10 +78,9 @@ def rescaled_images(data_config, split: str, scales: Sequence[int], mean_rgb,
     yield int(label), list(images)
 
 
-def evaluate_checkpoints(predictors: Sequence[posteriors.Predictor], data_config, *,
-                         protocol: str, scales: Sequence[int], image_size: int, mean_rgb,
-                         split: str | None = None, max_examples: int | None = None,
-                         chunk: int = 256, flip: bool = True,
+def evaluate_checkpoints(predictors: Sequence[views.Predictor], data_config,
+                         protocol: Protocol, mean_rgb, *, split: str | None = None,
+                         max_examples: int | None = None, chunk: int = 256,
                          collector: report.Collector | None = None) -> dict[str, Any]:
   """Top-1/top-5 error of the fused predictors (one class count: run checks) over the split.
 
@@ -80,7 +88,8 @@ def evaluate_checkpoints(predictors: Sequence[posteriors.Predictor], data_config
   batches); a progress line follows each chunk. collector, if given, is fed each chunk's
   fused posteriors, labels and images (at the first scale).
   """
-  check_protocol(protocol, scales, image_size)
+  name, scales, image_size, flip = protocol
+  check_protocol(name, scales, image_size)
   split = split or data_config.eval_split
   counts = np.zeros(3)  # top-1 mistakes, top-5 mistakes, images.
   labels, pending, start = [], [], time.perf_counter()
@@ -88,8 +97,8 @@ def evaluate_checkpoints(predictors: Sequence[posteriors.Predictor], data_config
   def flush():
     fused = 0.0
     for predictor in predictors:
-      per_scale = [posteriors.posteriors_at_scale(
-          predictor, [images[s] for images in pending], protocol, image_size, flip)
+      per_scale = [views.posteriors_at_scale(
+          predictor, [images[s] for images in pending], name, image_size, flip)
                    for s in range(len(scales))]
       fused = fused + np.mean(per_scale, axis=0)
     fused = fused / len(predictors)
@@ -103,7 +112,7 @@ def evaluate_checkpoints(predictors: Sequence[posteriors.Predictor], data_config
     labels.clear()
     pending.clear()
     logging.info('%s: %d images, %.1f images/s, %d compiled programs (shape x batch size).',
-                 protocol, counts[2], counts[2] / (time.perf_counter() - start),
+                 name, counts[2], counts[2] / (time.perf_counter() - start),
                  len(set().union(*(p.programs for p in predictors))))
 
   for label, images in rescaled_images(data_config, split, scales, mean_rgb, max_examples):
@@ -116,9 +125,9 @@ def evaluate_checkpoints(predictors: Sequence[posteriors.Predictor], data_config
   if jax.process_count() > 1:
     counts = np.sum(multihost_utils.process_allgather(counts), axis=0)
   images = max(int(counts[2]), 1)
-  return {'protocol': protocol, 'scales': list(scales), 'top1_error': counts[0] / images,
+  return {'protocol': name, 'scales': list(scales), 'top1_error': counts[0] / images,
           'top5_error': counts[1] / images, 'num_images': int(counts[2]),
-          'views_per_image': (posteriors.views_per_scale(protocol, flip) * len(scales)
+          'views_per_image': (views.views_per_scale(name, flip) * len(scales)
                               * len(predictors)),
           'flip': flip, 'num_models': len(predictors)}
 
@@ -142,17 +151,16 @@ def run(eval_config, workdirs: Sequence[str], output_dir: str | None = None,
     data_config = ml_collections.ConfigDict(meta['config']['data'])
   stats = statistics.rgb_statistics(data_config, os.path.abspath(workdirs[0]))
   scales = list(eval_config.scales) or [data_config.eval_scale]
-  predictors = [posteriors.Predictor(m, variables, eval_config.batch_size)
+  predictors = [views.Predictor(m, variables, eval_config.batch_size)
                 for m, variables, _, _ in loaded]
   logging.info('Evaluating %s (steps %s) with protocol %s at Q=%s...', ', '.join(workdirs),
                [step for *_, step in loaded], eval_config.protocol, scales)
   collector = (report.Collector(model.num_classes, stats['mean_rgb'])
                if output_dir and eval_config.get('report', True) else None)
+  protocol = Protocol(eval_config.protocol, tuple(scales), model.image_size, eval_config.flip)
   result = evaluate_checkpoints(
-      predictors, data_config, protocol=eval_config.protocol, scales=scales,
-      image_size=model.image_size, mean_rgb=stats['mean_rgb'],
-      split=eval_config.split or None, max_examples=eval_config.max_examples or None,
-      flip=eval_config.flip, collector=collector)
+      predictors, data_config, protocol, stats['mean_rgb'], split=eval_config.split or None,
+      max_examples=eval_config.max_examples or None, collector=collector)
   result.update(workdirs=[os.path.abspath(w) for w in workdirs],
                 steps=[step for *_, step in loaded],
                 variants=[m.variant for m, *_ in loaded])
@@ -225,14 +233,14 @@ def predict(eval_config, workdir: str, paths: Sequence[str], top_k: int = 5,
   check_paths(paths)
   setup = setup or load_for_predict(eval_config, workdir, data_config)
   model, variables, names, mean_rgb, scale, dense = setup
-  predictor = posteriors.Predictor(model, variables, eval_config.batch_size)
+  predictor = views.Predictor(model, variables, eval_config.batch_size)
   protocol, results = 'dense' if dense else 'single', []
   for start in range(0, len(paths), PREDICT_CHUNK):  # Dense: one program per shape bucket.
     chunk = paths[start:start + PREDICT_CHUNK]
     rescaled = [preprocessing.preprocess_for_dense(read_image(path), scale=scale,
                                                    mean_rgb=mean_rgb).numpy()
                 for path in chunk]
-    probs = posteriors.posteriors_at_scale(predictor, rescaled, protocol, model.image_size,
+    probs = views.posteriors_at_scale(predictor, rescaled, protocol, model.image_size,
                                            eval_config.flip)
     for path, p in zip(chunk, probs):
       best = np.argsort(-p)[:top_k]
@@ -240,40 +248,49 @@ def predict(eval_config, workdir: str, paths: Sequence[str], top_k: int = 5,
   return results
 
 
-def explain_files(eval_config, workdir: str, paths: Sequence[str], method: str, out_dir: str,
-                  layer: str | None = None, samples: int = 0, noise: float = 0.15,
-                  data_config=None, setup: PredictSetup | None = None
+def _gradcam_view(setup: PredictSetup, view, explanation: explain.Explanation):
+  maps, classes, probs = explain.gradcam(setup.model, setup.variables, view[None],
+                                         layer=explanation.layer, dense=setup.dense)
+  return maps, classes, probs, (
+      f'Grad-CAM at {explanation.layer or explain.default_layer(setup.model)}')
+
+
+def _saliency_view(setup: PredictSetup, view, explanation: explain.Explanation):
+  maps, classes, probs = explain.saliency(setup.model, setup.variables, view[None],
+                                          dense=setup.dense, samples=explanation.samples,
+                                          noise=explanation.noise)
+  samples = explanation.samples
+  return maps, classes, probs, f'SmoothGrad ({samples} samples)' if samples else 'saliency'
+
+
+EXPLAINERS = {'gradcam': _gradcam_view, 'saliency': _saliency_view}  # explain.METHODS.
+
+
+def explain_files(setup: PredictSetup, paths: Sequence[str],
+                  explanation: explain.Explanation, out_dir: str
                   ) -> list[tuple[str, str, str, float]]:
   """Writes out_dir/<image name>_<method>.png per image: the view predict classifies, and
-  it under the Grad-CAM or saliency map of its top class (vgg_jax.explain).
+  it under the Grad-CAM or saliency map of its top class (vgg_jax.evaluation.explain).
 
-  The view is predict's: the image rescaled to the first test scale Q, whole (dense
-  protocols) or its centre crop. Returns (image, overlay, class name, probability) rows.
+  setup: load_for_predict's. The view is predict's: the image rescaled to the first test
+  scale Q, whole (dense protocols) or its centre crop. Returns (image, overlay, class
+  name, probability) rows.
   """
-  if method not in explain.METHODS:
-    raise ValueError(f'--explain={method!r} is not one of {explain.METHODS}.')
   check_paths(paths)
-  setup = setup or load_for_predict(eval_config, workdir, data_config)
-  model, variables, names, mean_rgb, scale, dense = setup
   rows = []
   for path in paths:
-    view = preprocessing.preprocess_for_dense(read_image(path), scale=scale,
-                                              mean_rgb=mean_rgb).numpy()
-    view = view if dense else posteriors.centre_crop(view, model.image_size)
-    if method == 'gradcam':
-      maps, classes, probs = explain.gradcam(model, variables, view[None], layer=layer,
-                                             dense=dense)
-      what = f'Grad-CAM at {layer or explain.default_layer(model)}'
-    else:
-      maps, classes, probs = explain.saliency(model, variables, view[None], dense=dense,
-                                              samples=samples, noise=noise)
-      what = f'SmoothGrad ({samples} samples)' if samples else 'saliency'
+    view = preprocessing.preprocess_for_dense(read_image(path), scale=setup.scale,
+                                              mean_rgb=setup.mean_rgb).numpy()
+    view = view if setup.dense else views.centre_crop(view, setup.model.image_size)
+    maps, classes, probs, what = EXPLAINERS[explanation.method](setup, view, explanation)
     top, p = int(classes[0]), float(probs[0, int(classes[0])])
-    out = os.path.join(out_dir, f'{os.path.splitext(os.path.basename(path))[0]}_{method}.png')
-    picture = np.clip(view + mean_rgb, 0, 255).round().astype(np.uint8)
+    name = os.path.splitext(os.path.basename(path))[0]
+    out = os.path.join(out_dir, f'{name}_{explanation.method}.png')
+    picture = np.clip(view + setup.mean_rgb, 0, 255).round().astype(np.uint8)
     explain.write_overlay(out, picture, np.asarray(maps[0]),
-                          f'{os.path.basename(path)}: {names[top]} ({p:.1%}), {what}')
-    rows.append((path, out, names[top], p))
+                          f'{os.path.basename(path)}: {setup.class_names[top]} ({p:.1%}), '
+                          f'{what}')
+    rows.append((path, out, setup.class_names[top], p))
   return rows
 
 

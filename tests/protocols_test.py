@@ -1,4 +1,4 @@
-"""Tests for vgg_jax.evaluate: the Sec. 3.2 protocols, fusion, bad input, report, explain."""
+"""Tests for vgg_jax.evaluation.protocols: the Sec. 3.2 protocols, fusion, bad input, report, explain."""
 
 import csv
 import json
@@ -15,13 +15,13 @@ import pytest
 from experiments.configs import base
 import run_helpers
 from vgg_jax import checkpointing
-from vgg_jax import evaluate
-from vgg_jax import explain
-from vgg_jax import models
-from vgg_jax import posteriors
-from vgg_jax import pretrained
-from vgg_jax import train
 from vgg_jax.data import statistics
+from vgg_jax.evaluation import explain
+from vgg_jax.evaluation import protocols
+from vgg_jax.evaluation import views
+from vgg_jax import models
+from vgg_jax import pretrained
+from vgg_jax.training import train
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +45,7 @@ def run_dir(tmp_path_factory):
 
 def test_single_scale_matches_the_training_eval(run_dir):
   workdir, result = run_dir
-  out = evaluate.run(eval_config(checkpoint='latest'), [str(workdir)], str(workdir))
+  out = protocols.run(eval_config(checkpoint='latest'), [str(workdir)], str(workdir))
   assert out['num_images'] == 450 and out['views_per_image'] == 1
   assert out['top1_error'] == pytest.approx(result['eval/top1_error'], abs=1e-6)
   assert out['top5_error'] == pytest.approx(result['eval/top5_error'], abs=1e-6)
@@ -55,9 +55,9 @@ def test_single_scale_matches_the_training_eval(run_dir):
 def test_multiscale_views_and_fusion_of_identical_checkpoints(run_dir):
   workdir, _ = run_dir
   config = eval_config(protocol='dense+multicrop', scales=(32, 36, 40), max_examples=40)
-  one = evaluate.run(config, [str(workdir)])
+  one = protocols.run(config, [str(workdir)])
   assert one['views_per_image'] == 52 * 3 and one['num_images'] == 40
-  two = evaluate.run(config, [str(workdir), str(workdir)])
+  two = protocols.run(config, [str(workdir), str(workdir)])
   assert two['views_per_image'] == 52 * 3 * 2
   assert (two['top1_error'], two['top5_error']) == (one['top1_error'], one['top5_error'])
 
@@ -76,11 +76,11 @@ def test_best_checkpoint_is_the_lowest_eval_error(run_dir):
 def test_bad_input(run_dir, tmp_path):
   workdir, _ = run_dir
   with pytest.raises(ValueError, match="Unknown evaluation protocol 'tencrop'"):
-    evaluate.run(eval_config(protocol='tencrop'), [str(workdir)])
+    protocols.run(eval_config(protocol='tencrop'), [str(workdir)])
   with pytest.raises(ValueError, match='Q=28 is smaller than the crop size 32'):
-    evaluate.run(eval_config(scales=(32, 28)), [str(workdir)])
+    protocols.run(eval_config(scales=(32, 28)), [str(workdir)])
   with pytest.raises(FileNotFoundError, match='No checkpoints in'):
-    evaluate.run(eval_config(), [str(tmp_path)])
+    protocols.run(eval_config(), [str(tmp_path)])
   other = str(tmp_path / 'other')  # A 12-class checkpoint, saved without training.
   config = run_helpers.tiny_config(**{'model.num_classes': 12})
   model = models.create_model(config.model)
@@ -91,7 +91,7 @@ def test_bad_input(run_dir, tmp_path):
   with checkpointing.create_manager(other, async_save=False) as manager:
     checkpointing.save(manager, 0, state, meta)
   with pytest.raises(ValueError, match='different class counts'):
-    evaluate.run(eval_config(), [str(workdir), str(other)])
+    protocols.run(eval_config(), [str(workdir), str(other)])
 
 
 @pytest.mark.slow
@@ -135,14 +135,14 @@ def test_launch_evaluate_uses_the_runs_stored_config(tmp_path, folder):
 def test_batch_norm_run_evaluates_and_predicts_with_its_running_statistics(tmp_path):
   config = run_helpers.tiny_config(**{'model.batch_norm': True, 'num_train_steps': 8})
   result = train.train_and_evaluate(config, str(tmp_path))
-  out = evaluate.run(eval_config(checkpoint='latest'), [str(tmp_path)])
+  out = protocols.run(eval_config(checkpoint='latest'), [str(tmp_path)])
   assert out['top1_error'] == pytest.approx(result['eval/top1_error'], abs=1e-6)
   model, variables, _, _ = pretrained.load_checkpoint(str(tmp_path), 'latest')
   assert model.batch_norm and set(variables) == {'params', 'batch_stats'}
   # The predictor uses the running statistics: the same as model.apply in eval mode, and
   # unlike the statistics of the batch itself.
   x = np.random.default_rng(0).normal(0, 40, (4, 32, 32, 3)).astype(np.float32)
-  probs = posteriors.Predictor(model, variables, batch_size=8)(x)
+  probs = views.Predictor(model, variables, batch_size=8)(x)
   expected = jax.nn.softmax(run_helpers.apply(model, variables, x))
   np.testing.assert_allclose(probs, expected, rtol=1e-4, atol=1e-6)
   batch_mode, _ = jax.jit(lambda v: model.apply(v, x, train=True, mutable=['batch_stats'],
@@ -158,9 +158,9 @@ def test_predict_compiles_once_per_bucket_not_per_photo(run_dir, tmp_path):
     path = tmp_path / f'photo{i}.png'
     Image.fromarray(rng.integers(0, 256, (32, 32 + 3 * i, 3), dtype=np.uint8)).save(path)
     paths.append(str(path))
-  compiled = posteriors._posteriors._cache_size  # pylint: disable=protected-access
+  compiled = views._posteriors._cache_size  # pylint: disable=protected-access
   before = compiled()
-  results = evaluate.predict(eval_config(protocol='dense'), str(workdir), paths)
+  results = protocols.predict(eval_config(protocol='dense'), str(workdir), paths)
   assert compiled() - before <= 2  # One batch size each here.
   assert [path for path, _ in results] == paths
   assert all(len(top) == 5 and top[0][1] >= top[-1][1] for _, top in results)
@@ -169,16 +169,16 @@ def test_predict_compiles_once_per_bucket_not_per_photo(run_dir, tmp_path):
 def test_report_counts_equal_the_predictions_by_hand(run_dir):
   """evaluate's report beside the JSON; training's own from its last evaluation."""
   workdir, result = run_dir
-  out = evaluate.run(eval_config(checkpoint='latest', max_examples=100), [str(workdir)],
+  out = protocols.run(eval_config(checkpoint='latest', max_examples=100), [str(workdir)],
                      str(workdir))
   assert [os.path.basename(p) for p in out['report']] == [
       'eval_single_classes.md', 'eval_single_classes.csv', 'eval_single_confusion.png',
       'eval_single_errors.png']
   model, variables, _, _ = pretrained.load_checkpoint(str(workdir), 'latest')
-  predictor = posteriors.Predictor(model, variables, batch_size=64)
+  predictor = views.Predictor(model, variables, batch_size=64)
   data = ml_collections.ConfigDict(checkpointing.load_meta(str(workdir))['config']['data'])
   mean = statistics.rgb_statistics(data, str(workdir))['mean_rgb']
-  labels, images = zip(*evaluate.rescaled_images(data, data.eval_split, [32], mean, 100))
+  labels, images = zip(*protocols.rescaled_images(data, data.eval_split, [32], mean, 100))
   predicted = predictor(np.stack([i[0] for i in images])).argmax(axis=1)
   rows = list(csv.DictReader(open(workdir / 'eval_single_classes.csv')))
   for c, row in enumerate(rows):
@@ -203,10 +203,11 @@ def test_explain_files_overlay_the_predicted_class(run_dir, tmp_path):
     paths.append(str(tmp_path / f'photo{i}.png'))
     Image.fromarray(rng.integers(0, 256, shape + (3,), dtype=np.uint8)).save(paths[-1])
   config = eval_config(protocol='dense')
-  predicted = [top[0] for _, top in evaluate.predict(config, str(workdir), paths)]
+  predicted = [top[0] for _, top in protocols.predict(config, str(workdir), paths)]
   for method in explain.METHODS:
-    rows = evaluate.explain_files(config, str(workdir), paths, method, str(tmp_path / 'out'),
-                                  samples=2 if method == 'saliency' else 0)
+    setup = protocols.load_for_predict(config, str(workdir))
+    explanation = explain.Explanation(method, samples=2 if method == 'saliency' else 0)
+    rows = protocols.explain_files(setup, paths, explanation, str(tmp_path / 'out'))
     assert [r[0] for r in rows] == paths
     assert [os.path.basename(r[1]) for r in rows] == [f'photo0_{method}.png',
                                                       f'photo1_{method}.png']
@@ -215,4 +216,4 @@ def test_explain_files_overlay_the_predicted_class(run_dir, tmp_path):
       with Image.open(out) as picture:
         assert picture.size[0] > picture.size[1] > 100
   with pytest.raises(ValueError, match="--explain='lime' is not one of"):
-    evaluate.explain_files(config, str(workdir), paths, 'lime', str(tmp_path))
+    explain.Explanation('lime')

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import os
 
-from vgg_jax import untrusted
+from vgg_jax.pretrained import untrusted
 
 CACHE_ENV, MIRROR_ENV = 'VGG_JAX_CACHE', 'VGG_JAX_MIRROR'
 DEFAULT_CACHE = os.path.join('~', '.cache', 'vgg_jax')
@@ -73,13 +73,15 @@ class Weights:
     return self.url.rsplit('/', 1)[1]
 
 
-def _torchvision(name, file_name, variant, batch_norm, num_params, top1, top5, size_mib,
-                 size_bytes=None, sha256=None, convention=TORCH_IMAGENET,
-                 include_top=True) -> Weights:
+def _torchvision(name, file_name, variant, batch_norm, num_params, accuracy, size,
+                 **changes) -> Weights:
+  """accuracy: (top-1, top-5) %; size: (the publisher's MiB, exact bytes or None); changes:
+  other fields than torchvision's usual ones (the whole sha256, convention, include_top)."""
   prefix = file_name.rsplit('-', 1)[1].split('.')[0]  # vgg16-397923af.pth: what torch.hub checks.
-  return Weights(name, 'torchvision', TORCHVISION + file_name, 'sha256', sha256 or prefix,
-                 variant, batch_norm, include_top, num_params, top1, top5, convention,
-                 TORCHVISION_LICENCE, size_mib, size_bytes)
+  entry = Weights(name, 'torchvision', TORCHVISION + file_name, 'sha256', prefix, variant,
+                  batch_norm, True, num_params, *accuracy, TORCH_IMAGENET, TORCHVISION_LICENCE,
+                  *size)
+  return dataclasses.replace(entry, **changes)
 
 
 def _keras(name, folder, file_name, md5, variant, include_top, num_params, size_bytes):
@@ -92,27 +94,27 @@ def _keras(name, folder, file_name, md5, variant, include_top, num_params, size_
 
 
 WEIGHTS = {w.name: w for w in (
-    _torchvision('vgg11', 'vgg11-8a719046.pth', 'A', False, 132_863_336, 69.020, 88.628,
-                 506.84),
-    _torchvision('vgg11_bn', 'vgg11_bn-6002323d.pth', 'A', True, 132_868_840, 70.370, 89.810,
-                 506.881),
-    _torchvision('vgg13', 'vgg13-19584684.pth', 'B', False, 133_047_848, 69.928, 89.246,
-                 507.545),
-    _torchvision('vgg13_bn', 'vgg13_bn-abd245e5.pth', 'B', True, 133_053_736, 71.586, 90.374,
-                 507.59),
-    _torchvision('vgg16', 'vgg16-397923af.pth', 'D', False, 138_357_544, 71.592, 90.382,
-                 527.796, 553_433_881,
-                 '397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0'),
-    _torchvision('vgg16_bn', 'vgg16_bn-6c64b313.pth', 'D', True, 138_365_992, 73.360, 91.516,
-                 527.866, 553_507_836),
-    _torchvision('vgg19', 'vgg19-dcbb9e9d.pth', 'E', False, 143_667_240, 72.376, 90.876,
-                 548.051, 574_673_361,
-                 'dcbb9e9dad569fff7a846263a77324fc34978fea2bfb039c012d710e1776ae44'),
-    _torchvision('vgg19_bn', 'vgg19_bn-c79401a0.pth', 'E', True, 143_678_248, 74.218, 91.842,
-                 548.143, 574_769_405),
+    _torchvision('vgg11', 'vgg11-8a719046.pth', 'A', False, 132_863_336, (69.020, 88.628),
+                 (506.84, None)),
+    _torchvision('vgg11_bn', 'vgg11_bn-6002323d.pth', 'A', True, 132_868_840, (70.370, 89.810),
+                 (506.881, None)),
+    _torchvision('vgg13', 'vgg13-19584684.pth', 'B', False, 133_047_848, (69.928, 89.246),
+                 (507.545, None)),
+    _torchvision('vgg13_bn', 'vgg13_bn-abd245e5.pth', 'B', True, 133_053_736, (71.586, 90.374),
+                 (507.59, None)),
+    _torchvision('vgg16', 'vgg16-397923af.pth', 'D', False, 138_357_544, (71.592, 90.382),
+                 (527.796, 553_433_881),
+                 hash='397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0'),
+    _torchvision('vgg16_bn', 'vgg16_bn-6c64b313.pth', 'D', True, 138_365_992, (73.360, 91.516),
+                 (527.866, 553_507_836)),
+    _torchvision('vgg19', 'vgg19-dcbb9e9d.pth', 'E', False, 143_667_240, (72.376, 90.876),
+                 (548.051, 574_673_361),
+                 hash='dcbb9e9dad569fff7a846263a77324fc34978fea2bfb039c012d710e1776ae44'),
+    _torchvision('vgg19_bn', 'vgg19_bn-c79401a0.pth', 'E', True, 143_678_248, (74.218, 91.842),
+                 (548.143, 574_769_405)),
     # Conv layers only (the file's classifier holds no trained values); no accuracy given.
     _torchvision('vgg16_features', 'vgg16_features-amdegroot-88682ab5.pth', 'D', False,
-                 138_357_544, None, None, 527.802, convention=TORCH_FEATURES,
+                 138_357_544, (None, None), (527.802, None), convention=TORCH_FEATURES,
                  include_top=False),
     _keras('vgg16_keras', 'vgg16', 'vgg16_weights_tf_dim_ordering_tf_kernels.h5',
            '64373286793e3c8b2b4e3219cbf3544b', 'D', True, 138_357_544, 553_467_096),

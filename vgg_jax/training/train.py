@@ -14,7 +14,7 @@ import functools
 import json
 import os
 import time
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, NamedTuple
 
 from absl import logging
 import jax
@@ -22,76 +22,25 @@ from jax.sharding import Mesh
 import numpy as np
 
 from vgg_jax import checkpointing
-from vgg_jax import config_checks
+from vgg_jax import data
+from vgg_jax.evaluation import report
 from vgg_jax import files
 from vgg_jax import models
-from vgg_jax import monitoring
-from vgg_jax import optim
-from vgg_jax import peers
-from vgg_jax import preemption
-from vgg_jax import pretrained
-from vgg_jax import report
 from vgg_jax import sharding
-from vgg_jax import steps
+from vgg_jax.training import config_checks
+from vgg_jax.training import monitoring
+from vgg_jax.training import optim
+from vgg_jax.training import peers
+from vgg_jax.training import preemption
+from vgg_jax.training import steps
+from vgg_jax.training import warm_start
 
 
 # --------------------------------------------------------------------------- set-up stages
 
 
-def initial_state(model, tx, mesh, rng, init_from: str, init_layers: Sequence[str]):
-  """Fresh train state on the mesh, with init_layers copied from init_from (Sec. 3.1)."""
-  state = jax.jit(functools.partial(steps.create_train_state, model, tx),
-                  out_shardings=sharding.replicated(mesh))(rng)
-  if not init_from:
-    return state
-  source, source_meta = checkpointing.load_variables(init_from)
-  name = f"{init_from} (variant {source_meta['config']['model']['variant']})"
-  # A stored model config without batch_norm is a plain VGG.
-  source_bn = source_meta['config']['model'].get('batch_norm', False)
-  if source_bn != model.batch_norm:
-    raise ValueError(f'Warm start: {name} is {"a" if source_bn else "not a"} batch-norm net '
-                     f'but config.model.batch_norm={model.batch_norm}: set '
-                     f'--config.model.batch_norm={source_bn}.')
-  layers = list(init_layers)
-  # A batch-norm net also takes each copied conv's BatchNorm (scale, bias, running stats).
-  norm_of = models.norm_names(model.variant)
-  norms = [norm_of[layer] for layer in layers if layer in norm_of
-           and norm_of[layer] in source.get('batch_stats', {})
-           and norm_of[layer] in (state.batch_stats or {})]
-  params = checkpointing.copy_layers(jax.device_get(state.params), source['params'],
-                                     layers + norms, name)
-  logging.info('Warm start: copied %s from %s.', ', '.join(layers + norms), init_from)
-  params = jax.device_put(params, sharding.replicated(mesh))
-  state = state.replace(params=params, opt_state=tx.init(params))
-  if norms:
-    batch_stats = checkpointing.copy_layers(jax.device_get(state.batch_stats),
-                                            source['batch_stats'], norms, name)
-    state = state.replace(batch_stats=jax.device_put(batch_stats, sharding.replicated(mesh)))
-  return state
-
-
-def with_warm_start_source(config):
-  """config with init_from a directory (named weights fetched into the cache), and the
-  mean RGB of init_from's run or import when the config gives none."""
-  if not config.init_from:
-    return config
-  directory = pretrained.resolve(config.init_from)
-  if directory != config.init_from:
-    logging.info('Warm start from %s: %s.', config.init_from, directory)
-    config = config.copy_and_resolve_references()
-    config.init_from = directory
-  if config.data.mean_rgb is not None:
-    return config
-  source_mean = checkpointing.load_meta(config.init_from)['config']['data'].get('mean_rgb')
-  if source_mean is None:
-    return config
-  config = config.copy_and_resolve_references()
-  config.data.mean_rgb = tuple(source_mean)
-  logging.info('Using the mean RGB %s of %s.', source_mean, config.init_from)
-  return config
-
-
-def restore_or_init(config, workdir, manager, model, tx, mesh, rng, num_classes):
+def restore_or_init(model_config, source: warm_start.WarmStart, workdir, manager, model, tx,
+                    mesh, rng):
   """(state, plateau) from the newest checkpoint that restores, else fresh (warm-started).
 
   Refuses a workdir holding another model's checkpoints before anything is written.
@@ -99,7 +48,7 @@ def restore_or_init(config, workdir, manager, model, tx, mesh, rng, num_classes)
   latest = manager.latest_step()
   if latest is not None:
     checkpointing.check_compatible(workdir, checkpointing.read_meta(manager, latest),
-                                   config.model, num_classes)
+                                   model_config, model.num_classes)
   abstract = jax.eval_shape(functools.partial(steps.create_train_state, model, tx), rng)
   replicated = sharding.replicated(mesh)
   abstract = jax.tree_util.tree_map(
@@ -107,7 +56,7 @@ def restore_or_init(config, workdir, manager, model, tx, mesh, rng, num_classes)
       abstract.checkpoint_tree())
   restored = checkpointing.restore_latest(manager, abstract)
   if restored is None:
-    return (initial_state(model, tx, mesh, rng, config.init_from, config.init_layers),
+    return (warm_start.initial_state(model, tx, mesh, rng, source.source, source.layers),
             optim.Plateau())
   tree, meta = restored
   state = steps.TrainState(**tree)
@@ -175,12 +124,11 @@ def log_progress(loop: Loop, step: int, metrics, throughput: monitoring.Throughp
   return summary
 
 
-def evaluate_and_adjust(loop: Loop, step: int, state, plateau: optim.Plateau,
-                        final: bool = False):
-  """Eval metrics at `step`, and the plateau schedule's decision (Sec. 3.1).
+def evaluate(loop: Loop, step: int, state, final: bool = False) -> dict[str, float]:
+  """Eval metrics at `step`, written and logged.
 
   final (the last step's evaluation, when config.eval.report): the same pass also
-  writes the evaluation report (vgg_jax.report) into the workdir as eval_final_*.
+  writes the evaluation report (vgg_jax.evaluation.report) into the workdir as eval_final_*.
   """
   if final and loop.config.eval.get('report', True):
     metrics = evaluate_with_report(loop, step, state)
@@ -191,14 +139,21 @@ def evaluate_and_adjust(loop: Loop, step: int, state, plateau: optim.Plateau,
   logging.info('eval at step %d: loss %.4f  top1_err %.4f  top5_err %.4f  (%d images)',
                step, metrics['eval/loss'], metrics['eval/top1_error'],
                metrics['eval/top5_error'], metrics['eval/num_examples'])
-  if loop.optimizer.schedule == 'plateau':
-    plateau, decay = optim.update_plateau(plateau, metrics['eval/top1_error'], loop.optimizer)
-    if decay:
-      new_lr = optim.plateau_learning_rate(plateau, loop.optimizer.learning_rate,
-                                           loop.optimizer.plateau_factor)
-      state = state.replace(opt_state=optim.set_learning_rate(state.opt_state, new_lr))
-      logging.info('Eval error stalled: learning rate divided by 10 to %.2e.', new_lr)
-  return metrics, state, plateau
+  return metrics
+
+
+def adjust_learning_rate(optimizer: optim.OptimizerConfig, state, plateau: optim.Plateau,
+                         top1_error: float):
+  """(state, plateau) after the plateau schedule's decision on an eval error (Sec. 3.1)."""
+  if optimizer.schedule != 'plateau':
+    return state, plateau
+  plateau, decay = optim.update_plateau(plateau, top1_error, optimizer)
+  if decay:
+    new_lr = optim.plateau_learning_rate(plateau, optimizer.learning_rate,
+                                         optimizer.plateau_factor)
+    state = state.replace(opt_state=optim.set_learning_rate(state.opt_state, new_lr))
+    logging.info('Eval error stalled: learning rate divided by 10 to %.2e.', new_lr)
+  return state, plateau
 
 
 def evaluate_with_report(loop: Loop, step: int, state) -> dict[str, float]:
@@ -262,7 +217,9 @@ def run_loop(loop: Loop, state, plateau: optim.Plateau, batch, dropout_rng):
       if step % config.eval_every_steps == 0 or is_last:
         jax.block_until_ready(state)  # Queued train steps count as training time.
         eval_start = time.perf_counter()
-        eval_metrics, state, plateau = evaluate_and_adjust(loop, step, state, plateau, is_last)
+        eval_metrics = evaluate(loop, step, state, is_last)
+        state, plateau = adjust_learning_rate(loop.optimizer, state, plateau,
+                                              eval_metrics['eval/top1_error'])
         last_eval = eval_metrics
         throughput.exclude(time.perf_counter() - eval_start)  # Keep eval out of images/s.
       if step % config.checkpoint_every_steps == 0 or eval_metrics or is_last or preempted:
@@ -285,7 +242,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) in workdir; returns the final metrics.
 
   In a multi-process run a lost process ends this one with the lost-peer line and exit
-  75 (vgg_jax.peers), whatever it was doing: restoring, compiling, stepping, evaluating
+  75 (vgg_jax.training.peers), whatever it was doing: restoring, compiling, stepping, evaluating
   or saving.
   """
   config_checks.check_train_config(config)
@@ -300,48 +257,69 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     watchdog.close()
 
 
-def run_stages(config, workdir: str) -> dict[str, Any]:
-  """train_and_evaluate's stages, top to bottom; config checked, workdir absolute."""
+def load_sources(data_config, workdir: str, shard: data.Shard):
+  """(train, eval) sources of this process; image folders are checked here, before
+  anything is written to workdir."""
   # Imported here, not at the top: the input pipeline imports TensorFlow, which the step
   # functions and the benchmark (on machines without TensorFlow) must not need.
-  from vgg_jax.data import iterators  # pylint: disable=g-import-not-at-top
   from vgg_jax.data import sources  # pylint: disable=g-import-not-at-top
+  train = sources.load_train_source(data_config, shard.index, shard.count, cache_dir=workdir)
+  evaluation = sources.load_source(data_config, data_config.eval_split, shard.index,
+                                   shard.count, cache_dir=workdir)
+  return train, evaluation
+
+
+def count_steps(train_examples: int, global_batch_size: int, num_train_steps: int,
+                num_epochs: float) -> tuple[int, int]:
+  """(steps per epoch, total steps): num_train_steps when > 0, else num_epochs' worth."""
+  steps_per_epoch = max(1, train_examples // global_batch_size)
+  total_steps = (num_train_steps if num_train_steps > 0 else
+                 max(1, int(round(num_epochs * steps_per_epoch))))
+  return steps_per_epoch, total_steps
+
+
+def create_model(model_config, num_classes: int, optimizer: optim.OptimizerConfig):
+  """The net, with a frozen base's BatchNorm layers frozen too.
+
+  Those keep their (imported) statistics: in training they normalise with them and leave
+  them as they are, as Keras does for frozen layers.
+  """
+  model = models.create_model(model_config, num_classes)
+  norms = [layer.name for layer in model.layer_table if layer.kind == 'bn']
+  return model.clone(frozen_norms=tuple(n for n in norms if optim.is_frozen(
+      n, optimizer.freeze_conv_base, optimizer.unfreeze_last_stage)))
+
+
+def run_stages(config, workdir: str) -> dict[str, Any]:
+  """train_and_evaluate's stages, top to bottom; config checked, workdir absolute."""
+  from vgg_jax.data import iterators  # pylint: disable=g-import-not-at-top
   from vgg_jax.data import statistics  # pylint: disable=g-import-not-at-top
-  process_index, process_count = jax.process_index(), jax.process_count()
+  shard = data.Shard(jax.process_index(), jax.process_count())
   mesh = sharding.create_mesh()
   sharding.check_batch_size(config.global_batch_size, mesh.size, config.grad_accum_steps)
   sharding.check_batch_size(config.eval_batch_size, mesh.size, name='eval_batch_size')
 
   # Data sources; an imported or warm-start checkpoint supplies its mean RGB.
-  config = with_warm_start_source(config)
-  # Image folders are checked here, before anything is written to workdir.
-  train_source = sources.load_train_source(config.data, process_index, process_count,
-                                           cache_dir=workdir)
-  eval_source = sources.load_source(config.data, config.data.eval_split, process_index,
-                                    process_count, cache_dir=workdir)
+  config = warm_start.with_source(config)
+  train_source, eval_source = load_sources(config.data, workdir, shard)
   num_classes = config.model.num_classes or len(train_source.class_names)
-  steps_per_epoch = max(1, train_source.total_examples // config.global_batch_size)
-  total_steps = (config.num_train_steps if config.num_train_steps > 0 else
-                 max(1, int(round(config.num_epochs * steps_per_epoch))))
+  steps_per_epoch, total_steps = count_steps(train_source.total_examples,
+                                             config.global_batch_size, config.num_train_steps,
+                                             config.num_epochs)
 
   # Model, optimizer, state.
-  model = models.create_model(config.model, num_classes)
   optimizer = optim.OptimizerConfig.from_config(config.optimizer)
-  # A frozen base's BatchNorm layers keep their (imported) statistics: in training they
-  # normalise with them and leave them as they are, as Keras does for frozen layers.
-  norms = [layer.name for layer in model.layer_table if layer.kind == 'bn']
-  model = model.clone(frozen_norms=tuple(n for n in norms if optim.is_frozen(
-      n, optimizer.freeze_conv_base, optimizer.unfreeze_last_stage)))
+  model = create_model(config.model, num_classes, optimizer)
   tx = optim.create_optimizer(optimizer, steps_per_epoch, total_steps)
   init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
   manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
-  state, plateau = restore_or_init(config, workdir, manager, model, tx, mesh, init_rng,
-                                   num_classes)
+  state, plateau = restore_or_init(
+      config.model, warm_start.WarmStart(config.init_from, config.init_layers), workdir,
+      manager, model, tx, mesh, init_rng)
   write_config(config, workdir)
 
   # Input iterators, positioned where the state stands.
-  common = dict(image_size=model.image_size, process_index=process_index,
-                process_count=process_count, cache_dir=workdir)
+  common = dict(image_size=model.image_size, shard=shard, cache_dir=workdir)
   train_iter = iterators.create_train_iterator(
       config.data, global_batch_size=config.global_batch_size, seed=config.seed,
       start_step=int(state.step), source=train_source, **common)
@@ -354,7 +332,7 @@ def run_stages(config, workdir: str) -> dict[str, Any]:
   train_fn, compile_s, flops = compile_train_step(model, tx, mesh, config.grad_accum_steps,
                                                   state, first_batch, dropout_rng)
   logging.info('Compiled the train step in %.1fs (%s devices, %d processes); %d steps/epoch, '
-               '%d steps in all.', compile_s, mesh.size, process_count, steps_per_epoch,
+               '%d steps in all.', compile_s, mesh.size, shard.count, steps_per_epoch,
                total_steps)
   loop = Loop(config, optimizer, workdir, mesh, total_steps, train_fn,
               steps.jit_eval_step(model, mesh), steps.jit_eval_step(model, mesh, True),

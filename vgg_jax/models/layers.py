@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vgg_jax import cpu_ops
+from vgg_jax.models import cpu_ops
 
 KERNEL_INITS = ('glorot', 'paper')
 CONV_IMPLS = ('auto', 'xla', 'matmul')

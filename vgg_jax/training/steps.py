@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 import optax
 
-from vgg_jax import device_crops
+from vgg_jax.data import device_crops
 from vgg_jax import models
 from vgg_jax import sharding
 
