@@ -54,10 +54,10 @@ def time_protocol(predictor, images, protocol: str) -> dict:
   start = time.perf_counter()
   views.posteriors_at_scale(predictor, images, protocol, _IMAGE_SIZE.value)
   seconds = time.perf_counter() - start
-  views = len(images) * views.views_per_scale(protocol)
-  return {'protocol': protocol, 'images': len(images), 'views': views,
+  count = len(images) * views.views_per_scale(protocol)
+  return {'protocol': protocol, 'images': len(images), 'views': count,
           'images_per_s': round(len(images) / seconds, 3),
-          'views_per_s': round(views / seconds, 2), 's_per_image': round(seconds / len(images), 4)}
+          'views_per_s': round(count / seconds, 2), 's_per_image': round(seconds / len(images), 4)}
 
 
 def spread_shapes(count: int, scale: int, rng) -> list[tuple[int, int]]:

@@ -65,7 +65,7 @@ def test_respects_a_user_malloc_setting():
   env = dict(os.environ, PYTHONPATH=ROOT, MALLOC_ARENA_MAX='4')
   out = subprocess.run(
       [sys.executable, '-c',
-       'from vgg_jax import host_memory; print(host_memory.reuse_freed_memory())'],
+       'from vgg_jax.training import host_memory; print(host_memory.reuse_freed_memory())'],
       env=env, capture_output=True, text=True, timeout=60, check=True)
   assert out.stdout.strip() == 'False'
 
@@ -85,7 +85,7 @@ def test_only_where_jax_computes_on_the_cpu(monkeypatch):
 
 @pytest.mark.slow
 def test_skipped_on_accelerator_hosts_unless_forced():
-  code = ('from vgg_jax import host_memory; '
+  code = ('from vgg_jax.training import host_memory; '
           'print(host_memory.reuse_freed_memory(), host_memory.reuse_freed_memory(force=True))')
   env = {k: v for k, v in os.environ.items() if not k.startswith('MALLOC_')}
   env.update(PYTHONPATH=ROOT, JAX_PLATFORMS='cuda')

@@ -206,8 +206,8 @@ def linear_weights(name_or_path: str) -> tuple[np.ndarray, ...]:
     return read_linear_weights(path)
   entry = named_weights.LPIPS_WEIGHTS[name_or_path]
   directory = os.path.join(named_weights.cache_dir(), 'lpips')
-  data = download.cached_bytes(entry, directory)
-  return read_linear_weights(os.path.join(directory, entry.file_name), io.BytesIO(data))
+  verified = download.cached_bytes(entry, directory)
+  return read_linear_weights(os.path.join(directory, entry.file_name), io.BytesIO(verified))
 
 
 def read_linear_weights(path: str, file=None) -> tuple[np.ndarray, ...]:
