@@ -16,7 +16,6 @@ crops of encoded images, and vgg_jax.data.device_crops when the train step resam
 import dataclasses
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 
 
