@@ -2,7 +2,8 @@
 
 A weights file, a mirror or a server is untrusted (docs/security.md): the readers of
 vgg_jax.pretrained (torch_files, weight_readers, download) accept only what the format
-allows, and every refusal is a WeightsFileError naming the file and what was wrong. The user's own cache ($VGG_JAX_CACHE) is trusted once a file in it is verified.
+allows, and every refusal is a WeightsFileError naming the file and what was wrong. The
+user's own cache ($VGG_JAX_CACHE) is trusted once a file in it is verified.
 """
 
 import errno
