@@ -248,13 +248,13 @@ def mutations(seed: int, count: int):
 
 @pytest.mark.slow
 def test_mutation_fuzzer_never_crashes_runs_code_or_bloats(tmp_path):
-  """8,000 seeded mutants: each loads or is refused, with no signal, within the bounds.
+  """4,000 seeded mutants: each loads or is refused, with no signal, within the bounds.
 
   Its first run found the memo-index bomb (a BINPUT index of 779,440,756 made the
   unpickler allocate 12 GB), now refused before unpickling.
   """
   cases = []
-  for name, data in mutations(seed=0, count=8000):
+  for name, data in mutations(seed=0, count=4000):
     path = tmp_path / f'{name}.pth'
     path.write_bytes(data)
     cases.append(('torch', str(path)))
@@ -269,4 +269,4 @@ def test_mutation_fuzzer_never_crashes_runs_code_or_bloats(tmp_path):
   # The mutants reach both ends: some still load, most are refused.
   print(outcomes, 'peak MB', max(r['peak_mb'] for r in found),
         'slowest s', max(r['seconds'] for r in found))
-  assert outcomes.get('loaded', 0) > 100 and outcomes['vgg_jax.pretrained.untrusted.WeightsFileError'] > 4000
+  assert outcomes.get('loaded', 0) > 50 and outcomes['vgg_jax.pretrained.untrusted.WeightsFileError'] > 2000
