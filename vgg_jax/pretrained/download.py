@@ -111,21 +111,23 @@ def cached_bytes(entry: Entry, directory: str) -> bytes:
   bytes hashed are the bytes returned for parsing. A cached file with the wrong bytes is
   deleted and fetched again.
   """
+  path = os.path.join(directory, entry.file_name)
   with file_lock(os.path.join(directory, f'.{entry.name}.lock')):
-    path = os.path.join(directory, entry.file_name)
-    for attempt in range(2):
-      if not os.path.isfile(path):
-        fetch(entry, directory)
-      with open(path, 'rb') as f:
-        data = f.read(max_bytes(entry) + 1)
-      actual = hashlib.new(entry.hash_kind, data).hexdigest()
-      if len(data) <= max_bytes(entry) and actual.startswith(entry.hash):
-        return data
-      os.remove(path)
-      if attempt:
-        raise DownloadError(f'{entry.file_name} fetched into {directory} has the wrong bytes: '
-                            f'{entry.hash_kind} {actual}, expected {entry.hash}.')
-  raise AssertionError('unreachable')
+    data = _read_verified(entry, path) if os.path.isfile(path) else None
+    if data is None:  # Not cached yet, or changed since: fetched (and verified) again.
+      fetch(entry, directory)
+      data = _read_verified(entry, path)
+    if data is None:
+      raise DownloadError(f'{path} changed right after it was fetched and verified.')
+    return data
+
+
+def _read_verified(entry: Entry, path: str) -> bytes | None:
+  """path's bytes if they are entry's (read once, at most its size + 1), else None."""
+  with open(path, 'rb') as f:
+    data = f.read(max_bytes(entry) + 1)
+  actual = hashlib.new(entry.hash_kind, data).hexdigest()
+  return data if len(data) <= max_bytes(entry) and actual.startswith(entry.hash) else None
 
 
 def open_part(part: str, append: bool):
@@ -223,7 +225,8 @@ def receive(response, f, progress, url: str, limit: int) -> bool:
         window_start, window_bytes = time.monotonic(), 0
   except OSError as error:  # Reset or timed out mid-file (http.client errors included).
     raise DownloadError(f'{url}: the connection dropped after {progress.done:,} bytes '
-                        f'({error}); the next load resumes from there.') from None
+                        f'({error}); the next load resumes from there, or set '
+                        f'{named_weights.MIRROR_ENV} to another mirror.') from None
   return True
 
 
