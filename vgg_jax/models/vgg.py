@@ -246,9 +246,12 @@ class VGG(nn.Module):
     """Index in layer_table of the last of names."""
     return max(i for i, layer in enumerate(self.layer_table) if layer.name in names)
 
-  def groups(self, last: int, fuse: bool, first: int = 0) -> list[tuple[Layer, ...]]:
-    """layer_table[first:last + 1] as the forward pass runs it: each group a layer, or with
-    fuse a conv followed by its ReLU and a pool (bias, ReLU and pool fused in one call)."""
+  def groups(self, last: int | None = None, fuse: bool = True,
+             first: int = 0) -> list[tuple[Layer, ...]]:
+    """layer_table[first:last + 1] (to the end by default) as the forward pass runs it:
+    each group a layer, or with fuse a conv followed by its ReLU and a pool (bias, ReLU
+    and pool fused in one call)."""
+    last = len(self.layer_table) - 1 if last is None else last
     table, out, i = self.layer_table[first:last + 1], [], 0
     while i < len(table):
       kinds = tuple(layer.kind for layer in table[i:i + 3])
@@ -260,9 +263,7 @@ class VGG(nn.Module):
   def __call__(self, images, train: bool = False):
     """Logits [B, num_classes] float32 of image_size x image_size images [B, H, W, 3]."""
     self._check_input(images, dense=False)
-    last = len(self.layer_table) - 1
-    return self._forward(images, train, False, self.groups(last, fuse=True)).astype(
-        jnp.float32)
+    return self._forward(images, train, False, self.groups()).astype(jnp.float32)
 
   def dense(self, images, valid_sizes=None):
     """Sec. 3.2 dense evaluation: the FC layers as convolutions over images [B, H, W, 3]
@@ -275,8 +276,7 @@ class VGG(nn.Module):
     each valid size must be at least image_size.
     """
     self._check_input(images, dense=True)
-    groups = self.groups(len(self.layer_table) - 1, fuse=True)
-    x = self._forward(images, False, True, groups, valid_sizes=valid_sizes)
+    x = self._forward(images, False, True, self.groups(), valid_sizes=valid_sizes)
     if valid_sizes is None:  # The class-score map [B, h, w, classes] averaged over space.
       return x.mean(axis=(1, 2)).astype(jnp.float32)
     # Five pools floor the valid size to valid // 32; fc6 is a VALID window conv.
@@ -301,8 +301,7 @@ class VGG(nn.Module):
     """Logits [B, num_classes] float32 from `layer`'s activations (as features gives
     them), running on from the next layer: Grad-CAM's second half."""
     first = self._deepest(self.check_names(layer)) + 1
-    groups = self.groups(len(self.layer_table) - 1, fuse=True, first=first)
-    x = self._forward(activations, False, dense, groups)
+    x = self._forward(activations, False, dense, self.groups(first=first))
     return (x.mean(axis=(1, 2)) if dense else x).astype(jnp.float32)
 
   @nn.compact
