@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run_ablation(workdir):
   # One CPU device as a user has; LLVM's optimisation off: the quick flow is compile-bound.
-  env = dict(os.environ, XLA_FLAGS='--xla_backend_optimization_level=0')
+  env = dict(os.environ, XLA_FLAGS=data_helpers.FAST_COMPILE_FLAGS)
   return subprocess.run([sys.executable, '-m', 'experiments.ablation', '--preset=digits',
                          '--quick', f'--workdir={workdir}', '--variants=A,A-LRN,E',
                          '--noreuse_host_memory'],  # Compile-bound: faster without it.

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+import data_helpers
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -83,7 +85,7 @@ def test_device_crops_benchmark_prints_images_per_second():
 
 def test_conv_benchmark_times_layers_and_ab_steps():
   # One device, as users have; compile-bound, so LLVM's passes and host-memory reuse off.
-  env = dict(os.environ, XLA_FLAGS='--xla_backend_optimization_level=0')
+  env = dict(os.environ, XLA_FLAGS=data_helpers.FAST_COMPILE_FLAGS)
   result = subprocess.run(
       [sys.executable, '-m', 'experiments.benchmark_conv', '--layers=2:6:16:8', '--runs=1',
        '--step', '--variant=A', '--width=0.125', '--fc_width=16', '--batch_size=2',

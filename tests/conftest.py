@@ -6,12 +6,12 @@ only fixtures that set something up (a temporary image folder) live here.
 
 import os
 
-# Must happen before jax is imported anywhere in the test process. LLVM's optimisation
-# passes off: the tests' tiny programs compile about twice as fast, and XLA's own (HLO)
-# optimisations still run; only the machine code is less optimised.
+import data_helpers  # Imports no jax.
+
+# Must happen before jax is imported anywhere in the test process.
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=8'
-                           ' --xla_backend_optimization_level=0').strip()
+                           ' --xla_force_host_platform_device_count=8 ' +
+                           data_helpers.FAST_COMPILE_FLAGS).strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # One XLA compilation cache for the whole suite (and the launch.py runs it starts): the
@@ -32,8 +32,6 @@ sys.modules.setdefault('triton', None)
 
 import numpy as np
 import pytest
-
-import data_helpers
 
 
 @pytest.fixture(scope='session')

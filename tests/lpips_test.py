@@ -185,12 +185,13 @@ def kink_margin(reference, x0, x1) -> float:
 
 def test_gradients_in_float32(pair):
   """Our float32 gradients equal the reference's float32 ones where no kink is near: the
-  pair is the first whose every activation is >= 5e-6 of its layer's scale from a kink,
-  five times float32's rounding differences between the two (measured <= 1e-6)."""
+  pair's every activation is >= 5e-6 of its layer's scale from a kink, five times float32's
+  rounding differences between the two (measured <= 1e-6). The seed is the first of 0..63
+  that keeps that margin (searching them took 15 s a version, so it is written here and
+  its margin checked)."""
   shape = (1, 16, 16)
-  seed = next((s for s in range(64) if kink_margin(pair.reference, *image_pair(shape, s)) >= 5e-6),
-              None)
-  assert seed is not None, 'no pair of 64 keeps 5e-6 from every kink'
+  seed = {'0.1': 28, '0.0': 56}[pair.version]
+  assert kink_margin(pair.reference, *image_pair(shape, seed)) >= 5e-6
   x0, x1 = image_pair(shape, seed)
   expected = reference_gradients(pair.reference, x0, x1, torch.float32)
   got = jax.jit(jax.grad(lambda m, a, b: m(a, b).sum(), argnums=(1, 2)))(pair.ours, x0, x1)

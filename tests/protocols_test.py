@@ -54,11 +54,11 @@ def test_single_scale_matches_the_training_eval(run_dir):
 
 def test_multiscale_views_and_fusion_of_identical_checkpoints(run_dir):
   workdir, _ = run_dir
-  config = eval_config(protocol='dense+multicrop', scales=(32, 36, 40), max_examples=40)
+  config = eval_config(protocol='dense+multicrop', scales=(32, 40), max_examples=16)
   one = protocols.run(config, [str(workdir)])
-  assert one['views_per_image'] == 52 * 3 and one['num_images'] == 40
+  assert one['views_per_image'] == 52 * 2 and one['num_images'] == 16
   two = protocols.run(config, [str(workdir), str(workdir)])
-  assert two['views_per_image'] == 52 * 3 * 2
+  assert two['views_per_image'] == 52 * 2 * 2
   assert (two['top1_error'], two['top5_error']) == (one['top1_error'], one['top5_error'])
 
 

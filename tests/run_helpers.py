@@ -12,6 +12,7 @@ import time
 import jax
 import numpy as np
 
+import data_helpers
 from experiments.configs import digits
 from vgg_jax import checkpointing
 from vgg_jax import models
@@ -109,7 +110,8 @@ def start_two_processes(workdir, overrides, fault=None):
   """Two gloo processes of launch.py (4 fake devices each), through fault_launch.py (which
   caches compiled programs on both); fault: its FAULT, or none."""
   port = free_port()
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4 ' +
+             data_helpers.FAST_COMPILE_FLAGS)
   args = launch_args(workdir, **overrides)
   args[1] = os.path.join(os.path.dirname(__file__), 'fault_launch.py')
   if fault:

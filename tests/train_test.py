@@ -5,6 +5,7 @@ import glob
 import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -130,10 +131,24 @@ def test_plateau_schedule_in_training_lowers_the_lr(tmp_path):
   assert distinct == [-12, -11, -10, -9]  # Three divisions by 10, no more.
 
 
-def test_train_writes_metrics_checkpoints_and_config(tmp_path):
-  result = train.train_and_evaluate(run_helpers.tiny_config(), str(tmp_path))
+@pytest.fixture(name='tiny_run', scope='module')
+def tiny_run_fixture(tmp_path_factory):
+  """(workdir, result) of tiny_config's 8 steps (checkpoints at 4 and 8), trained once for
+  the tests that read it; those that change it work on a copy (copy_run)."""
+  workdir = tmp_path_factory.mktemp('tiny_run')
+  return workdir, train.train_and_evaluate(run_helpers.tiny_config(), str(workdir))
+
+
+def copy_run(tiny_run, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(tiny_run[0], workdir)
+  return workdir
+
+
+def test_train_writes_metrics_checkpoints_and_config(tiny_run, tmp_path):
+  workdir, result = tiny_run
   assert result['step'] == 8 and not result['preempted']
-  rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  rows = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
   train_rows = [r for r in rows if 'train/loss' in r]
   eval_rows = [r for r in rows if 'eval/top1_error' in r]
   assert [r['step'] for r in train_rows] == [4, 8] and [r['step'] for r in eval_rows] == [4, 8]
@@ -141,15 +156,17 @@ def test_train_writes_metrics_checkpoints_and_config(tmp_path):
               'train/images_per_second'):
     assert np.isfinite(train_rows[0][key])
   assert {'eval/loss', 'eval/top5_error'} <= set(eval_rows[0])
-  assert os.listdir(tmp_path / 'tensorboard')
-  assert json.load(open(tmp_path / 'config.json'))['model']['variant'] == 'A'
-  params, meta = run_helpers.params_and_meta(tmp_path)
+  assert os.listdir(workdir / 'tensorboard')
+  assert json.load(open(workdir / 'config.json'))['model']['variant'] == 'A'
+  params, meta = run_helpers.params_and_meta(workdir)
   assert meta['step'] == 8 and meta['data_position'] == 8 * 16
   assert meta['config']['model']['width'] == 0.0625 and meta['class_names'][3] == '3'
   assert set(params) == {'conv1_1', 'conv2_1', 'conv3_1', 'conv3_2', 'conv4_1', 'conv4_2',
                          'conv5_1', 'conv5_2', 'fc6', 'fc7', 'fc8'}
   # A second run on the same workdir resumes at the end and does nothing more.
-  assert train.train_and_evaluate(run_helpers.tiny_config(), str(tmp_path))['step'] == 8
+  again = copy_run(tiny_run, tmp_path)
+  assert train.train_and_evaluate(run_helpers.tiny_config(), str(again))['step'] == 8
+  assert sorted(os.listdir(again / 'checkpoints')) == sorted(os.listdir(workdir / 'checkpoints'))
 
 
 def test_batch_norm_run_checkpoints_its_statistics_and_resumes_bitwise(tmp_path):
@@ -166,10 +183,9 @@ def test_batch_norm_run_checkpoints_its_statistics_and_resumes_bitwise(tmp_path)
   run_helpers.assert_trees_equal(a, b)
 
 
-def test_checkpoint_restores_with_plain_orbax(tmp_path):
+def test_checkpoint_restores_with_plain_orbax(tiny_run):
   import orbax.checkpoint as ocp
-  train.train_and_evaluate(run_helpers.tiny_config(num_train_steps=4), str(tmp_path))
-  with ocp.CheckpointManager(tmp_path / 'checkpoints', item_names=('state', 'meta')) as mngr:
+  with ocp.CheckpointManager(tiny_run[0] / 'checkpoints', item_names=('state', 'meta')) as mngr:
     restored = mngr.restore(4, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
                                                        meta=ocp.args.JsonRestore()))
   assert restored['state']['params']['fc8']['kernel'].shape == (32, 10)
@@ -178,31 +194,32 @@ def test_checkpoint_restores_with_plain_orbax(tmp_path):
   assert set(restored['state']) == {'step', 'params', 'opt_state'}
 
 
-def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog):
+def test_corrupt_latest_checkpoint_falls_back(tiny_run, tmp_path, caplog):
   config = run_helpers.tiny_config()
-  train.train_and_evaluate(config, str(tmp_path))
-  for root, _, files in os.walk(tmp_path / 'checkpoints' / '8' / 'state'):
+  workdir = copy_run(tiny_run, tmp_path)
+  for root, _, files in os.walk(workdir / 'checkpoints' / '8' / 'state'):
     for name in files:
       with open(os.path.join(root, name), 'wb') as f:
         f.write(b'half-written')
   config.num_train_steps = 12
-  result = train.train_and_evaluate(config, str(tmp_path))
+  result = train.train_and_evaluate(config, str(workdir))
   assert 'Checkpoint at step 8' in caplog.text and 'falling back' in caplog.text
   assert result['step'] == 12
-  rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  rows = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
   assert [r['step'] for r in rows if 'train/loss' in r] == [4, 8, 12]  # Redone from 4.
-  assert os.path.isdir(tmp_path / 'checkpoints' / 'corrupt_step_8')  # Kept, set aside.
+  assert os.path.isdir(workdir / 'checkpoints' / 'corrupt_step_8')  # Kept, set aside.
 
 
-def test_torn_metrics_line_is_dropped_on_resume(tmp_path, caplog):
-  train.train_and_evaluate(run_helpers.tiny_config(num_train_steps=4), str(tmp_path))
-  with open(tmp_path / 'metrics.jsonl', 'a') as f:
-    f.write('{"step": 5, "train/lo')  # A crash while the next line was written.
-  result = train.train_and_evaluate(run_helpers.tiny_config(num_train_steps=8), str(tmp_path))
-  assert result['step'] == 8
-  assert 'metrics.jsonl line 3 is torn' in caplog.text
-  rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
-  assert [r['step'] for r in rows if 'train/loss' in r] == [4, 8]
+def test_torn_metrics_line_is_dropped_on_resume(tiny_run, tmp_path, caplog):
+  workdir = copy_run(tiny_run, tmp_path)
+  lines = len(open(workdir / 'metrics.jsonl').readlines())
+  with open(workdir / 'metrics.jsonl', 'a') as f:
+    f.write('{"step": 9, "train/lo')  # A crash while the next line was written.
+  result = train.train_and_evaluate(run_helpers.tiny_config(num_train_steps=12), str(workdir))
+  assert result['step'] == 12
+  assert f'metrics.jsonl line {lines + 1} is torn' in caplog.text
+  rows = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
+  assert [r['step'] for r in rows if 'train/loss' in r] == [4, 8, 12]
 
 
 def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -282,17 +299,17 @@ def test_batch_norm_warm_start_copies_each_convs_norm_and_statistics(bn_net_a):
   np.testing.assert_array_equal(state.batch_stats['bn1_2']['mean'], 0)  # Not copied: fresh.
 
 
-def test_restoring_another_model_is_refused_and_nothing_is_overwritten(tmp_path):
-  train.train_and_evaluate(run_helpers.tiny_config(num_train_steps=4), str(tmp_path))
-  before = sorted(os.listdir(tmp_path / 'checkpoints'))
-  config_before = open(tmp_path / 'config.json').read()
+def test_restoring_another_model_is_refused_and_nothing_is_overwritten(tiny_run, tmp_path):
+  workdir = copy_run(tiny_run, tmp_path)
+  before = sorted(os.listdir(workdir / 'checkpoints'))
+  config_before = open(workdir / 'config.json').read()
   for overrides, message in (({'model.variant': 'B'}, "variant: checkpoint 'A' vs config 'B'"),
                              ({'model.num_classes': 7}, 'num_classes: checkpoint 10 vs config 7')):
     with pytest.raises(ValueError, match=message):
-      train.train_and_evaluate(run_helpers.tiny_config(num_train_steps=8, **overrides),
-                               str(tmp_path))
-  assert sorted(os.listdir(tmp_path / 'checkpoints')) == before
-  assert open(tmp_path / 'config.json').read() == config_before
+      train.train_and_evaluate(run_helpers.tiny_config(num_train_steps=12, **overrides),
+                               str(workdir))
+  assert sorted(os.listdir(workdir / 'checkpoints')) == before
+  assert open(workdir / 'config.json').read() == config_before
 
 
 def test_batch_not_divisible_by_devices(tmp_path):
@@ -413,9 +430,8 @@ def test_a_frozen_batch_norm_base_keeps_its_statistics(tmp_path, bn_net_a):
     assert stats_kept == scale_kept == (not layer.startswith('bn5_')), layer
 
 
-def test_profile_steps_write_a_trace_and_change_no_number(tmp_path):
-  plain = tmp_path / 'plain'
-  train.train_and_evaluate(run_helpers.tiny_config(), str(plain))
+def test_profile_steps_write_a_trace_and_change_no_number(tiny_run, tmp_path):
+  plain = tiny_run[0]
   profiled = tmp_path / 'profiled'
   train.train_and_evaluate(run_helpers.tiny_config(profile_steps=(3, 2)), str(profiled))
   traces = glob.glob(str(profiled / 'profile' / 'plugins' / 'profile' / '*' / '*.xplane.pb'))

@@ -114,12 +114,13 @@ def check_buckets_equal_shapes(variant, batch_norm, conv_impl, flip, images):
 
 def test_buckets_equal_the_per_shape_path_on_many_shapes():
   """24 shapes (odd sides: pools floor them) in at most 9 buckets; every posterior as before
-  on every other one (12 shapes, 5 buckets: the per-shape path compiles once per shape)."""
+  on every fourth one (6 shapes in 4 buckets: the per-shape path compiles once per shape,
+  so more is slow; the slow tier runs every variant and both conv paths)."""
   images = photos(24)
   assert len({im.shape for im in images}) == 24
   assert len({views.bucket_shape(*im.shape[:2]) for im in images}) <= 9
-  assert len({views.bucket_shape(*im.shape[:2]) for im in images[::2]}) >= 5
-  check_buckets_equal_shapes('A-LRN', True, 'matmul', True, images[::2])
+  assert len({views.bucket_shape(*im.shape[:2]) for im in images[::4]}) >= 4
+  check_buckets_equal_shapes('A-LRN', True, 'xla', True, images[::4])
 
 
 @pytest.mark.slow
