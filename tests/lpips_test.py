@@ -57,16 +57,28 @@ def trunk_fixture(tmp_path_factory):
   return path
 
 
+def reference_on(trunk: str, **options):
+  """lpips.LPIPS(net='vgg', **options) with `trunk` (a torchvision-layout file) loaded."""
+  reference = reference_lpips.LPIPS(net='vgg', pnet_rand=True, verbose=False, **options)
+  state = torch.load(trunk)
+  reference.net.load_state_dict({f'slice{slice_of(int(k.split(".")[1]))}.{k[9:]}': v
+                                 for k, v in state.items()})
+  return reference
+
+
 @pytest.fixture(name='pair', scope='module',
                 params=['0.1', pytest.param('0.0', marks=pytest.mark.slow)])
 def pair_fixture(request, trunk):
   version = request.param
-  reference = reference_lpips.LPIPS(net='vgg', version=version, pnet_rand=True, verbose=False)
-  state = torch.load(trunk)
-  reference.net.load_state_dict({f'slice{slice_of(int(k.split(".")[1]))}.{k[9:]}': v
-                                 for k, v in state.items()})
   ours = lpips.load(version, backbone=trunk, lin_weights=wheel_weights(version))
-  return Pair(reference, ours, trunk, version)
+  return Pair(reference_on(trunk, version=version), ours, trunk, version)
+
+
+@pytest.fixture(name='baseline', scope='module')
+def baseline_fixture(trunk):
+  """The reference's baseline, LPIPS(lpips=False), and ours, lpips=False: no lin weights."""
+  return Pair(reference_on(trunk, lpips=False), lpips.load(backbone=trunk, lpips=False), trunk,
+              '0.1')
 
 
 @pytest.fixture(name='metric', scope='module')
@@ -138,6 +150,30 @@ def test_gradients_equal_the_reference_in_float64(pair, shape):
     assert got[0].dtype == jnp.float64
     # The float32 trunk folded into float64: ~1e-7 apart (measured).
     torch_reference.assert_gradients_close(got, expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+def test_baseline_equals_the_reference(baseline, shape):
+  """lpips=False: the squared differences summed over channels (no lin weights), averaged
+  over positions, summed over layers, as the reference's LPIPS(lpips=False); its gradients
+  in float64 too."""
+  reference, ours = baseline.reference, baseline.ours
+  assert not hasattr(reference, 'lins') and all((np.asarray(w) == 1).all() for w in ours.lin)
+  x0, x1 = image_pair(shape, seed=sum(shape) + 1)
+  with torch.no_grad():
+    expected, layers = reference(torch_reference.nchw(x0), torch_reference.nchw(x1),
+                                 retPerLayer=True)
+  np.testing.assert_allclose(ours(x0, x1), expected.numpy().reshape(-1), rtol=1e-5, atol=0)
+  np.testing.assert_allclose(ours.layer_distances(x0, x1)['relu5_3'],
+                             layers[-1].numpy().reshape(-1), rtol=1e-5)
+  expected_grads = torch_reference.reference_gradients(reference, x0, x1, torch.float64)
+  with jax.enable_x64(True):
+    ours64 = lpips.load(backbone=baseline.trunk, dtype='float64', lpips=False)
+    got = jax.grad(lambda a, b: ours64(a, b).sum(), argnums=(0, 1))(
+        x0.astype(np.float64), x1.astype(np.float64))
+    torch_reference.assert_gradients_close(got, expected_grads, rtol=1e-4)
+  with pytest.raises(ValueError, match=r"lin_weights='x.pth' with lpips=False: the baseline"):
+    lpips.load(backbone=baseline.trunk, lin_weights='x.pth', lpips=False)
 
 
 def kink_margin(reference, x0, x1) -> float:

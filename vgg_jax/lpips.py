@@ -17,6 +17,8 @@ The distance, step by step as the reference computes it:
   3. per layer l and position: f / (sqrt(sum_c f_c^2) + 1e-10), unit length over channels;
   4. d_l = mean over h_l x w_l of sum_c w_lc (f0_c - f1_c)^2, the learned w_lc >= 0 being a
      1x1 conv without bias (the lin weights); LPIPS = sum over l of d_l.
+lpips=False is the reference's baseline, LPIPS(lpips=False): no lin weights (w_lc = 1,
+the squared differences summed over channels), the rest as above.
 spatial=True keeps the maps: each layer's is resized to H x W by bilinear interpolation
 with half-pixel centres (torch's align_corners=False) and the five are summed: [B, H, W].
 Weights: the trunk is pretrained.load(backbone), 'vgg16' by default (any torchvision-layout
@@ -61,7 +63,8 @@ NORMALIZED_INPUTS = perceptual.Inputs('LPIPS', 0.0, MIN_SIZE, INPUTS.why_min_siz
 class LPIPS:
   """The metric: a pytree (pass it into jit-compiled functions as an argument).
 
-  variables: the trunk's conv parameters; lin: five [C_l] float32 arrays.
+  variables: the trunk's conv parameters; lin: five [C_l] float32 arrays (ones in the
+  baseline, lpips=False).
   """
   variables: Any
   lin: tuple[jax.Array, ...]
@@ -133,7 +136,7 @@ def upsample(maps, height: int, width: int) -> jax.Array:
 
 
 def load(version: str = '0.1', backbone: str = 'vgg16', lin_weights: str | None = None,
-         dtype: str = 'float32') -> LPIPS:
+         dtype: str = 'float32', lpips: bool = True) -> LPIPS:
   """The LPIPS metric of `version` ('0.1' or '0.0').
 
   backbone: named weights, a weights file or an import's directory, as pretrained.load
@@ -142,11 +145,17 @@ def load(version: str = '0.1', backbone: str = 'vgg16', lin_weights: str | None 
   version's own, 'lpips_vgg_v<version>'. dtype: the trunk's activations, 'float32' or
   'bfloat16' (the rest is float32), or 'float64' throughout (with jax_enable_x64: for
   checks, where float32 rounding would decide which side of a ReLU a value near 0 falls).
+  lpips: False is the reference's baseline (its lpips=False): no lin weights, each
+  layer's squared differences summed over channels.
   """
   if version not in VERSIONS:
     raise ValueError(f'LPIPS version {version!r} is not one of {VERSIONS}.')
+  if not lpips and lin_weights is not None:
+    raise ValueError(f'lin_weights={lin_weights!r} with lpips=False: the baseline has no lin '
+                     'weights (each layer is summed over channels).')
   trunk, variables = perceptual.load_trunk(backbone, dtype, 'LPIPS')
-  lin = linear_weights(lin_weights or f'lpips_vgg_v{version}')
+  lin = (linear_weights(lin_weights or f'lpips_vgg_v{version}') if lpips
+         else tuple(np.ones(c, np.float32) for c in CHANNELS))
   return LPIPS(variables=variables, lin=tuple(jnp.asarray(w) for w in lin), trunk=trunk,
                version=version)
 
@@ -188,6 +197,8 @@ def define_flags():
   """The command's flags, defined only when this module runs as a script."""
   perceptual.define_flags('lpips.csv')
   flags.DEFINE_enum('version', '0.1', VERSIONS, "LPIPS version: '0.1' or the original '0.0'.")
+  flags.DEFINE_bool('lpips', True, "False: the reference's baseline, no lin weights (each "
+                    'layer summed over channels).')
   flags.DEFINE_string('lin_weights', None, "LPIPS's linear weights: a name or a .pth path "
                       '(default: lpips_vgg_v<version>).')
 
@@ -195,8 +206,9 @@ def define_flags():
 def main(argv):
   args = flags.FLAGS
   images = perceptual.command_images(argv)
-  metric = load(args.version, args.backbone, args.lin_weights, args.dtype)
-  print(perceptual.run_command(metric, INPUTS, images, f'LPIPS v{args.version}'))
+  metric = load(args.version, args.backbone, args.lin_weights, args.dtype, args.lpips)
+  label = f'LPIPS v{args.version}' + ('' if args.lpips else ' baseline')
+  print(perceptual.run_command(metric, INPUTS, images, label))
 
 
 if __name__ == '__main__':
