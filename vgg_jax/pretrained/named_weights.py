@@ -166,6 +166,18 @@ LPIPS_WEIGHTS = {w.name: w for w in (
                   'b9e4236260c3dd988fc79d2a48d645d885afcbb21f9fd595e6744cf7419b582c'),
 )}
 
+# DISTS's alpha and beta (Ding et al., TPAMI 2020), [1, 1475, 1, 1] each over VGG-16's six
+# feature sets, as the DISTS_pytorch 0.1 wheel ships them: twice, as DISTS_pytorch/weights.pt
+# and, through its setup.py's data_files, as <sys.prefix>/weights.pt (the copy the reference
+# reads). The URL is the publisher's repository copy, from which the wheel was built.
+DISTS_WEIGHTS = {w.name: w for w in (
+    MetricWeights('dists_vgg16', 12288,
+                  'f5e65c96230b7f6ca995691647d482237e4cab8a50c5c4a5784f219ef0748218',
+                  'DISTS_pytorch', 'DISTS_pytorch/weights.pt',
+                  'https://raw.githubusercontent.com/dingkeyan93/DISTS/master/', 'weights',
+                  'MIT (DISTS_pytorch)'),
+)}
+
 
 def find(name: str, table: dict | None = None):
   """The entry called `name`; an unknown name raises, listing the known ones."""
