@@ -74,7 +74,7 @@ CODE_CASES = [c for c in TORCH_CASES if c.startswith('code_')]
 # Each case through every reader a user reaches it by.
 RUNS = ([('torch', c) for c in TORCH_CASES if c != 'safetensors_past_end']
         + [('safetensors', 'safetensors_past_end')]
-        + [(reader, c) for reader in ('pretrained', 'lpips') for c in CODE_CASES]
+        + [(reader, c) for reader in ('pretrained', 'lpips', 'dists') for c in CODE_CASES]
         + [(reader, c) for reader in ('keras', 'pretrained') for c in KERAS_CASES])
 
 
