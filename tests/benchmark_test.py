@@ -98,3 +98,19 @@ def test_conv_benchmark_times_layers_and_ab_steps():
   assert step['steps_each'] == 2 and step['old_patches_s'] > 0 and step['new_s'] > 0
   # The ratio is rounded to 3 decimals and each time to 1 us (steps here are ~3 ms).
   assert step['new_over_old'] == pytest.approx(step['new_s'] / step['old_patches_s'], abs=2e-3)
+
+
+@pytest.mark.slow
+def test_dists_benchmark_times_both_implementations_and_modes():
+  pytest.importorskip('DISTS_pytorch', reason='the reference it is timed beside')
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.benchmark_dists', '--size=32', '--batch=2',
+       '--repeats=1'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = [json.loads(l) for l in result.stdout.splitlines() if l.startswith('{')]
+  assert [(l['implementation'], l['mode']) for l in lines] == [
+      ('DISTS_pytorch (torch)', 'distance'), ('DISTS_pytorch (torch)', 'gradient'),
+      ('vgg_jax', 'distance'), ('vgg_jax', 'gradient')]
+  for line in lines:
+    assert line['size'] == 32 and line['pairs_per_s'] > 0
+    assert line['pairs_per_s'] == pytest.approx(2 / line['seconds_per_call'], rel=0.01)

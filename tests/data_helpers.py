@@ -1,4 +1,5 @@
-"""What the tests feed in: data configs, image files, mock TFDS splits, torch batch norms."""
+"""What the tests feed in: data configs, image files and folders, mock TFDS splits, torch
+batch norms."""
 
 import os
 
@@ -30,6 +31,24 @@ def write_image(path, size, mode, rng, fmt):
   """Random pixels of size (width, height), saved in PIL mode `mode` as `fmt`."""
   array = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
   Image.fromarray(array).convert(mode).save(path, fmt)
+
+
+def image_pair_folders(tmp_path) -> list[str]:
+  """dir0 and dir1 for the metrics' folder commands: three pairs of two sizes (a and c
+  32x40, b 24x24; dir1's a noisier copy of dir0's), a file in dir0 only, a text file."""
+  rng = np.random.default_rng(7)
+  dirs = [tmp_path / 'dir0', tmp_path / 'dir1']
+  for d in dirs:
+    d.mkdir()
+  for name, (h, w) in (('a.png', (32, 40)), ('b.png', (24, 24)), ('c.png', (32, 40))):
+    first = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(first).save(dirs[0] / name)
+    second = np.clip(first + rng.integers(-40, 40, first.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(second).save(dirs[1] / name)
+  Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(
+      dirs[0] / 'only_here.png')
+  (dirs[1] / 'notes.txt').write_text('not an image')
+  return [str(d) for d in dirs]
 
 
 def mock_tfds(name, data_dir, splits, num_examples):

@@ -74,7 +74,7 @@ CODE_CASES = [c for c in TORCH_CASES if c.startswith('code_')]
 # Each case through every reader a user reaches it by.
 RUNS = ([('torch', c) for c in TORCH_CASES if c != 'safetensors_past_end']
         + [('safetensors', 'safetensors_past_end')]
-        + [(reader, c) for reader in ('pretrained', 'lpips') for c in CODE_CASES]
+        + [(reader, c) for reader in ('pretrained', 'lpips', 'dists') for c in CODE_CASES]
         + [(reader, c) for reader in ('keras', 'pretrained') for c in KERAS_CASES])
 
 
@@ -159,7 +159,7 @@ def test_a_file_swapped_after_its_hash_check_is_never_parsed(tmp_path, monkeypat
   mirror.mkdir()
   good = lin_file(str(mirror / 'good.pth'))
   evil = lin_file(str(tmp_path / 'evil.pth'), marker)
-  entry = named_weights.LinearWeights('lpips_test', '0.1', len(good),
+  entry = named_weights.lpips_weights('lpips_test', '0.1', len(good),
                                       hashlib.sha256(good).hexdigest())
   (mirror / entry.file_name).write_bytes(good)
   monkeypatch.setitem(named_weights.LPIPS_WEIGHTS, entry.name, entry)
@@ -188,7 +188,7 @@ def test_registered_names_are_never_taken_from_the_working_directory(tmp_path, m
   served = tmp_path / 'server'
   served.mkdir()
   good = lin_file(str(served / 'good.pth'))
-  entry = named_weights.LinearWeights('lpips_test', '0.1', len(good),
+  entry = named_weights.lpips_weights('lpips_test', '0.1', len(good),
                                       hashlib.sha256(good).hexdigest())
   (served / entry.file_name).write_bytes(good)
   monkeypatch.setitem(named_weights.LPIPS_WEIGHTS, entry.name, entry)

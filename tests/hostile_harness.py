@@ -24,12 +24,13 @@ def readers(names):
   table = {}
   from vgg_jax.pretrained import torch_files  # pylint: disable=g-import-not-at-top
   table['torch'] = torch_files.read_state_dict
-  if names & {'pretrained', 'lpips', 'keras', 'safetensors'}:
+  if names & {'pretrained', 'lpips', 'dists', 'keras', 'safetensors'}:
+    from vgg_jax import dists  # pylint: disable=g-import-not-at-top
     from vgg_jax import lpips  # pylint: disable=g-import-not-at-top
     from vgg_jax import pretrained  # pylint: disable=g-import-not-at-top
     from vgg_jax.pretrained import weight_readers  # pylint: disable=g-import-not-at-top
     table.update(pretrained=pretrained.load, lpips=lpips.read_linear_weights,
-                 keras=weight_readers.read_keras_h5,
+                 dists=dists.read_weights, keras=weight_readers.read_keras_h5,
                  safetensors=weight_readers.read_torch_state_dict)
   return table
 

@@ -12,12 +12,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import http_server  # tests/ is on sys.path
+import data_helpers  # tests/ is on sys.path
+import http_server
+import torch_reference
 from vgg_jax import lpips
+from vgg_jax import perceptual
 from vgg_jax import pretrained
 from vgg_jax.pretrained import download
 from vgg_jax.pretrained import named_weights
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 torch = pytest.importorskip('torch', reason='the reference is PyTorch')
 # lpips builds its trunk with torchvision's deprecated pretrained= argument.
 pytestmark = pytest.mark.filterwarnings('ignore:.*(pretrained|weight enum).*:UserWarning')
@@ -53,16 +57,28 @@ def trunk_fixture(tmp_path_factory):
   return path
 
 
+def reference_on(trunk: str, **options):
+  """lpips.LPIPS(net='vgg', **options) with `trunk` (a torchvision-layout file) loaded."""
+  reference = reference_lpips.LPIPS(net='vgg', pnet_rand=True, verbose=False, **options)
+  state = torch.load(trunk)
+  reference.net.load_state_dict({f'slice{slice_of(int(k.split(".")[1]))}.{k[9:]}': v
+                                 for k, v in state.items()})
+  return reference
+
+
 @pytest.fixture(name='pair', scope='module',
                 params=['0.1', pytest.param('0.0', marks=pytest.mark.slow)])
 def pair_fixture(request, trunk):
   version = request.param
-  reference = reference_lpips.LPIPS(net='vgg', version=version, pnet_rand=True, verbose=False)
-  state = torch.load(trunk)
-  reference.net.load_state_dict({f'slice{slice_of(int(k.split(".")[1]))}.{k[9:]}': v
-                                 for k, v in state.items()})
   ours = lpips.load(version, backbone=trunk, lin_weights=wheel_weights(version))
-  return Pair(reference, ours, trunk, version)
+  return Pair(reference_on(trunk, version=version), ours, trunk, version)
+
+
+@pytest.fixture(name='baseline', scope='module')
+def baseline_fixture(trunk):
+  """The reference's baseline, LPIPS(lpips=False), and ours, lpips=False: no lin weights."""
+  return Pair(reference_on(trunk, lpips=False), lpips.load(backbone=trunk, lpips=False), trunk,
+              '0.1')
 
 
 @pytest.fixture(name='metric', scope='module')
@@ -84,11 +100,6 @@ def image_pair(shape, seed):
   return x0, x1
 
 
-def nchw(x, dtype=None):
-  out = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-  return out if dtype is None else out.to(dtype)
-
-
 def test_shipped_linear_weights_equal_the_reference_modules(pair):
   reference, ours = pair.reference, pair.ours
   for k, weights in enumerate(ours.lin):
@@ -102,10 +113,11 @@ def test_distances_and_maps_equal_the_reference(pair, shape):
   reference, ours = pair.reference, pair.ours
   x0, x1 = image_pair(shape, seed=sum(shape))
   with torch.no_grad():
-    expected, layers = reference(nchw(x0), nchw(x1), retPerLayer=True)
+    expected, layers = reference(torch_reference.nchw(x0), torch_reference.nchw(x1),
+                                 retPerLayer=True)
     reference.spatial = True
     try:
-      maps = reference(nchw(x0), nchw(x1))[:, 0].numpy()
+      maps = reference(torch_reference.nchw(x0), torch_reference.nchw(x1))[:, 0].numpy()
     finally:
       reference.spatial = False
   got = ours(x0, x1)
@@ -123,28 +135,13 @@ def test_distances_and_maps_equal_the_reference(pair, shape):
   np.testing.assert_allclose(ours((x0 + 1) / 2, (x1 + 1) / 2, normalize=True), got, rtol=1e-6)
 
 
-def reference_gradients(reference, x0, x1, dtype):
-  """d(sum of LPIPS)/d(x0, x1) by the reference, NHWC, computed in dtype."""
-  net = copy.deepcopy(reference).to(dtype)
-  a, b = (nchw(x, dtype).requires_grad_() for x in (x0, x1))
-  net(a, b).sum().backward()
-  return [v.grad.numpy().transpose(0, 2, 3, 1) for v in (a, b)]
-
-
-def assert_gradients_close(got, expected, rtol):
-  for name, g, e in zip(('x0', 'x1'), got, expected):
-    scale = np.abs(e).max()
-    assert scale > 0, name
-    np.testing.assert_allclose(np.asarray(g), e, rtol=0, atol=rtol * scale, err_msg=name)
-
-
 @pytest.mark.parametrize('shape', SHAPES)
 def test_gradients_equal_the_reference_in_float64(pair, shape):
   """The same function, differentiated: float64 on both sides leaves no ReLU or pool to
   rounding (in float32 about one activation in 10^6 lies within rounding of 0, and there
   either side of the kink is a correct gradient; test_gradients_in_float32 avoids them)."""
   x0, x1 = image_pair(shape, seed=sum(shape))
-  expected = reference_gradients(pair.reference, x0, x1, torch.float64)
+  expected = torch_reference.reference_gradients(pair.reference, x0, x1, torch.float64)
   with jax.enable_x64(True):
     ours = lpips.load(pair.version, backbone=pair.trunk, lin_weights=wheel_weights(pair.version),
                       dtype='float64')
@@ -152,7 +149,31 @@ def test_gradients_equal_the_reference_in_float64(pair, shape):
         x0.astype(np.float64), x1.astype(np.float64))
     assert got[0].dtype == jnp.float64
     # The float32 trunk folded into float64: ~1e-7 apart (measured).
-    assert_gradients_close(got, expected, rtol=1e-4)
+    torch_reference.assert_gradients_close(got, expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+def test_baseline_equals_the_reference(baseline, shape):
+  """lpips=False: the squared differences summed over channels (no lin weights), averaged
+  over positions, summed over layers, as the reference's LPIPS(lpips=False); its gradients
+  in float64 too."""
+  reference, ours = baseline.reference, baseline.ours
+  assert not hasattr(reference, 'lins') and all((np.asarray(w) == 1).all() for w in ours.lin)
+  x0, x1 = image_pair(shape, seed=sum(shape) + 1)
+  with torch.no_grad():
+    expected, layers = reference(torch_reference.nchw(x0), torch_reference.nchw(x1),
+                                 retPerLayer=True)
+  np.testing.assert_allclose(ours(x0, x1), expected.numpy().reshape(-1), rtol=1e-5, atol=0)
+  np.testing.assert_allclose(ours.layer_distances(x0, x1)['relu5_3'],
+                             layers[-1].numpy().reshape(-1), rtol=1e-5)
+  expected_grads = torch_reference.reference_gradients(reference, x0, x1, torch.float64)
+  with jax.enable_x64(True):
+    ours64 = lpips.load(backbone=baseline.trunk, dtype='float64', lpips=False)
+    got = jax.grad(lambda a, b: ours64(a, b).sum(), argnums=(0, 1))(
+        x0.astype(np.float64), x1.astype(np.float64))
+    torch_reference.assert_gradients_close(got, expected_grads, rtol=1e-4)
+  with pytest.raises(ValueError, match=r"lin_weights='x.pth' with lpips=False: the baseline"):
+    lpips.load(backbone=baseline.trunk, lin_weights='x.pth', lpips=False)
 
 
 def kink_margin(reference, x0, x1) -> float:
@@ -177,7 +198,7 @@ def kink_margin(reference, x0, x1) -> float:
   for module in net.modules():
     if isinstance(module, (torch.nn.ReLU, torch.nn.MaxPool2d)):
       module.register_forward_pre_hook(relu if isinstance(module, torch.nn.ReLU) else pool)
-  x = torch.cat([nchw(x0, torch.float64), nchw(x1, torch.float64)])
+  x = torch.cat([torch_reference.nchw(x0, torch.float64), torch_reference.nchw(x1, torch.float64)])
   with torch.no_grad():
     net(reference.scaling_layer.double()(x) if reference.version == '0.1' else x)
   return min(found)
@@ -193,9 +214,9 @@ def test_gradients_in_float32(pair):
   seed = {'0.1': 28, '0.0': 56}[pair.version]
   assert kink_margin(pair.reference, *image_pair(shape, seed)) >= 5e-6
   x0, x1 = image_pair(shape, seed)
-  expected = reference_gradients(pair.reference, x0, x1, torch.float32)
+  expected = torch_reference.reference_gradients(pair.reference, x0, x1, torch.float32)
   got = jax.jit(jax.grad(lambda m, a, b: m(a, b).sum(), argnums=(1, 2)))(pair.ours, x0, x1)
-  assert_gradients_close(got, expected, rtol=1e-4)
+  torch_reference.assert_gradients_close(got, expected, rtol=1e-4)
 
 
 @pytest.mark.slow  # Compiles VGG-16 in bfloat16, forward and backward.
@@ -261,8 +282,8 @@ def test_bad_weights_get_clear_errors(trunk, metric, tmp_path):
   model, _, _ = pretrained.load(trunk)
   keras_mean = pretrained.mean_rgb_of(named_weights.KERAS_CAFFE)
   with pytest.raises(ValueError, match=r"takes RGB minus \[123.68, 116.779, 103.939\]; LPIPS's"):
-    lpips.check_trunk(model, keras_mean, 'vgg16_keras')
-  lpips.check_trunk(model, pretrained.mean_rgb_of(named_weights.TORCH_IMAGENET), 'ok')
+    perceptual.check_trunk(model, keras_mean, 'vgg16_keras', 'LPIPS')
+  perceptual.check_trunk(model, pretrained.mean_rgb_of(named_weights.TORCH_IMAGENET), 'ok')
   assert 'fc6' not in metric.variables['params'] and len(metric.variables['params']) == 13
 
 
@@ -310,67 +331,49 @@ def test_linear_weights_by_name_are_fetched_verified_and_cached(tmp_path, monkey
   assert not os.path.exists(tmp_path / 'cache' / 'lpips' / old.file_name)
 
 
-def write_png(path, pixels):
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  Image.fromarray(pixels).save(path)
-
-
-def image_folders(tmp_path):
-  """dir0 and dir1: three pairs of two sizes, a file in dir0 only, one of a text file."""
-  rng = np.random.default_rng(7)
-  dirs = [tmp_path / 'dir0', tmp_path / 'dir1']
-  for d in dirs:
-    d.mkdir()
-  for name, (h, w) in (('a.png', (32, 40)), ('b.png', (24, 24)), ('c.png', (32, 40))):
-    first = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-    write_png(dirs[0] / name, first)
-    write_png(dirs[1] / name, np.clip(first + rng.integers(-40, 40, first.shape), 0, 255)
-              .astype(np.uint8))
-  write_png(dirs[0] / 'only_here.png', rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))
-  (dirs[1] / 'notes.txt').write_text('not an image')
-  return [str(d) for d in dirs]
-
-
 def test_folders_are_compared_by_name_in_batches(metric, tmp_path, caplog):
-  dir0, dir1 = image_folders(tmp_path)
+  dir0, dir1 = data_helpers.image_pair_folders(tmp_path)
   caplog.set_level('INFO')
-  got = lpips.compare_dirs(metric, dir0, dir1, batch_size=2)
+  got = perceptual.compare_dirs(metric, dir0, dir1, lpips.INPUTS, batch_size=2)
   assert list(got) == ['a.png', 'b.png', 'c.png']
   assert '1 image(s) only in' in caplog.text and 'only_here.png' in caplog.text
   assert 'LPIPS: 3/3 pairs read, 3 compared' in caplog.text
   # a and c (32x40) made one batch; b (24x24) was padded to two with itself.
-  read = {n: [lpips.read_image(os.path.join(d, n)) for d in (dir0, dir1)] for n in got}
+  read = {n: [perceptual.read_image(os.path.join(d, n), -1.0) for d in (dir0, dir1)]
+          for n in got}
   assert read['a.png'][0].shape == (32, 40, 3) and read['a.png'][0].min() >= -1
   pair_ac = metric(*(np.stack([read['a.png'][i], read['c.png'][i]]) for i in (0, 1)))
   pair_bb = metric(*(np.stack([read['b.png'][i]] * 2) for i in (0, 1)))
   np.testing.assert_allclose([got['a.png'], got['c.png'], got['b.png']],
                              [*np.asarray(pair_ac), float(pair_bb[0])], rtol=1e-6)
-  lpips.write_csv(str(tmp_path / 'out.csv'), got)
+  perceptual.write_csv(str(tmp_path / 'out.csv'), got, 'lpips')
   rows = (tmp_path / 'out.csv').read_text().splitlines()
   assert rows[0] == 'image,lpips' and [r.split(',')[0] for r in rows[1:]] == list(got)
   np.testing.assert_allclose([float(r.split(',')[1]) for r in rows[1:]], list(got.values()),
                              rtol=1e-6)
-  write_png(os.path.join(dir1, 'b.png'), np.zeros((24, 30, 3), np.uint8))
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  Image.fromarray(np.zeros((24, 30, 3), np.uint8)).save(os.path.join(dir1, 'b.png'))
   with pytest.raises(ValueError, match=r'dir0/b.png is 24x24 but .*dir1/b.png is 30x24'):
-    lpips.compare_dirs(metric, dir0, dir1)
+    perceptual.compare_dirs(metric, dir0, dir1, lpips.INPUTS)
   with pytest.raises(ValueError, match='have no image file names in common'):
-    lpips.compare_dirs(metric, dir0, str(tmp_path))
+    perceptual.compare_dirs(metric, dir0, str(tmp_path), lpips.INPUTS)
 
 
 @pytest.mark.slow
 def test_command_line(trunk, metric, tmp_path):
   """python -m vgg_jax.lpips: two files print the distance; two folders write the CSV."""
-  dir0, dir1 = image_folders(tmp_path)
+  dir0, dir1 = data_helpers.image_pair_folders(tmp_path)
   flags = [f'--backbone={trunk}', f'--lin_weights={wheel_weights("0.1")}']
+  env = dict(os.environ, PYTHONPATH=ROOT)  # This checkout's vgg_jax, not an installed one.
 
   def run(*args):
     return subprocess.run([sys.executable, '-m', 'vgg_jax.lpips', *args, *flags],
-                          capture_output=True, text=True, check=False, cwd=tmp_path)
+                          capture_output=True, text=True, check=False, cwd=tmp_path, env=env)
 
   files = run(os.path.join(dir0, 'a.png'), os.path.join(dir1, 'a.png'))
   assert files.returncode == 0, files.stderr[-3000:]
-  expected = lpips.compare_files(metric, os.path.join(dir0, 'a.png'),
-                                 os.path.join(dir1, 'a.png'))
+  expected = perceptual.compare_files(metric, os.path.join(dir0, 'a.png'),
+                                      os.path.join(dir1, 'a.png'), lpips.INPUTS)
   assert float(files.stdout.strip()) == pytest.approx(expected, rel=1e-5)
   folders = run(f'--dir0={dir0}', f'--dir1={dir1}', '--csv=d.csv')
   assert folders.returncode == 0, folders.stderr[-3000:]

@@ -305,6 +305,25 @@ def test_frozen_norms_use_their_running_statistics_in_training():
     models.VGG(variant='A', batch_norm=True, frozen_norms=('bn9_9',))
 
 
+def test_features_run_on_from_a_layer_as_from_the_image():
+  """features(after=L) on L's activations gives what features gives from the image (DISTS
+  replaces each pool this way); its size check counts only the pools after L."""
+  model = models.VGG(variant='D', **TINY)
+  variables = models.init_variables(model, jax.random.key(0))
+  x = jax.random.normal(jax.random.key(1), (2, 32, 48, 3)) * 50
+  names = ('relu2_2', 'relu3_3')
+  pooled = model.apply(variables, x, 'pool1', method=models.VGG.features)['pool1']
+  middle = model.apply(variables, pooled, names, 'pool1', method=models.VGG.features)
+  whole = model.apply(variables, x, names, method=models.VGG.features)
+  for name in names:
+    np.testing.assert_array_equal(middle[name], whole[name], err_msg=name)
+  assert model.check_capture((1, 2, 2, 64), 'relu3_3', after='pool1') == ('relu3_3',)
+  with pytest.raises(ValueError, match=r'relu3_3 needs images of at least 2x2, got 1x2'):
+    model.check_capture((1, 1, 2, 64), 'relu3_3', after='pool1')
+  with pytest.raises(ValueError, match=r"\['relu1_2'\] lie before pool1, where the pass starts"):
+    model.apply(variables, pooled, ('relu1_2', 'relu2_2'), 'pool1', method=models.VGG.features)
+
+
 def test_call_takes_images_and_train_only():
   """One entry per use: dense scores, features and running on from a layer are methods."""
   model = models.VGG(variant='A', **TINY)

@@ -71,7 +71,7 @@ def test_every_package_says_its_job():
 
 def test_import_vgg_jax_imports_neither_tensorflow_nor_jax_until_used():
   code = ('import sys, vgg_jax; assert "tensorflow" not in sys.modules and "jax" not in '
-          'sys.modules; vgg_jax.VGG, vgg_jax.load, vgg_jax.extract, vgg_jax.lpips; '
+          'sys.modules; vgg_jax.VGG, vgg_jax.load, vgg_jax.extract, vgg_jax.lpips, vgg_jax.dists; '
           'assert "tensorflow" not in sys.modules; print("ok")')
   result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                           cwd=ROOT, timeout=120, check=False)

@@ -6,17 +6,19 @@ until a name is used):
   vgg_jax.load(name_or_path)   (model, variables, mean_rgb) of named weights, a file or a run
   vgg_jax.extract(...)         named activations (vgg_jax.features)
   vgg_jax.lpips.load()         the LPIPS metric
+  vgg_jax.dists.load()         the DISTS metric
 The folders: models/ (the net), data/ (the input pipeline), training/ (the loop),
 evaluation/ (the paper's protocols, prediction, reports), pretrained/ (named weights and
-foreign files); checkpointing, sharding, features and lpips are shared by several.
+foreign files); checkpointing, sharding, features and the perceptual metrics (lpips,
+dists and what they share, perceptual) serve several.
 """
 
 import importlib
 
 _EXPORTS = {'VGG': ('vgg_jax.models', 'VGG'), 'load': ('vgg_jax.pretrained', 'load'),
             'extract': ('vgg_jax.features', 'extract')}
-_MODULES = ('models', 'pretrained', 'features', 'lpips', 'data', 'training', 'evaluation',
-            'checkpointing', 'sharding')
+_MODULES = ('models', 'pretrained', 'features', 'lpips', 'dists', 'perceptual', 'data',
+            'training', 'evaluation', 'checkpointing', 'sharding')
 __all__ = list(_EXPORTS) + list(_MODULES)
 
 

@@ -145,8 +145,8 @@ def _inside(valid_sizes, height: int, width: int):
   return (rows[:, :, None] & cols[:, None, :])[..., None]
 
 
-def _check_nhwc(shape):
-  if len(shape) != 4 or shape[-1] != 3:
+def _check_nhwc(shape, rgb: bool = True):
+  if len(shape) != 4 or (rgb and shape[-1] != 3):
     raise ValueError(f'images must be [B, H, W, 3] (NHWC), got shape {tuple(shape)}.')
 
 
@@ -221,13 +221,16 @@ class VGG(nn.Module):
                        f'{"_bn" if self.batch_norm else ""}; its layers are: {", ".join(valid)}.')
     return names
 
-  def check_capture(self, images_shape, capture) -> tuple[str, ...]:
-    """The requested feature names, checked against this variant and the image size."""
+  def check_capture(self, images_shape, capture, after: str | None = None) -> tuple[str, ...]:
+    """The requested feature names, checked against this variant, the size and `after`."""
     capture = self.check_names(capture)
-    _check_nhwc(images_shape)
+    first = 0 if after is None else self._deepest(self.check_names(after)) + 1
+    _check_nhwc(images_shape, rgb=after is None)  # Activations have any number of channels.
+    if earlier := [name for name in capture if self._deepest((name,)) < first]:
+      raise ValueError(f'Layer(s) {earlier} lie before {after}, where the pass starts.')
     smallest, deepest = min(images_shape[1:3]), self._deepest(capture)
     # Each pool up to the deepest layer halves the map: it must keep a pixel.
-    least = 2**sum(layer.kind == 'pool' for layer in self.layer_table[:deepest + 1])
+    least = 2**sum(layer.kind == 'pool' for layer in self.layer_table[first:deepest + 1])
     if smallest < least:
       raise ValueError(f'Layer {self.layer_table[deepest].name} needs images of at least '
                        f'{least}x{least}, got {images_shape[1]}x{images_shape[2]}.')
@@ -285,16 +288,18 @@ class VGG(nn.Module):
     total = jnp.sum(jnp.where(inside, x.astype(jnp.float32), 0.0), axis=(1, 2))
     return total / jnp.prod(valid, axis=1, keepdims=True).astype(jnp.float32)
 
-  def features(self, images, names) -> dict[str, Any]:
+  def features(self, images, names, after: str | None = None) -> dict[str, Any]:
     """{name: activation [B, h, w, C]} of feature_names `names` (one or several).
 
     Runs only as far as the deepest of them, each layer unfused; FC layers run as
     convolutions (fc6 as a window x window conv), on images the pools up to the deepest
     layer leave a pixel of (16 for relu5_3, 32 for pool5; at least image_size when an FC
-    layer is asked for).
+    layer is asked for). after: images are that layer's activations (or what stands in
+    for them: DISTS's L2 pooling for pool1), and the pass runs on from the next layer.
     """
-    wanted = self.check_capture(images.shape, names)
-    groups = self.groups(self._deepest(wanted), fuse=False)
+    wanted = self.check_capture(images.shape, names, after)
+    first = 0 if after is None else self._deepest((after,)) + 1
+    groups = self.groups(self._deepest(wanted), fuse=False, first=first)
     return self._forward(images, False, True, groups, wanted=wanted)
 
   def run_from(self, activations, layer: str, dense: bool = False):

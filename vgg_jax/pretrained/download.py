@@ -31,7 +31,7 @@ STALL_SECONDS, STALL_BYTES = 30.0, 4096  # Fewer bytes than this in that long: s
 ROUNDED_SLACK = 1 << 20  # Over a publisher's rounded size, what a download may reach.
 CHUNK_BYTES = 1 << 20
 # What fetch reads of an entry: url, file_name, hash_kind, hash, size_bytes.
-Entry = named_weights.Weights | named_weights.LinearWeights
+Entry = named_weights.Weights | named_weights.MetricWeights
 
 
 class DownloadError(untrusted.WeightsFileError):
@@ -70,9 +70,9 @@ def check_hash(entry: Entry, path: str, origin: str, pinned: str | None = None) 
 
 
 def manual_hint(entry: Entry) -> str:
-  if isinstance(entry, named_weights.LinearWeights):
-    return (f'Or download {entry.url} yourself (or take lpips/weights/v{entry.version}/vgg.pth '
-            f'from the lpips wheel) and pass its path as lin_weights (--lin_weights).')
+  if isinstance(entry, named_weights.MetricWeights):
+    return (f'Or download {entry.url} yourself (or take {entry.wheel_file} from the '
+            f'{entry.package} wheel) and pass its path as {entry.argument} (--{entry.argument}).')
   return (f'Or download {entry.url} yourself and run: python -m vgg_jax.pretrained '
           f'--source={entry.layout} --weights={entry.file_name} --variant={entry.variant}'
           f'{"" if entry.include_top else " --notop"} --out=DIR, then load DIR.')
@@ -107,7 +107,7 @@ def fetch(entry: Entry, directory: str, timeout: float = TIMEOUT_SECONDS,
 def cached_bytes(entry: Entry, directory: str) -> bytes:
   """The bytes of entry's file kept in directory (fetched once), verified at every use.
 
-  For small files that are kept rather than converted (LPIPS's linear weights): the
+  For small files that are kept rather than converted (a metric's learned weights): the
   bytes hashed are the bytes returned for parsing. A cached file with the wrong bytes is
   deleted and fetched again.
   """

@@ -127,35 +127,55 @@ WEIGHTS = {w.name: w for w in (
 )}
 
 
-# LPIPS's learned linear weights for VGG-16 (Zhang et al. 2018), as the `lpips` package ships
-# them (lpips/weights/v<version>/vgg.pth); the sha256 of each equals the wheel's RECORD.
-LPIPS_REPOSITORY = 'https://raw.githubusercontent.com/richzhang/PerceptualSimilarity/master/'
-
-
 @dataclasses.dataclass(frozen=True)
-class LinearWeights:
-  """One LPIPS linear-weights file: five non-negative 1x1 convs, one per VGG-16 layer."""
+class MetricWeights:
+  """A perceptual metric's learned weights: one small file that its reference package's
+  wheel ships, fetched from the publisher's repository and kept in the cache as it is."""
   name: str
-  version: str  # LPIPS's '0.1' (the default) or '0.0'.
   size_bytes: int
-  hash: str  # The whole sha256.
+  hash: str  # The whole sha256, as the wheel's RECORD gives it.
+  package: str  # The reference's wheel: 'lpips', 'DISTS_pytorch'.
+  wheel_file: str  # Where that wheel (and the publisher's repository) holds the file.
+  repository: str  # The base URL of the publisher's repository's raw files.
+  argument: str  # The metric's load() argument (and flag) that takes a path instead.
+  licence: str
   hash_kind: str = 'sha256'
-  licence: str = 'BSD-2-Clause (lpips)'
 
   @property
   def url(self) -> str:
-    return f'{LPIPS_REPOSITORY}lpips/weights/v{self.version}/vgg.pth'
+    return f'{self.repository}{self.wheel_file}'
 
   @property
-  def file_name(self) -> str:  # Both versions' files are called vgg.pth: ours are apart.
-    return f'{self.name}.pth'
+  def file_name(self) -> str:  # LPIPS's versions are both vgg.pth in the wheel: ours are apart.
+    return self.name + os.path.splitext(self.wheel_file)[1]
+
+
+def lpips_weights(name: str, version: str, size_bytes: int, sha256: str) -> MetricWeights:
+  """LPIPS's linear weights for VGG-16 (Zhang et al. 2018) of `version`: five non-negative
+  1x1 convs, one per layer, as the `lpips` wheel ships them."""
+  return MetricWeights(
+      name, size_bytes, sha256, 'lpips', f'lpips/weights/v{version}/vgg.pth',
+      'https://raw.githubusercontent.com/richzhang/PerceptualSimilarity/master/', 'lin_weights',
+      'BSD-2-Clause (lpips)')
 
 
 LPIPS_WEIGHTS = {w.name: w for w in (
-    LinearWeights('lpips_vgg_v0.1', '0.1', 7289,
+    lpips_weights('lpips_vgg_v0.1', '0.1', 7289,
                   'a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868'),
-    LinearWeights('lpips_vgg_v0.0', '0.0', 6735,
+    lpips_weights('lpips_vgg_v0.0', '0.0', 6735,
                   'b9e4236260c3dd988fc79d2a48d645d885afcbb21f9fd595e6744cf7419b582c'),
+)}
+
+# DISTS's alpha and beta (Ding et al., TPAMI 2020), [1, 1475, 1, 1] each over VGG-16's six
+# feature sets, as the DISTS_pytorch 0.1 wheel ships them: twice, as DISTS_pytorch/weights.pt
+# and, through its setup.py's data_files, as <sys.prefix>/weights.pt (the copy the reference
+# reads). The URL is the publisher's repository copy, from which the wheel was built.
+DISTS_WEIGHTS = {w.name: w for w in (
+    MetricWeights('dists_vgg16', 12288,
+                  'f5e65c96230b7f6ca995691647d482237e4cab8a50c5c4a5784f219ef0748218',
+                  'DISTS_pytorch', 'DISTS_pytorch/weights.pt',
+                  'https://raw.githubusercontent.com/dingkeyan93/DISTS/master/', 'weights',
+                  'MIT (DISTS_pytorch)'),
 )}
 
 
