@@ -18,9 +18,8 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
+from vgg_jax import cli
 from vgg_jax.training import host_memory
-
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # Before TensorFlow is imported.
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _CONFIG = config_flags.DEFINE_config_file(
@@ -124,6 +123,7 @@ def main(argv):
   if host_memory.REUSE_HOST_MEMORY.value and host_memory.reuse_freed_memory():
     logging.info('Reusing freed host memory (--noreuse_host_memory turns this off).')
   # Imported only now: host memory must be set up before JAX and TensorFlow start threads.
+  cli.import_tensorflow()  # First, without its start-up notices.
   import jax  # pylint: disable=g-import-not-at-top
   from vgg_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from vgg_jax.data import imagenet_classes  # pylint: disable=g-import-not-at-top
@@ -131,10 +131,8 @@ def main(argv):
   from vgg_jax.evaluation import protocols  # pylint: disable=g-import-not-at-top
   from vgg_jax.models import table2  # pylint: disable=g-import-not-at-top
   from vgg_jax import pretrained  # pylint: disable=g-import-not-at-top
-  from vgg_jax.training import monitoring  # pylint: disable=g-import-not-at-top
   from vgg_jax.training import train  # pylint: disable=g-import-not-at-top
   checkpointing.quiet_orbax_logs()
-  monitoring.quiet_jax_backend_logs()
   if _MODE.value == 'table':
     table2.print_table2()
     return
@@ -176,4 +174,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -23,11 +23,11 @@ import statistics
 import sys
 import time
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
 
+from vgg_jax import cli
 from vgg_jax import models
 from vgg_jax.models import layers
 from vgg_jax import sharding
@@ -263,4 +263,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

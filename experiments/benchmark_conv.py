@@ -17,12 +17,12 @@ import json
 import statistics
 import time
 
-from absl import app
 from absl import flags
 import jax
 import numpy as np
 
 from experiments import benchmark
+from vgg_jax import cli
 from vgg_jax.models import cpu_ops
 from vgg_jax.training import host_memory
 
@@ -105,4 +105,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

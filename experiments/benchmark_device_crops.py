@@ -10,11 +10,11 @@ The windows are 500x375 photos' at S = 256 (336x336 of real pixels, zero-padded 
 import json
 import time
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
 
+from vgg_jax import cli
 from vgg_jax.data import device_crops
 
 
@@ -62,4 +62,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

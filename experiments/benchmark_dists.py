@@ -16,13 +16,13 @@ images, as a loss); each runs once to warm up (jit compilation, reported apart).
 import os
 import tempfile
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from experiments import benchmark_lpips as bench
+from vgg_jax import cli
 from vgg_jax import dists
 from vgg_jax import models
 from vgg_jax import perceptual
@@ -93,4 +93,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -20,11 +20,11 @@ the compilations, the distinct shapes, the wall time and images/s. No TensorFlow
 import json
 import time
 
-from absl import app
 from absl import flags
 import jax
 import numpy as np
 
+from vgg_jax import cli
 from vgg_jax.evaluation import views
 from vgg_jax import models
 from vgg_jax.models import layers
@@ -107,4 +107,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

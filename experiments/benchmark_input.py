@@ -15,7 +15,6 @@ import os
 import tempfile
 import time
 
-from absl import app
 from absl import flags
 import jax
 import numpy as np
@@ -23,6 +22,7 @@ from PIL import Image
 
 from experiments import benchmark_device_crops
 from experiments.configs import base
+from vgg_jax import cli
 from vgg_jax.data import iterators
 from vgg_jax.data import statistics
 
@@ -85,4 +85,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -17,12 +17,12 @@ import os
 import tempfile
 import time
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vgg_jax import cli
 from vgg_jax import lpips
 from vgg_jax import models
 
@@ -114,4 +114,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

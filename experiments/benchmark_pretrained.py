@@ -16,10 +16,10 @@ import tempfile
 import threading
 import time
 
-from absl import app
 from absl import flags
 import numpy as np
 
+from vgg_jax import cli
 from vgg_jax import models
 from vgg_jax import pretrained
 from vgg_jax.pretrained import download
@@ -101,4 +101,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

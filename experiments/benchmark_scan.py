@@ -11,10 +11,10 @@ import os
 import tempfile
 import time
 
-from absl import app
 from absl import flags
 
 from experiments import benchmark_input
+from vgg_jax import cli
 from vgg_jax.data import scan
 from vgg_jax.data import sources
 
@@ -41,4 +41,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -10,10 +10,10 @@ and writes DIR/curves.png (or PATH).
 import json
 import os
 
-from absl import app
 from absl import flags
 import numpy as np
 
+from vgg_jax import cli
 from vgg_jax.training import monitoring
 
 # Series shown in percent.
@@ -137,4 +137,4 @@ if __name__ == '__main__':
   flags.DEFINE_string('workdir', None, 'The run directory (holds metrics.jsonl).',
                       required=True)
   flags.DEFINE_string('out', None, 'Output PNG; default WORKDIR/curves.png.')
-  app.run(main)
+  cli.run(main)

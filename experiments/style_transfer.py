@@ -38,6 +38,7 @@ from PIL import Image
 from PIL import ImageOps
 
 from vgg_jax import checkpointing
+from vgg_jax import cli
 from vgg_jax import features
 from vgg_jax import models
 from vgg_jax import pretrained
@@ -290,7 +291,6 @@ def stylize(weights: str, content_path: str, style_path: str, out: str,
 
 def main(argv):
   checkpointing.quiet_orbax_logs()
-  monitoring.quiet_jax_backend_logs()
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not (_WEIGHTS.value and _CONTENT.value and _STYLE.value and _OUT.value):
@@ -312,4 +312,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -19,6 +19,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from vgg_jax import errors
+
 CHECKPOINT_SUBDIR = 'checkpoints'
 BEST_METRIC = 'eval/top1_error'
 
@@ -105,8 +107,9 @@ def check_compatible(workdir: str, stored_meta: dict[str, Any], model_config,
   diffs = [f'{k}: checkpoint {stored[k]!r} vs config {wanted[k]!r}'
            for k in stored if stored[k] != wanted[k]]
   if diffs:
-    raise ValueError(f'{workdir} holds checkpoints of another model ({"; ".join(diffs)}). '
-                     'Use another --workdir, or match the config to the checkpoint.')
+    raise errors.InvalidInput(
+        f'{workdir} holds checkpoints of another model ({"; ".join(diffs)}). '
+        'Use another --workdir, or match the config to the checkpoint.')
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, meta: dict[str, Any],
@@ -180,10 +183,10 @@ def _reading(workdir: str):
   """(checkpoint directory, a read-only manager holding at least one finished step)."""
   directory = checkpoint_dir(workdir)
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f'No checkpoints in {workdir}: {directory} does not exist.')
+    raise errors.NotFound(f'No checkpoints in {workdir}: {directory} does not exist.')
   with create_manager(workdir, read_only=True) as manager:
     if manager.latest_step() is None:
-      raise FileNotFoundError(f'No finished checkpoint in {directory}.')
+      raise errors.NotFound(f'No finished checkpoint in {directory}.')
     yield directory, manager
 
 
@@ -228,7 +231,8 @@ def resolve_step(workdir: str, which) -> int:
       return manager.latest_step()
     step = int(which)
     if step not in steps:
-      raise ValueError(f'No checkpoint at step {step} in {workdir}; it has {sorted(steps)}.')
+      raise errors.InvalidInput(
+          f'No checkpoint at step {step} in {workdir}; it has {sorted(steps)}.')
     return step
 
 
@@ -237,17 +241,21 @@ def copy_layers(params, source_params, layers, source_name: str = 'source'):
   params = dict(params)
   for layer in layers:
     if layer not in source_params:
-      raise ValueError(f'Warm start: layer {layer!r} is not in {source_name} '
-                       f'(it has {sorted(source_params)}).')
+      raise errors.InvalidInput(
+          f'Warm start: layer {layer!r} is not in {source_name} '
+          f'(it has {sorted(source_params)}).')
     if layer not in params:
-      raise ValueError(f'Warm start: layer {layer!r} is not in this model '
-                       f'(it has {sorted(params)}).')
+      raise errors.InvalidInput(
+          f'Warm start: layer {layer!r} is not in this model '
+          f'(it has {sorted(params)}).')
     ours, theirs = params[layer], source_params[layer]
     ours_shapes = jax.tree_util.tree_map(np.shape, ours)
     theirs_shapes = jax.tree_util.tree_map(np.shape, theirs)
     if ours_shapes != theirs_shapes:
-      raise ValueError(f'Warm start: layer {layer!r} has shapes {theirs_shapes} in '
-                       f'{source_name} but {ours_shapes} in this model.')
+      raise errors.InvalidInput(
+          f'Warm start: layer {layer!r} has shapes {theirs_shapes} in {source_name} but '
+          f'{ours_shapes} in this model: match its --config.model fields, or leave it out of '
+          '--config.init_layers.')
     params[layer] = jax.tree_util.tree_map(
         lambda mine, src: np.asarray(src, dtype=mine.dtype), ours, theirs)
   return params

@@ -30,13 +30,13 @@ $VGG_JAX_CACHE/dists, sha256 checked) or a path to such a file. The trunk runs i
 
 from typing import Any
 
-from absl import app
 from absl import flags
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vgg_jax import cli
 from vgg_jax import models
 from vgg_jax import perceptual
 from vgg_jax.pretrained import named_weights
@@ -214,4 +214,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -32,13 +32,14 @@ checks of an image pair and the folder command are vgg_jax.perceptual's, shared 
 import functools
 from typing import Any
 
-from absl import app
 from absl import flags
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vgg_jax import cli
+from vgg_jax import errors
 from vgg_jax import models
 from vgg_jax import perceptual
 from vgg_jax.pretrained import named_weights
@@ -149,10 +150,11 @@ def load(version: str = '0.1', backbone: str = 'vgg16', lin_weights: str | None 
   layer's squared differences summed over channels.
   """
   if version not in VERSIONS:
-    raise ValueError(f'LPIPS version {version!r} is not one of {VERSIONS}.')
+    raise errors.InvalidInput(f'LPIPS version {version!r} is not one of {VERSIONS}.')
   if not lpips and lin_weights is not None:
-    raise ValueError(f'lin_weights={lin_weights!r} with lpips=False: the baseline has no lin '
-                     'weights (each layer is summed over channels).')
+    raise errors.InvalidInput(
+        f'lin_weights={lin_weights!r} with lpips=False: the baseline has no lin '
+        'weights (each layer is summed over channels).')
   trunk, variables = perceptual.load_trunk(backbone, dtype, 'LPIPS')
   lin = (linear_weights(lin_weights or f'lpips_vgg_v{version}') if lpips
          else tuple(np.ones(c, np.float32) for c in CHANNELS))
@@ -213,4 +215,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

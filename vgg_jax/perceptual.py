@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vgg_jax import data
+from vgg_jax import errors
 from vgg_jax import files
 from vgg_jax import models
 from vgg_jax import pretrained
@@ -56,10 +57,15 @@ def load_trunk(backbone: str, dtype: str, metric: str) -> tuple[models.VGG, dict
   float32 rounding would decide which side of a ReLU a value near 0 falls).
   """
   if dtype not in DTYPES:
-    raise ValueError(f"dtype={dtype!r}: {metric}'s trunk runs in one of {tuple(DTYPES)}.")
+    raise errors.InvalidInput(f"dtype={dtype!r}: {metric}'s trunk runs in one of {tuple(DTYPES)}.")
   if dtype == 'float64' and not jax.config.jax_enable_x64:
-    raise ValueError("dtype='float64' needs jax_enable_x64 (jax.enable_x64(True)).")
-  trunk, variables, mean_rgb = pretrained.load(backbone)
+    raise errors.InvalidInput("dtype='float64' needs jax_enable_x64 (jax.enable_x64(True)).")
+  try:
+    trunk, variables, mean_rgb = pretrained.load(backbone)
+  except download.DownloadError as error:
+    raise download.DownloadError(
+        f'{error} Or give {metric} a VGG-16 trunk you have: --backbone=PATH (in Python, '
+        'backbone=PATH), a torchvision vgg16 .pth or an import directory.') from None
   check_trunk(trunk, mean_rgb, backbone, metric)
   convs = {n: p for n, p in variables['params'].items() if n.startswith('conv')}
   return trunk.clone(dtype=DTYPES[dtype]), {'params': jax.device_put(convs)}
@@ -68,14 +74,16 @@ def load_trunk(backbone: str, dtype: str, metric: str) -> tuple[models.VGG, dict
 def check_trunk(trunk: models.VGG, mean_rgb, backbone: str, metric: str = 'LPIPS'):
   """The metric is defined on torchvision's VGG-16: variant D, no batch norm, its input."""
   if trunk.variant != 'D' or trunk.batch_norm:
-    raise ValueError(f"{backbone} is VGG-{trunk.variant}{'_bn' if trunk.batch_norm else ''}; "
-                     f"{metric}'s trunk is VGG-16 (variant D) without batch norm, e.g. 'vgg16'.")
+    raise errors.InvalidInput(
+        f"{backbone} is VGG-{trunk.variant}{'_bn' if trunk.batch_norm else ''}; "
+        f"{metric}'s trunk is VGG-16 (variant D) without batch norm, e.g. 'vgg16'.")
   torch_mean = pretrained.mean_rgb_of(named_weights.TORCH_IMAGENET)
   if not np.allclose(mean_rgb, torch_mean, atol=1e-3):
-    raise ValueError(f"{backbone} takes RGB minus {np.round(mean_rgb, 3).tolist()}; {metric}'s "
-                     f'input normalisation needs a trunk in torchvision\'s convention (minus '
-                     f'{np.round(torch_mean, 3).tolist()}, divided by 255 * std), e.g. '
-                     "'vgg16' or a torchvision vgg16 file.")
+    raise errors.InvalidInput(
+        f"{backbone} takes RGB minus {np.round(mean_rgb, 3).tolist()}; {metric}'s "
+        f'input normalisation needs a trunk in torchvision\'s convention (minus '
+        f'{np.round(torch_mean, 3).tolist()}, divided by 255 * std), e.g. '
+        "'vgg16' or a torchvision vgg16 file.")
 
 
 def weights_file(name_or_path: str, table: dict[str, Any],
@@ -101,24 +109,29 @@ def check_pair(x0, x1, inputs: Inputs):
   for name, x in (('x0', x0), ('x1', x1)):
     shape = tuple(np.shape(x))
     if len(shape) != 4 or shape[-1] != 3:
-      raise ValueError(f'{name} has shape {shape}; {metric} takes RGB batches [B, H, W, 3].')
+      raise errors.InvalidInput(
+          f'{name} has shape {shape}; {metric} takes RGB batches [B, H, W, 3].')
     if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
-      raise ValueError(f'{name} is {jnp.result_type(x)}; {metric} takes float images in '
-                       f'[{low:g}, 1] (uint8 u: u / {inputs.uint8_scale:g}'
-                       f'{f" - {-low:g}" if low else ""}).')
+      raise errors.InvalidInput(
+          f'{name} is {jnp.result_type(x)}; {metric} takes float images in '
+          f'[{low:g}, 1] (uint8 u: u / {inputs.uint8_scale:g}'
+          f'{f" - {-low:g}" if low else ""}).')
   if np.shape(x0) != np.shape(x1):
-    raise ValueError(f'x0 and x1 differ in shape, {tuple(np.shape(x0))} and '
-                     f'{tuple(np.shape(x1))}: {metric} compares images of one size.')
+    raise errors.InvalidInput(
+        f'x0 and x1 differ in shape, {tuple(np.shape(x0))} and '
+        f'{tuple(np.shape(x1))}: {metric} compares images of one size.')
   if min(np.shape(x0)[1:3]) < inputs.min_size:
-    raise ValueError(f'{metric} needs images of at least {inputs.min_size}x{inputs.min_size} '
-                     f'({inputs.why_min_size}), got {np.shape(x0)[1]}x{np.shape(x0)[2]}.')
+    raise errors.InvalidInput(
+        f'{metric} needs images of at least {inputs.min_size}x{inputs.min_size} '
+        f'({inputs.why_min_size}), got {np.shape(x0)[1]}x{np.shape(x0)[2]}.')
   for name, x in (('x0', x0), ('x1', x1)):
     if isinstance(x, jax.core.Tracer):
       continue
     least, most = float(jnp.min(x)), float(jnp.max(x))
     if not low <= least <= most <= 1.0:  # NaN fails too.
-      raise ValueError(f'{name} has values in [{least:.4g}, {most:.4g}]; {metric} takes images '
-                       f'in [{low:g}, 1]{inputs.hint}.')
+      raise errors.InvalidInput(
+          f'{name} has values in [{least:.4g}, {most:.4g}]; {metric} takes images '
+          f'in [{low:g}, 1]{inputs.hint}.')
 
 
 def read_image(path: str, low: float) -> np.ndarray:
@@ -130,7 +143,7 @@ def read_image(path: str, low: float) -> np.ndarray:
     with Image.open(path) as image:
       pixels = np.asarray(image.convert('RGB'), np.float32)
   except OSError as error:
-    raise ValueError(f'Could not read image {path}: {error}') from error
+    raise errors.InvalidInput(f'Could not read image {path}: {error}') from error
   return pixels / np.float32(255.0 / (1.0 - low)) + np.float32(low)
 
 
@@ -138,9 +151,10 @@ def read_pair(path0: str, path1: str, inputs: Inputs) -> tuple[np.ndarray, np.nd
   """Two image files of one size; different sizes raise, naming both files."""
   x0, x1 = read_image(path0, inputs.low), read_image(path1, inputs.low)
   if x0.shape != x1.shape:
-    raise ValueError(f'{path0} is {x0.shape[1]}x{x0.shape[0]} but {path1} is '
-                     f'{x1.shape[1]}x{x1.shape[0]}: {inputs.metric} compares images of one '
-                     'size.')
+    raise errors.InvalidInput(
+        f'{path0} is {x0.shape[1]}x{x0.shape[0]} but {path1} is '
+        f'{x1.shape[1]}x{x1.shape[0]}: {inputs.metric} compares images of one '
+        'size.')
   return x0, x1
 
 
@@ -155,7 +169,7 @@ def paired_names(dir0: str, dir1: str) -> list[str]:
   names = []
   for folder in (dir0, dir1):
     if not os.path.isdir(folder):
-      raise FileNotFoundError(f'No folder {folder}.')
+      raise errors.NotFound(f'No folder {folder}.')
     names.append({n for n in os.listdir(folder) if n.lower().endswith(data.IMAGE_EXTENSIONS)})
   both = sorted(names[0] & names[1])
   for folder, only in ((dir0, names[0] - names[1]), (dir1, names[1] - names[0])):
@@ -163,7 +177,7 @@ def paired_names(dir0: str, dir1: str) -> list[str]:
       logging.warning('%d image(s) only in %s, skipped: %s', len(only), folder,
                       ', '.join(sorted(only)[:5]) + (', ...' if len(only) > 5 else ''))
   if not both:
-    raise ValueError(f'{dir0} and {dir1} have no image file names in common.')
+    raise errors.InvalidInput(f'{dir0} and {dir1} have no image file names in common.')
   return both
 
 

@@ -8,6 +8,8 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
+from vgg_jax import errors
+
 
 def create_mesh(local: bool = False) -> Mesh:
   """A 1-D ('data',) mesh over all devices of all processes (local: this process's)."""
@@ -38,9 +40,10 @@ def local_rows(array: jax.Array) -> np.ndarray:
 def check_batch_size(global_batch_size: int, num_devices: int, accum_steps: int = 1,
                      name: str = 'global_batch_size'):
   if accum_steps < 1:
-    raise ValueError(f'grad_accum_steps must be >= 1, got {accum_steps}.')
+    raise errors.InvalidInput(f'grad_accum_steps must be >= 1, got {accum_steps}.')
   if global_batch_size % (num_devices * accum_steps):
-    raise ValueError(
+    raise errors.InvalidInput(
+        
         f'config.{name}={global_batch_size} is not divisible by the {num_devices} devices'
         + (f' x {accum_steps} accumulation steps' if accum_steps > 1 else '')
         + '; choose a multiple of ' + str(num_devices * accum_steps) + '.')

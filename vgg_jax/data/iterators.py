@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from vgg_jax import data
+from vgg_jax import errors
 from vgg_jax.data import preprocessing
 from vgg_jax.data import sources
 from vgg_jax.data import statistics
@@ -21,8 +22,9 @@ from vgg_jax.data import statistics
 def local_batch_size(global_batch_size: int, process_count: int) -> int:
   """Examples each process reads of every global batch."""
   if global_batch_size % process_count:
-    raise ValueError(f'global batch size {global_batch_size} is not divisible by the '
-                     f'process count {process_count}.')
+    raise errors.InvalidInput(
+        f'global batch size {global_batch_size} is not divisible by the '
+        f'process count {process_count}.')
   return global_batch_size // process_count
 
 
@@ -34,7 +36,7 @@ def _with_path_on_error(iterator, source: sources.Source):
     bad = sources.find_undecodable(source)
     if bad is None:
       raise
-    raise ValueError(f'Could not decode image {bad[0]}: {bad[1]}') from error
+    raise errors.InvalidInput(f'Could not decode image {bad[0]}: {bad[1]}') from error
 
 
 def _options():
@@ -119,8 +121,9 @@ def create_train_iterator(data_config, *, image_size: int, global_batch_size: in
   source = source or sources.load_train_source(data_config, shard.index, shard.count,
                                                cache_dir)
   if source.num_examples == 0:
-    raise ValueError(f'Training split {data_config.train_split!r} is empty for process '
-                     f'{process_index}.')
+    raise errors.InvalidInput(
+        f'Training split {data_config.train_split!r} is empty for process '
+        f'{process_index}.')
   augment_with = augmentation(data_config, image_size, cache_dir)
   if source.lookup is not None:
     ds = _global_order_stream(source, seed, start_step * global_batch_size, batch,

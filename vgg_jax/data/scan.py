@@ -17,6 +17,7 @@ from absl import logging
 from PIL import Image
 import tensorflow as tf
 
+from vgg_jax import errors
 from vgg_jax.data import preprocessing
 from vgg_jax import files
 
@@ -146,7 +147,8 @@ def bad_files_error(bad: list[tuple[str, str]], where: str) -> ValueError:
   lines = [f'  {path}: {why}' for path, why in bad[:MAX_LISTED]]
   if len(bad) > MAX_LISTED:
     lines.append(f'  ... and {len(bad) - MAX_LISTED} more')
-  return ValueError(
+  return errors.InvalidInput(
+      
       f'{len(bad)} image file(s) in {where} cannot be decoded:\n' + '\n'.join(lines) +
       '\nRemove or replace them, or rerun with --config.data.skip_corrupt=True to train '
       'on the rest (they are then left out with a warning).')

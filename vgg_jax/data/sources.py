@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from vgg_jax import data
+from vgg_jax import errors
 from vgg_jax.data import preprocessing
 from vgg_jax.data import scan
 
@@ -55,7 +56,7 @@ def load_digits_source(split: str, process_index: int = 0, process_count: int = 
   from sklearn import datasets as sk_datasets  # pylint: disable=g-import-not-at-top
   from sklearn import model_selection  # pylint: disable=g-import-not-at-top
   if split not in ('train', 'test'):
-    raise ValueError(f"digits has splits 'train' and 'test', not {split!r}.")
+    raise errors.InvalidInput(f"digits has splits 'train' and 'test', not {split!r}.")
   digits = sk_datasets.load_digits()
   indices = np.arange(len(digits.target))
   train_idx, test_idx = model_selection.train_test_split(
@@ -89,7 +90,7 @@ def load_fake_source(split: str, num_examples: int, image_shape: Sequence[int],
   height, width = image_shape
   salt = {'train': 0, 'validation': 1, 'test': 2}.get(split)
   if salt is None:
-    raise ValueError(f"fake data has splits 'train', 'validation', 'test', not {split!r}.")
+    raise errors.InvalidInput(f"fake data has splits 'train', 'validation', 'test', not {split!r}.")
   total = num_examples if split == 'train' else max(1, num_examples // 50)
   start, end = shard_bounds(total, process_index, process_count)
 
@@ -109,12 +110,14 @@ def list_image_folder(root: str, split: str) -> tuple[list[str], np.ndarray, lis
   split_dir = os.path.join(root, split)
   if not os.path.isdir(split_dir):
     existing = sorted(d for d in os.listdir(root)) if os.path.isdir(root) else []
-    raise ValueError(f'Split {split!r} not found: {split_dir} is not a directory '
-                     f'(found in {root}: {existing or "nothing"}).')
+    raise errors.InvalidInput(
+        f'Split {split!r} not found: {split_dir} is not a directory '
+        f'(found in {root}: {existing or "nothing"}).')
   class_names = sorted(d for d in os.listdir(split_dir)
                        if os.path.isdir(os.path.join(split_dir, d)))
   if not class_names:
-    raise ValueError(f'{split_dir} has no class folders: expected {split_dir}/<class>/*.jpg.')
+    raise errors.InvalidInput(
+        f'{split_dir} has no class folders: expected {split_dir}/<class>/*.jpg.')
   paths, labels, ignored = [], [], 0
   for label, name in enumerate(class_names):
     class_dir = os.path.join(split_dir, name)
@@ -122,8 +125,9 @@ def list_image_folder(root: str, split: str) -> tuple[list[str], np.ndarray, lis
     files = sorted(f for f in names if f.lower().endswith(IMAGE_EXTENSIONS))
     ignored += len(names) - len(files)
     if not files:
-      raise ValueError(f'Class folder {class_dir} holds no images '
-                       f'({", ".join(IMAGE_EXTENSIONS)}).')
+      raise errors.InvalidInput(
+          f'Class folder {class_dir} holds no images '
+          f'({", ".join(IMAGE_EXTENSIONS)}).')
     paths += [os.path.join(class_dir, f) for f in files]
     labels += [label] * len(files)
   if ignored:
@@ -134,11 +138,12 @@ def list_image_folder(root: str, split: str) -> tuple[list[str], np.ndarray, lis
 
 def load_folder_source(root: str, split: str, process_index: int = 0,
                        process_count: int = 1, cache_dir: str | None = None,
-                       skip_corrupt: bool = False) -> Source:
+                       skip_corrupt: bool = False, announce: bool = True) -> Source:
   """An image folder: root/<split>/<class>/*.jpg|png; class names sorted.
 
   Every file is decoded once first (scan.check_folder, cached in cache_dir): undecodable
   ones raise, or with skip_corrupt are left out. Every process sees the same list.
+  announce: log its classes and counts (False when a run reads a split a second time).
   """
   paths, labels, class_names = list_image_folder(root, split)
   checks = scan.check_folder(root, split, paths, cache_dir, skip_corrupt)
@@ -149,8 +154,9 @@ def load_folder_source(root: str, split: str, process_index: int = 0,
                      zip(class_names, np.bincount(labels, minlength=len(class_names))))
   dropped = len(checks) - len(keep)
   note = f' ({dropped} unreadable file{"s" * (dropped > 1)} left out)' if dropped else ''
-  logging.info('Folder %s: %d classes, %s%s', os.path.join(root, split), len(class_names),
-               counts, note)
+  if announce:
+    logging.info('Folder %s: %d classes, %s%s', os.path.join(root, split), len(class_names),
+                 counts, note)
   # Interleave so every process gets examples of every class.
   order = np.random.default_rng(0).permutation(len(paths))
   start, end = shard_bounds(len(paths), process_index, process_count)
@@ -187,19 +193,22 @@ def load_tfds_source(name: str, split: str, data_dir: str | None = None,
               if name.startswith('imagenet2012') else
               f'Prepare it with: tfds build {name} --data_dir={builder._data_dir_root}\n'  # pylint: disable=protected-access
               'or set config.data.download=True to let this run download it.\n')
-      raise FileNotFoundError(f'TFDS dataset {name!r} is not prepared in '
-                              f'{builder.data_dir}.\n{hint}')
+      raise errors.NotFound(
+          f'TFDS dataset {name!r} is not prepared in '
+          f'{builder.data_dir}.\n{hint}')
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=manual_dir))
   splits = builder.info.splits
   if split not in splits:
-    raise ValueError(f'TFDS dataset {name!r} has no split {split!r}; '
-                     f'it has {sorted(splits.keys())}.')
+    raise errors.InvalidInput(
+        f'TFDS dataset {name!r} has no split {split!r}; '
+        f'it has {sorted(splits.keys())}.')
   features = builder.info.features
   for key in ('image', 'label'):
     if key not in features:
-      raise ValueError(f'TFDS dataset {name!r} has no {key!r} feature '
-                       f'(features: {list(features)}); an image classification set is needed.')
+      raise errors.InvalidInput(
+          f'TFDS dataset {name!r} has no {key!r} feature '
+          f'(features: {list(features)}); an image classification set is needed.')
   total = splits[split].num_examples
   subsplit = tfds.even_splits(split, n=process_count)[process_index]
   num_examples = builder.info.splits[subsplit].num_examples
@@ -229,14 +238,16 @@ def load_train_source(data_config, process_index: int = 0, process_count: int = 
 
 
 def load_source(data_config, split: str, process_index: int = 0,
-                process_count: int = 1, cache_dir: str | None = None) -> Source:
-  """The Source named by config.data.source for `split`; cache_dir keeps folder checks."""
+                process_count: int = 1, cache_dir: str | None = None,
+                announce: bool = True) -> Source:
+  """The Source named by config.data.source for `split`; cache_dir keeps folder checks;
+  announce=False: a folder's classes and counts are not logged again."""
   kind = data_config.source
   if kind == 'digits':
     return load_digits_source(split, process_index, process_count)
   if kind == 'folder':
     return load_folder_source(data_config.folder, split, process_index, process_count,
-                              cache_dir, data_config.skip_corrupt)
+                              cache_dir, data_config.skip_corrupt, announce)
   if kind == 'fake':
     return load_fake_source(split, data_config.fake_num_examples,
                             data_config.fake_image_shape,
@@ -246,7 +257,7 @@ def load_source(data_config, split: str, process_index: int = 0,
     return load_tfds_source(data_config.name, split, data_config.data_dir,
                             data_config.manual_dir, data_config.download,
                             process_index, process_count)
-  raise ValueError(f'config.data.source={kind!r} is not one of {data.SOURCES}.')
+  raise errors.InvalidInput(f'config.data.source={kind!r} is not one of {data.SOURCES}.')
 
 
 def find_undecodable(source: Source):

@@ -7,6 +7,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from vgg_jax import errors
 from vgg_jax.data import preprocessing
 from vgg_jax.data import sources
 from vgg_jax.data import statistics_cache
@@ -36,7 +37,7 @@ def compute_rgb_statistics(source: sources.Source,
     total += pixels.sum(0)
     outer += pixels.T @ pixels
   if count == 0:
-    raise ValueError('Cannot compute RGB statistics: the training split is empty.')
+    raise errors.InvalidInput('Cannot compute RGB statistics: the training split is empty.')
   mean = total / count
   cov = outer / count - np.outer(mean, mean)
   eigval, eigvec = np.linalg.eigh(cov)
@@ -69,7 +70,8 @@ def rgb_statistics(data_config, cache_dir: str | None) -> dict[str, Any]:
   computed = statistics_cache.read(cache, key) if cache else None
   if computed is None:
     logging.info('Computing the mean RGB and RGB covariance of the training set...')
-    source = sources.load_source(data_config, data_config.train_split, cache_dir=cache_dir)
+    source = sources.load_source(data_config, data_config.train_split, cache_dir=cache_dir,
+                                 announce=False)  # The run has logged its classes.
     computed = compute_rgb_statistics(source, data_config.stats_max_examples)
     if cache:
       statistics_cache.write(cache, key, computed)

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vgg_jax import errors
 from vgg_jax import models
 
 METHODS = ('gradcam', 'saliency')
@@ -41,7 +42,7 @@ class Explanation:
 
   def __post_init__(self):
     if self.method not in METHODS:
-      raise ValueError(f'--explain={self.method!r} is not one of {METHODS}.')
+      raise errors.InvalidInput(f'--explain={self.method!r} is not one of {METHODS}.')
 
 
 def default_layer(model: models.VGG) -> str:
@@ -100,8 +101,9 @@ def gradcam(model: models.VGG, variables, images, classes=None, layer: str | Non
   model.check_names(layer)  # An unknown name lists the net's layers.
   names = [entry.name for entry in model.layer_table]
   if names.index(layer) >= model.head_start:
-    raise ValueError(f'Grad-CAM needs a layer of the conv stages (up to '
-                     f'{names[model.head_start - 1]}), not the head\'s {layer}.')
+    raise errors.InvalidInput(
+        f'Grad-CAM needs a layer of the conv stages (up to '
+        f'{names[model.head_start - 1]}), not the head\'s {layer}.')
   return _gradcam(model, variables, jnp.asarray(images, jnp.float32),
                   None if classes is None else jnp.asarray(classes), layer, dense)
 
@@ -131,7 +133,8 @@ def saliency(model: models.VGG, variables, images, classes=None, dense: bool = F
              samples: int = 0, noise: float = 0.15, seed: int = 0):
   """(saliency maps [B, H, W] in [0, 1], classes [B], posteriors); samples > 0: SmoothGrad."""
   if samples < 0 or not 0 <= noise:
-    raise ValueError(f'SmoothGrad needs samples >= 0 and noise >= 0, got {samples}, {noise}.')
+    raise errors.InvalidInput(
+        f'SmoothGrad needs samples >= 0 and noise >= 0, got {samples}, {noise}.')
   return _saliency(model, variables, jnp.asarray(images, jnp.float32),
                    None if classes is None else jnp.asarray(classes), jax.random.key(seed),
                    dense, samples, noise)

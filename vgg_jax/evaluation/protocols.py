@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from vgg_jax import errors
 from vgg_jax.data import preprocessing
 from vgg_jax.data import scan
 from vgg_jax.data import sources
@@ -49,14 +50,16 @@ class Protocol(NamedTuple):
 
 def check_protocol(protocol: str, scales: Sequence[int], image_size: int):
   if protocol not in views.PROTOCOLS:
-    raise ValueError(f'Unknown evaluation protocol {protocol!r}; choose one of '
-                     f'{views.PROTOCOLS}.')
+    raise errors.InvalidInput(
+        f'Unknown evaluation protocol {protocol!r}; choose one of '
+        f'{views.PROTOCOLS}.')
   if not scales:
-    raise ValueError('config.eval.scales is empty: give at least one test scale Q.')
+    raise errors.InvalidInput('config.eval.scales is empty: give at least one test scale Q.')
   small = [q for q in scales if q < image_size]
   if small:
-    raise ValueError(f'Test scale Q={small[0]} is smaller than the crop size '
-                     f'{image_size}: every Q must be at least the training crop.')
+    raise errors.InvalidInput(
+        f'Test scale Q={small[0]} is smaller than the crop size '
+        f'{image_size}: every Q must be at least the training crop.')
 
 
 def rescaled_images(data_config, split: str, scales: Sequence[int], mean_rgb,
@@ -141,11 +144,13 @@ def run(eval_config, workdirs: Sequence[str], output_dir: str | None = None,
   loaded = [pretrained.load_checkpoint(w, eval_config.checkpoint) for w in workdirs]
   classes = {model.num_classes for model, *_ in loaded}
   if len(classes) > 1:
-    raise ValueError('Cannot fuse models with different class counts: ' + ', '.join(
+    raise errors.InvalidInput(
+        'Cannot fuse models with different class counts: ' + ', '.join(
         f'{w}: {m.num_classes}' for w, (m, *_) in zip(workdirs, loaded)))
   sizes = {model.image_size for model, *_ in loaded}
   if len(sizes) > 1:
-    raise ValueError(f'Cannot fuse models trained at different crop sizes: {sorted(sizes)}.')
+    raise errors.InvalidInput(
+        f'Cannot fuse models trained at different crop sizes: {sorted(sizes)}.')
   model, _, meta, _ = loaded[0]
   if data_config is None:
     data_config = ml_collections.ConfigDict(meta['config']['data'])
@@ -214,11 +219,12 @@ def load_for_predict(eval_config, workdir: str, data_config=None) -> PredictSetu
 
 def check_paths(paths: Sequence[str]):
   if not paths:
-    raise ValueError('Give the image files to classify: launch.py --mode=predict '
-                     '--workdir=DIR IMAGE [IMAGE ...].')
+    raise errors.InvalidInput(
+        'Give the image files to classify: launch.py --mode=predict '
+        '--workdir=DIR IMAGE [IMAGE ...].')
   missing = [p for p in paths if not os.path.isfile(p)]
   if missing:
-    raise FileNotFoundError(f'No such image file: {missing[0]}')
+    raise errors.NotFound(f'No such image file: {missing[0]}')
 
 
 def predict(eval_config, workdir: str, paths: Sequence[str], top_k: int = 5,
@@ -300,4 +306,5 @@ def read_image(path: str):
     image = preprocessing.decode_image(tf.io.read_file(path), encoded=True)
     return preprocessing.apply_orientation(image, scan.read_orientation(path))
   except tf.errors.InvalidArgumentError as error:
-    raise ValueError(f'Could not decode image {path}: {error.message.splitlines()[0]}') from error
+    raise errors.InvalidInput(
+        f'Could not decode image {path}: {error.message.splitlines()[0]}') from error

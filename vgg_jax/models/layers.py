@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vgg_jax import errors
 from vgg_jax.models import cpu_ops
 
 KERNEL_INITS = ('glorot', 'paper')
@@ -47,13 +48,13 @@ def kernel_initializer(scheme: str):
     return nn.initializers.xavier_uniform()
   if scheme == 'paper':
     return nn.initializers.normal(stddev=0.01)
-  raise ValueError(f'kernel_init={scheme!r} is not one of {KERNEL_INITS}.')
+  raise errors.InvalidInput(f'kernel_init={scheme!r} is not one of {KERNEL_INITS}.')
 
 
 def resolve_conv_impl(conv_impl: str) -> str:
   """'auto' -> 'matmul' on the CPU backend (XLA's CPU convolution is slow), else 'xla'."""
   if conv_impl not in CONV_IMPLS:
-    raise ValueError(f'conv_impl={conv_impl!r} is not one of {CONV_IMPLS}.')
+    raise errors.InvalidInput(f'conv_impl={conv_impl!r} is not one of {CONV_IMPLS}.')
   if conv_impl == 'auto':
     return 'matmul' if jax.default_backend() == 'cpu' else 'xla'
   return conv_impl
@@ -62,7 +63,7 @@ def resolve_conv_impl(conv_impl: str) -> str:
 def resolve_pool_impl(pool_impl: str, conv_impl: str) -> str:
   """'auto' -> 'reshape' beside matmul convs, 'xla' beside XLA's convs."""
   if pool_impl not in POOL_IMPLS:
-    raise ValueError(f'pool_impl={pool_impl!r} is not one of {POOL_IMPLS}.')
+    raise errors.InvalidInput(f'pool_impl={pool_impl!r} is not one of {POOL_IMPLS}.')
   if pool_impl == 'auto':
     return 'reshape' if resolve_conv_impl(conv_impl) == 'matmul' else 'xla'
   return pool_impl

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vgg_jax import errors
 from vgg_jax.models import layers
 
 # Table 1: the kernel size of each conv layer, per stage (1 = C's 1x1 convs).
@@ -121,10 +122,8 @@ FIELD_RULES = {
 
 
 def check_fields(fields: Mapping[str, Any], rules=None):
-  """Raises ValueError 'name=value: want.' for the first of fields that breaks its rule.
-
-  rules: {name: (ok, want)}, FIELD_RULES by default; fields without a rule pass.
-  """
+  """Raises InvalidInput (a ValueError) 'name=value: want.' for the first field that breaks
+  its rule; rules: {name: (ok, want)}, FIELD_RULES by default; fields without one pass."""
   rules = FIELD_RULES if rules is None else rules
   for name, value in fields.items():
     if name not in rules:
@@ -135,7 +134,7 @@ def check_fields(fields: Mapping[str, Any], rules=None):
     except TypeError:
       good = False
     if not good:
-      raise ValueError(f'{name}={value!r}: {want}.')
+      raise errors.InvalidInput(f'{name}={value!r}: {want}.')
 
 
 def _inside(valid_sizes, height: int, width: int):
@@ -356,7 +355,7 @@ def create_model(model_config, num_classes: int | None = None) -> VGG:
   """VGG from config.model's fields (dtype given by name); num_classes overrides its own."""
   fields = dict(model_config.items())
   if fields['dtype'] not in DTYPES:
-    raise ValueError(f"config.model.dtype={fields['dtype']!r} is not one of {list(DTYPES)}.")
+    raise errors.InvalidInput(f"config.model.dtype={fields['dtype']!r}: not in {list(DTYPES)}.")
   fields['dtype'] = DTYPES[fields['dtype']]
   if num_classes is not None:
     fields['num_classes'] = num_classes

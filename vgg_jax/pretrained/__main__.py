@@ -11,6 +11,7 @@ import json
 from absl import app
 from absl import flags
 
+from vgg_jax import cli
 from vgg_jax import pretrained
 from vgg_jax.pretrained import named_weights
 
@@ -64,4 +65,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

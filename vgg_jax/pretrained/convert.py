@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from vgg_jax import checkpointing
+from vgg_jax import errors
 from vgg_jax.data import imagenet_classes
 from vgg_jax import models
 from vgg_jax.pretrained import named_weights
@@ -93,12 +94,13 @@ def import_weights(source: str, weights: str, variant: str, out: str,
   origin: what meta['imported_from'] records (default: the file's path).
   """
   if source not in SOURCES:
-    raise ValueError(f'Unknown source {source!r}; choose one of {SOURCES}.')
+    raise errors.InvalidInput(f'Unknown source {source!r}; choose one of {SOURCES}.')
   if variant not in ('A', 'B', 'D', 'E'):
-    raise ValueError(f'Pretrained VGGs exist for variants A, B, D, E (VGG-11/13/16/19), '
-                     f'not {variant!r}.')
+    raise errors.InvalidInput(
+        f'Pretrained VGGs exist for variants A, B, D, E (VGG-11/13/16/19), '
+        f'not {variant!r}.')
   if not os.path.isfile(weights):
-    raise FileNotFoundError(f'No weights file at {weights}.')
+    raise errors.NotFound(f'No weights file at {weights}.')
   model, variables = build(source, weights, variant, include_top, convention)
   prep = preprocessing(source, convention)
   class_names = imagenet_classes.wnids() if model.num_classes == 1000 else [
@@ -130,19 +132,22 @@ def check_shapes(variables, model: models.VGG, include_top: bool):
   for collection, layers in variables.items():
     for layer, arrays in layers.items():
       if layer not in expected.get(collection, {}):
-        raise ValueError(f'Layer {layer} ({collection}) of the weights file is not in '
-                         f'variant {model.variant}.')
+        raise errors.InvalidInput(
+            f'Layer {layer} ({collection}) of the weights file is not in '
+            f'variant {model.variant}.')
       for key, value in arrays.items():
         want = tuple(expected[collection][layer][key].shape)
         if value.shape != want:
-          raise ValueError(f'Layer {layer} {key} has shape {value.shape} in the weights '
-                           f'file but variant {model.variant} needs {want}.')
+          raise errors.InvalidInput(
+              f'Layer {layer} {key} has shape {value.shape} in the weights '
+              f'file but variant {model.variant} needs {want}.')
   head = ('fc6', 'fc7', 'fc8')
   missing = [f'{collection}/{name}' for collection, layers in expected.items()
              for name in layers if name not in variables.get(collection, {})
              and (include_top or name not in head)]
   if missing:
-    raise ValueError(f'The weights file lacks layers {missing} of variant {model.variant}.')
+    raise errors.InvalidInput(
+        f'The weights file lacks layers {missing} of variant {model.variant}.')
 
 
 def stored_config(model: models.VGG, mean_rgb) -> dict[str, Any]:

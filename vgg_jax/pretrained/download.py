@@ -143,7 +143,9 @@ def copy_from_directory(mirror: str, origin: str, part: str, entry: Entry):
                         'directory): set it to a directory or base URL holding '
                         f'{entry.file_name}.')
   if not os.path.isfile(origin):
-    raise DownloadError(f'{named_weights.MIRROR_ENV}={mirror} holds no {entry.file_name}.')
+    raise DownloadError(f'{named_weights.MIRROR_ENV}={mirror} holds no {entry.file_name}: '
+                        f'copy {entry.url} into it, or unset {named_weights.MIRROR_ENV} to '
+                        f'download from there. {manual_hint(entry)}')
   limit = max_bytes(entry)
   with open(origin, 'rb') as source, open_part(part, append=False) as target:
     copied = 0

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from vgg_jax import checkpointing
+from vgg_jax import errors
 from vgg_jax.data import imagenet_classes
 from vgg_jax.data import statistics_cache
 from vgg_jax import files
@@ -74,9 +75,10 @@ def resolve(name_or_directory: str) -> str:
   if path is None:
     return fetch(name_or_directory)
   if not os.path.isdir(path):
-    raise FileNotFoundError(f'{path} is no directory (nor a weights file), and no '
-                            'registered name.' if not os.path.exists(path) else
-                            f'{path} is a file; a run or import directory is needed here.')
+    raise errors.NotFound(
+        f'{path} is no directory (nor a weights file), and no '
+        'registered name.' if not os.path.exists(path) else
+        f'{path} is a file; a run or import directory is needed here.')
   return path
 
 
@@ -153,6 +155,7 @@ def run_mean_rgb(directory: str, meta) -> list[float]:
   cache = statistics_cache.path(directory, data['train_split'])
   cached = statistics_cache.read(cache)
   if cached is None:
-    raise FileNotFoundError(f'{directory} was trained with a computed mean RGB, but its '
-                            f'cache {cache} is missing: pass the mean yourself.')
+    raise errors.NotFound(
+        f'{directory} was trained with a computed mean RGB, but its '
+        f'cache {cache} is missing: pass the mean yourself.')
   return list(cached['mean_rgb'])

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 
+from vgg_jax import errors
 from vgg_jax.pretrained import untrusted
 
 CACHE_ENV, MIRROR_ENV = 'VGG_JAX_CACHE', 'VGG_JAX_MIRROR'
@@ -183,8 +184,9 @@ def find(name: str, table: dict | None = None):
   """The entry called `name`; an unknown name raises, listing the known ones."""
   table = WEIGHTS if table is None else table
   if name not in table:
-    raise ValueError(f'{name!r} is no directory, weights file or named weights; known names: '
-                     f'{", ".join(table)}.')
+    raise errors.InvalidInput(
+        f'{name!r} is no directory, weights file or named weights; known names: '
+        f'{", ".join(table)}.')
   return table[name]
 
 
@@ -224,8 +226,9 @@ def as_path(argument: str, table=None) -> str | None:
     return os.path.expanduser(argument)
   here = f' A file or directory {argument} exists here: pass it as ./{argument}.' if (
       os.path.exists(argument)) else ' Pass a file or directory as a path (./NAME).'
-  raise ValueError(f'{argument!r} is no registered name; known names: '
-                   f'{", ".join(table)}.{here}')
+  raise errors.InvalidInput(
+      f'{argument!r} is no registered name; known names: '
+      f'{", ".join(table)}.{here}')
 
 
 def hash_check(entry) -> str:

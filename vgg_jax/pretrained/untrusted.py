@@ -9,11 +9,13 @@ user's own cache ($VGG_JAX_CACHE) is trusted once a file in it is verified.
 import errno
 import os
 
+from vgg_jax import errors
+
 # What a weights file's name may end with; an argument ending so is a path, not a name.
 WEIGHT_SUFFIXES = ('.pth', '.pt', '.bin', '.safetensors', '.h5')
 
 
-class WeightsFileError(ValueError):
+class WeightsFileError(errors.UserError, ValueError):
   """A weights file, or a download of one, was refused: the message names it and why.
 
   Raised for every refusal of the loaders (a pickled global that is not a tensor, a view

@@ -7,6 +7,7 @@ anything is written to the workdir.
 import os
 
 from vgg_jax import data
+from vgg_jax import errors
 from vgg_jax import models
 from vgg_jax.pretrained import named_weights
 from vgg_jax.pretrained import untrusted
@@ -26,8 +27,9 @@ def _field(config, name: str, optional: bool = False):
     if part not in value:
       if optional:
         return _ABSENT
-      raise ValueError(f'config.{name} is missing: the config must define every field of '
-                       'experiments/configs/base.py.')
+      raise errors.InvalidInput(
+          f'config.{name} is missing: the config must define every field of '
+          'experiments/configs/base.py.')
     value = value[part]
   return value
 

@@ -11,6 +11,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from vgg_jax import cli
 from vgg_jax import files
 
 # Dense bf16 peak FLOP/s per chip, for MFU; matched as substrings of device_kind.
@@ -154,9 +155,9 @@ class StepProfiler:
 
 def filter_jax_backend_log(record: std_logging.LogRecord) -> bool:
   """A log filter: False for JAX's INFO lines about backends it looked for and did not find."""
-  return not ('xla_bridge' in record.pathname and record.levelno < std_logging.WARNING)
+  return cli.filter_jax_backend_log(record)
 
 
 def quiet_jax_backend_logs():
-  """Drops JAX's INFO lines about backends it did not find from absl's log handler."""
-  logging.get_absl_handler().addFilter(filter_jax_backend_log)
+  """Drops JAX's INFO lines about backends it did not find (cli.run does this for commands)."""
+  cli.quiet_jax_backend_logs()

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vgg_jax import errors
+
 SCHEDULES = ('plateau', 'step', 'cosine')
 
 
@@ -76,7 +78,8 @@ def learning_rate_schedule(config: OptimizerConfig, steps_per_epoch: int, total_
     return optax.piecewise_constant_schedule(config.learning_rate, boundaries)
   if config.schedule == 'cosine':
     return optax.cosine_decay_schedule(config.learning_rate, max(1, total_steps))
-  raise ValueError(f'config.optimizer.schedule={config.schedule!r} is not one of {SCHEDULES}.')
+  raise errors.InvalidInput(
+      f'config.optimizer.schedule={config.schedule!r} is not one of {SCHEDULES}.')
 
 
 def create_optimizer(config: OptimizerConfig, steps_per_epoch: int, total_steps: int):

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 import time
 from typing import Any, Callable, Iterator, NamedTuple
 
@@ -247,14 +248,42 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """
   config_checks.check_train_config(config)
   workdir = os.path.abspath(workdir)
+  before = listing(workdir)
   watchdog = peers.PeerWatchdog(workdir, config.peer_timeout_seconds)
   try:
     return run_stages(config, workdir)
   except Exception as error:  # pylint: disable=broad-except
     watchdog.explain(error)  # A failed collective: exits here if a peer was lost.
+    remove_created(workdir, before)
     raise
   finally:
     watchdog.close()
+
+
+def listing(workdir: str) -> set[str] | None:
+  """The names in workdir, or None when it does not exist."""
+  return set(os.listdir(workdir)) if os.path.isdir(workdir) else None
+
+
+def remove_created(workdir: str, before: set[str] | None):
+  """After a failure, removes what this run created in workdir, if it saved no checkpoint
+  (process 0): a run that never stepped leaves no checkpoints dir, caches or config.json.
+  Names that were there before it started are kept, and so is a workdir with checkpoints."""
+  checkpoints = checkpointing.checkpoint_dir(workdir)
+  if (jax.process_index() != 0 or not os.path.isdir(workdir) or os.path.isdir(checkpoints)
+      and any(name.isdigit() for name in os.listdir(checkpoints))):
+    return
+  created = sorted(set(os.listdir(workdir)) - (before or set()))
+  for name in created:
+    path = os.path.join(workdir, name)
+    if os.path.isdir(path) and not os.path.islink(path):
+      shutil.rmtree(path)
+    else:
+      os.remove(path)
+  if before is None:
+    os.rmdir(workdir)
+  if created:
+    logging.info('Removed what this run had created in %s: %s.', workdir, ', '.join(created))
 
 
 def load_sources(data_config, workdir: str, shard: data.Shard):

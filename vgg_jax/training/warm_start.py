@@ -12,6 +12,7 @@ from absl import logging
 import jax
 
 from vgg_jax import checkpointing
+from vgg_jax import errors
 from vgg_jax import models
 from vgg_jax import pretrained
 from vgg_jax import sharding
@@ -32,11 +33,13 @@ def initial_state(model, tx, mesh, rng, init_from: str, init_layers: Sequence[st
     return state
   source, source_meta = checkpointing.load_variables(init_from)
   name = f"{init_from} (variant {source_meta['config']['model']['variant']})"
+  check_widths(name, source_meta['config']['model'], model, init_layers)
   source_bn = source_meta['config']['model']['batch_norm']
   if source_bn != model.batch_norm:
-    raise ValueError(f'Warm start: {name} is {"a" if source_bn else "not a"} batch-norm net '
-                     f'but config.model.batch_norm={model.batch_norm}: set '
-                     f'--config.model.batch_norm={source_bn}.')
+    raise errors.InvalidInput(
+        f'Warm start: {name} is {"a" if source_bn else "not a"} batch-norm net '
+        f'but config.model.batch_norm={model.batch_norm}: set '
+        f'--config.model.batch_norm={source_bn}.')
   layers = list(init_layers)
   # A batch-norm net also takes each copied conv's BatchNorm (scale, bias, running stats).
   norm_of = models.norm_names(model.variant)
@@ -53,6 +56,21 @@ def initial_state(model, tx, mesh, rng, init_from: str, init_layers: Sequence[st
                                             source['batch_stats'], norms, name)
     state = state.replace(batch_stats=jax.device_put(batch_stats, sharding.replicated(mesh)))
   return state
+
+
+def check_widths(name: str, source_model: dict, model, layers: Sequence[str]):
+  """Refuses a source of another conv width (when convs are copied) or FC width (fc6,
+  fc7), naming the --config.model flags that make this net's layers the source's shapes."""
+  fields = (['width'] if any(layer.startswith('conv') for layer in layers) else []) + (
+      ['fc_width'] if {'fc6', 'fc7'} & set(layers) else [])
+  differ = [f for f in fields if f in source_model and source_model[f] != getattr(model, f)]
+  if differ:
+    raise errors.InvalidInput(
+        f'Warm start: {name} has {", ".join(f"{f}={source_model[f]}" for f in differ)} but '
+        f'this net {", ".join(f"{f}={getattr(model, f)}" for f in differ)}; copied layers '
+        'must have the same shapes: set '
+        f'{" ".join(f"--config.model.{f}={source_model[f]}" for f in differ)}, or leave '
+        'those layers out of --config.init_layers.')
 
 
 def with_source(config):
