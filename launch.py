@@ -8,9 +8,9 @@ command on the same DIR resumes. evaluate and predict take every setting from DI
 stored config; only the --config.FIELD values given on the command line override it.
 """
 
-import json
 import os
 import sys
+import time
 
 from absl import app
 from absl import flags
@@ -131,6 +131,7 @@ def main(argv):
   from vgg_jax.evaluation import protocols  # pylint: disable=g-import-not-at-top
   from vgg_jax.models import table2  # pylint: disable=g-import-not-at-top
   from vgg_jax import pretrained  # pylint: disable=g-import-not-at-top
+  from vgg_jax.training import console  # pylint: disable=g-import-not-at-top
   from vgg_jax.training import train  # pylint: disable=g-import-not-at-top
   checkpointing.quiet_orbax_logs()
   if _MODE.value == 'table':
@@ -166,11 +167,13 @@ def main(argv):
                                                      _EXPLAIN_DIR.value):
         print(f'Wrote {out} ({_EXPLAIN.value} of {imagenet_classes.describe(name)})')
     return
+  start = time.monotonic()
   result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if result.get('preempted'):
     sys.exit(143)  # 128 + SIGTERM: not finished; rerun to resume.
-  logging.info('Finished at step %d: %s', result['step'],
-               json.dumps({k: v for k, v in result.items() if k.startswith('eval/')}))
+  if jax.process_index() == 0:  # The numbers themselves are in DIR/metrics.jsonl.
+    print(console.format_result(result, os.path.abspath(_WORKDIR.value),
+                                time.monotonic() - start))
 
 
 if __name__ == '__main__':

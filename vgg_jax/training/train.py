@@ -33,6 +33,7 @@ from vgg_jax.training import monitoring
 from vgg_jax.training import optim
 from vgg_jax.training import peers
 from vgg_jax.training import preemption
+from vgg_jax.training import console
 from vgg_jax.training import steps
 from vgg_jax.training import warm_start
 
@@ -117,8 +118,9 @@ def log_progress(loop: Loop, step: int, metrics, throughput: monitoring.Throughp
   if loop.flops_per_step and peak:
     summary['train/mfu'] = loop.flops_per_step / step_s / peak
   loop.writer.write(step, summary)
-  logging.info('step %d/%d  loss %.4f  top1_err %.3f  lr %.2e  %.0f img/s  ETA %s',
-               step, loop.total_steps, summary['train/loss'], summary['train/top1_error'],
+  logging.info('step %d/%d  loss %.4f  top-1 error %s  lr %.2e  %.0f img/s  ETA %s',
+               step, loop.total_steps, summary['train/loss'],
+               console.format_percent(summary['train/top1_error']),
                summary['train/learning_rate'], summary['train/images_per_second'],
                monitoring.format_duration(step_s * (loop.total_steps - step)))
   throughput.reset()
@@ -137,9 +139,9 @@ def evaluate(loop: Loop, step: int, state, final: bool = False) -> dict[str, flo
     metrics = steps.compute_eval_metrics(loop.eval_fn, state.variables, loop.make_eval_iter(),
                                          loop.mesh)
   loop.writer.write(step, metrics)
-  logging.info('eval at step %d: loss %.4f  top1_err %.4f  top5_err %.4f  (%d images)',
-               step, metrics['eval/loss'], metrics['eval/top1_error'],
-               metrics['eval/top5_error'], metrics['eval/num_examples'])
+  logging.info('eval at step %d: loss %.4f  %s  (%d images)', step, metrics['eval/loss'],
+               console.format_errors(metrics, loop.num_classes),
+               metrics['eval/num_examples'])
   return metrics
 
 
@@ -346,6 +348,9 @@ def run_stages(config, workdir: str) -> dict[str, Any]:
       config.model, warm_start.WarmStart(config.init_from, config.init_layers), workdir,
       manager, model, tx, mesh, init_rng)
   write_config(config, workdir)
+  if jax.process_index() == 0:
+    console.log_summary(config, model, state, (train_source, eval_source), mesh, total_steps,
+                        workdir)
 
   # Input iterators, positioned where the state stands.
   common = dict(image_size=model.image_size, shard=shard, cache_dir=workdir)
@@ -370,4 +375,4 @@ def run_stages(config, workdir: str) -> dict[str, Any]:
               train_source.class_names, num_classes,
               statistics.rgb_statistics(config.data, workdir)['mean_rgb'])
   result = run_loop(loop, state, plateau, first_batch, dropout_rng)
-  return {**result, 'compile_s': compile_s}
+  return {**result, 'compile_s': compile_s, 'num_classes': num_classes}
