@@ -1,7 +1,7 @@
-"""Train on any train/validation image folder: image_folder.py:ROOT.
+"""Train on any train/validation image folder: --config.data.folder=ROOT.
 
   python launch.py --workdir=workdirs/cats_vs_dogs \\
-      --config=experiments/configs/image_folder.py:/data/cats_vs_dogs
+      --config=experiments/configs/image_folder.py --config.data.folder=/data/cats_vs_dogs
 
 ROOT holds train/<class>/*.jpg and validation/<class>/*.jpg (e.g. the common cats vs
 dogs layout); the class count comes from the folders. VGG-D from scratch at 224x224 with
