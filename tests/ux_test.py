@@ -168,6 +168,14 @@ def test_readme_laptop_examples_summary_end_sentence_and_a_warm_start_that_does_
   tuned = run([*finetune, '--workdir=tuned'], tmp_path)
   assert tuned.returncode == 0, tuned.stderr[-3000:]
   assert 'Warm start: copied conv1_1' in tuned.stderr and 'Finished at step 2' in tuned.stdout
+  corrupt = tmp_path / 'corrupt.jpg'
+  corrupt.write_bytes(open(os.path.join(folder, 'train', 'cat', '000.jpg'), 'rb').read()[:300])
+  predict = run([os.path.join(ROOT, 'launch.py'), '--mode=predict', '--workdir=./pets',
+                 str(corrupt)], tmp_path)
+  assert predict.returncode == 1 and predict.stdout == ''
+  assert predict.stderr.startswith(f'error: Could not decode image {corrupt}: ')
+  assert predict.stderr.endswith('; replace it or leave it out.\n')
+  assert predict.stderr.count('\n') == 1, predict.stderr  # No libjpeg or tf.data lines.
   wider = run([*finetune, '--workdir=wider', '--config.model.width=0.25'], tmp_path)
   assert wider.returncode == 1 and 'Traceback' not in wider.stderr
   assert wider.stderr.splitlines()[-1].startswith('error: Warm start:')

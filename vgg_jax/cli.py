@@ -11,12 +11,12 @@ import_tensorflow() drops them and lets every other line through.
 import logging as std_logging
 import os
 import sys
-import tempfile
 
 from absl import app
 from absl import logging
 
 from vgg_jax import errors
+from vgg_jax import stderr
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # Before TensorFlow is imported.
 
@@ -53,25 +53,12 @@ def import_tensorflow():
   """Imports TensorFlow with its known start-up notices dropped; other lines still show.
 
   The C++ libraries write to file descriptor 2 directly, so that is where they are
-  caught: stderr goes to a temporary file for the import, then back, minus the notices.
+  filtered (vgg_jax.stderr).
   """
   if 'tensorflow' in sys.modules:
     return
-  sys.stderr.flush()
-  saved = os.dup(2)
-  with tempfile.TemporaryFile() as captured:
-    os.dup2(captured.fileno(), 2)
-    try:
-      import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
-    finally:
-      sys.stderr.flush()
-      os.dup2(saved, 2)
-      os.close(saved)
-      captured.seek(0)
-      for line in captured.read().decode(errors='replace').splitlines(keepends=True):
-        if not any(noise in line for noise in TENSORFLOW_NOISE):
-          sys.stderr.write(line)
-      sys.stderr.flush()
+  with stderr.dropping(TENSORFLOW_NOISE):
+    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
 
 
 def filter_jax_backend_log(record: std_logging.LogRecord) -> bool:

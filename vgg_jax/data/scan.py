@@ -18,12 +18,16 @@ from PIL import Image
 import tensorflow as tf
 
 from vgg_jax import errors
+from vgg_jax import stderr
 from vgg_jax.data import preprocessing
 from vgg_jax import files
 
 PROGRESS_EVERY_S = 5.0  # Seconds between progress lines while checking a folder.
 MAX_LISTED = 20  # Bad files named in the error; the rest are counted.
 EXIF_ORIENTATION = 0x0112
+# What libjpeg and tf.data print for a file that does not decode; the check names it itself.
+DECODER_NOISE = ('Improper call to JPEG library', 'Premature end of JPEG data',
+                 'Corrupt JPEG data', 'Local rendezvous is aborting')
 
 
 def read_orientation(path: str) -> int:
@@ -36,7 +40,7 @@ def read_orientation(path: str) -> int:
   return orientation if 1 <= orientation <= 8 else 1
 
 
-def _reason(error: tf.errors.OpError) -> str:
+def reason(error: tf.errors.OpError) -> str:
   """TensorFlow's error message without the op and function names around it."""
   message = (error.message or type(error).__name__).splitlines()[0]
   message = re.sub(r'^\{\{function_node [^}]*\}\}\s*', '', message)
@@ -50,7 +54,7 @@ def check_file(path: str) -> dict:
       data = f.read()
     preprocessing.decode_image(tf.constant(data), True)
   except tf.errors.OpError as error:
-    return {'error': _reason(error), 'orientation': 1}
+    return {'error': reason(error), 'orientation': 1}
   except OSError as error:
     return {'error': str(error), 'orientation': 1}
   return {'error': None, 'orientation': read_orientation(path)}
@@ -63,7 +67,8 @@ def check_files(paths: list[str], what: str) -> list[dict]:
   start = last = time.perf_counter()
   results = []
   threads = max(1, os.cpu_count() or 1)
-  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+  with (stderr.dropping(DECODER_NOISE),
+        concurrent.futures.ThreadPoolExecutor(threads) as pool):
     for result in pool.map(check_file, paths):
       results.append(result)
       now = time.perf_counter()

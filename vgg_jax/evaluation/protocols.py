@@ -35,6 +35,7 @@ from vgg_jax.evaluation import report
 from vgg_jax.evaluation import views
 from vgg_jax import files
 from vgg_jax import pretrained
+from vgg_jax import stderr
 
 PREDICT_CHUNK = 64  # Images rescaled and classified together by predict.
 
@@ -303,8 +304,10 @@ def explain_files(setup: PredictSetup, paths: Sequence[str],
 def read_image(path: str):
   """An image file decoded to uint8 [h, w, 3], turned upright by its EXIF orientation."""
   try:
-    image = preprocessing.decode_image(tf.io.read_file(path), encoded=True)
+    with stderr.dropping(scan.DECODER_NOISE):  # The error below says it, once.
+      image = preprocessing.decode_image(tf.io.read_file(path), encoded=True)
     return preprocessing.apply_orientation(image, scan.read_orientation(path))
   except tf.errors.InvalidArgumentError as error:
+    reason = scan.reason(error).rstrip('.')
     raise errors.InvalidInput(
-        f'Could not decode image {path}: {error.message.splitlines()[0]}') from error
+        f'Could not decode image {path}: {reason}; replace it or leave it out.') from error
