@@ -266,9 +266,12 @@ def test_warm_start_errors(tmp_path, net_a):
                                       'init_from': str(net_a)})
   model = models.create_model(config.model)
   tx = create_optimizer(config)
-  # Another width is refused before any layer is copied, naming the flag that fits.
+  # Another width: refused where the config enters, before the run writes anything,
+  # naming the flag that fits; past that, the copy itself refuses the shapes.
   with pytest.raises(ValueError, match='width=0.0625 but this net width=0.125; .* set '
                      '--config.model.width=0.0625'):
+    warm_start.with_source(config)
+  with pytest.raises(ValueError, match="layer 'conv1_1' has shapes .* --config.init_layers"):
     initial_state(config, model, tx, mesh)
   config.init_from = str(tmp_path / 'missing')
   with pytest.raises(FileNotFoundError, match='No checkpoints in'):

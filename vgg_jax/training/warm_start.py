@@ -33,7 +33,6 @@ def initial_state(model, tx, mesh, rng, init_from: str, init_layers: Sequence[st
     return state
   source, source_meta = checkpointing.load_variables(init_from)
   name = f"{init_from} (variant {source_meta['config']['model']['variant']})"
-  check_widths(name, source_meta['config']['model'], model, init_layers)
   source_bn = source_meta['config']['model']['batch_norm']
   if source_bn != model.batch_norm:
     raise errors.InvalidInput(
@@ -60,7 +59,8 @@ def initial_state(model, tx, mesh, rng, init_from: str, init_layers: Sequence[st
 
 def check_widths(name: str, source_model: dict, model, layers: Sequence[str]):
   """Refuses a source of another conv width (when convs are copied) or FC width (fc6,
-  fc7), naming the --config.model flags that make this net's layers the source's shapes."""
+  fc7), naming the --config.model flags that make this net's layers the source's shapes.
+  model: the net or its config section (both have .width and .fc_width)."""
   fields = (['width'] if any(layer.startswith('conv') for layer in layers) else []) + (
       ['fc_width'] if {'fc6', 'fc7'} & set(layers) else [])
   differ = [f for f in fields if f in source_model and source_model[f] != getattr(model, f)]
@@ -75,7 +75,8 @@ def check_widths(name: str, source_model: dict, model, layers: Sequence[str]):
 
 def with_source(config):
   """config with init_from a directory (named weights fetched into the cache), and the
-  mean RGB of init_from's run or import when the config gives none."""
+  mean RGB of init_from's run or import when the config gives none. A source of another
+  width is refused here, before the run writes anything (check_widths)."""
   if not config.init_from:
     return config
   directory = pretrained.resolve(config.init_from)
@@ -83,9 +84,12 @@ def with_source(config):
     logging.info('Warm start from %s: %s.', config.init_from, directory)
     config = config.copy_and_resolve_references()
     config.init_from = directory
+  source = checkpointing.load_meta(config.init_from)['config']
+  check_widths(f"{config.init_from} (variant {source['model']['variant']})", source['model'],
+               config.model, config.init_layers)
   if config.data.mean_rgb is not None:
     return config
-  source_mean = checkpointing.load_meta(config.init_from)['config']['data'].get('mean_rgb')
+  source_mean = source['data'].get('mean_rgb')
   if source_mean is None:
     return config
   config = config.copy_and_resolve_references()
