@@ -22,3 +22,9 @@ def test_default_command_reaches_97_percent_on_digits(tmp_path):
   assert final['step'] == 630 and final['eval/num_examples'] == 450
   assert final['eval/top1_error'] <= 0.03, final
   assert 'step 630/630' in result.stderr and 'ETA' in result.stderr
+  # What a person reads: one summary, and the result in percent as the README quotes it.
+  assert result.stderr.count('Run summary:') == 1, result.stderr[-3000:]
+  percent = f"{100 * final['eval/top1_error']:.2f}%"
+  accuracy = f"{100 * (1 - final['eval/top1_error']):.2f}% accuracy"
+  assert result.stdout.startswith('Finished at step 630 in ') and (
+      f'top-1 error {percent} ({accuracy}), top-5 error' in result.stdout), result.stdout

@@ -79,6 +79,9 @@ def test_errors_print_in_percent_and_top5_only_above_5_classes():
                              '(99.33% accuracy) on 450 images.'), sentence
   assert '/w/checkpoints' in sentence and '/w/metrics.jsonl' in sentence
   assert '/w/eval_final_classes.md' in sentence
+  ten = console.format_result({'step': 630, 'num_classes': 10, **metrics}, '/w', 85.0)
+  assert ten.startswith('Finished at step 630 in 0:01:25: top-1 error 0.67% (99.33% '
+                        'accuracy), top-5 error 0.00%, on 450 images.'), ten
 
 
 def test_warm_start_of_another_width_names_the_flags():

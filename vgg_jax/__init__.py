@@ -10,8 +10,9 @@ until a name is used):
 The folders: models/ (the net), data/ (the input pipeline), training/ (the loop),
 evaluation/ (the paper's protocols, prediction, reports), pretrained/ (named weights and
 foreign files); checkpointing, sharding, features and the perceptual metrics (lpips,
-dists and what they share, perceptual) serve several; errors (the user errors) and cli
-(what every command shares: such an error as one line, a quiet start-up).
+dists and what they share, perceptual) serve several; errors (the user errors), cli
+(what every command shares: such an error as one line, a quiet start-up) and stderr (C++
+libraries' known noise on file descriptor 2, filtered).
 """
 
 import importlib

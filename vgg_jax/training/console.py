@@ -27,11 +27,14 @@ def format_errors(metrics: dict[str, float], num_classes: int) -> str:
 
 
 def format_result(result: dict[str, Any], workdir: str, wall_s: float) -> str:
-  """The sentence that ends a training run: the error in percent, time, where things are."""
+  """The sentence that ends a training run: the errors in percent (accuracy beside top-1),
+  the wall time, and where the checkpoints, metrics and report are."""
   error = result['eval/top1_error']
+  top5 = (f", top-5 error {format_percent(result['eval/top5_error'])}," if
+          result['num_classes'] > 5 else '')
   return (f"Finished at step {result['step']} in {monitoring.format_duration(wall_s)}: "
-          f"{format_errors(result, result['num_classes'])} ({100 * (1 - error):.2f}% "
-          f"accuracy) on {result['eval/num_examples']} images. Checkpoints in "
+          f"top-1 error {format_percent(error)} ({100 * (1 - error):.2f}% accuracy){top5} "
+          f"on {result['eval/num_examples']} images. Checkpoints in "
           f"{checkpointing.checkpoint_dir(workdir)}, metrics in "
           f"{os.path.join(workdir, 'metrics.jsonl')}, report in "
           f"{os.path.join(workdir, 'eval_final_classes.md')} (and .csv, .png).")
