@@ -76,8 +76,8 @@ def resolve(name_or_directory: str) -> str:
     return fetch(name_or_directory)
   if not os.path.isdir(path):
     raise errors.NotFound(
-        f'{path} is no directory (nor a weights file), and no '
-        'registered name.' if not os.path.exists(path) else
+        f'{path} does not exist: give a run or import directory, a weights file, or a '
+        'name that python -m vgg_jax.pretrained --list shows.' if not os.path.exists(path) else
         f'{path} is a file; a run or import directory is needed here.')
   return path
 
