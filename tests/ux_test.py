@@ -120,6 +120,13 @@ def test_a_failed_run_removes_only_what_it_created(tmp_path):
   train.remove_created(str(stepped), before)
   assert (stepped / 'checkpoints' / '4').is_dir()
 
+  logged = tmp_path / 'logged'  # Steps logged before any checkpoint: their record is kept.
+  before = train.listing(str(logged))
+  (logged / 'checkpoints').mkdir(parents=True)
+  (logged / 'metrics.jsonl').write_text('{"step": 100, "train/loss": 2.3}\n')
+  train.remove_created(str(logged), before)
+  assert sorted(os.listdir(logged)) == ['checkpoints', 'metrics.jsonl']
+
 
 @pytest.mark.slow
 def test_offline_journeys_print_one_message_naming_the_fix(tmp_path):

@@ -268,12 +268,15 @@ def listing(workdir: str) -> set[str] | None:
 
 
 def remove_created(workdir: str, before: set[str] | None):
-  """After a failure, removes what this run created in workdir, if it saved no checkpoint
-  (process 0): a run that never stepped leaves no checkpoints dir, caches or config.json.
-  Names that were there before it started are kept, and so is a workdir with checkpoints."""
+  """After a failure, removes what this run created in workdir if it produced nothing
+  (process 0): a run that never logged a step leaves no checkpoints dir, caches or
+  config.json. Names that were there before it started are kept, and so is everything in
+  a workdir with a saved checkpoint or a logged metrics row."""
   checkpoints = checkpointing.checkpoint_dir(workdir)
+  metrics = os.path.join(workdir, 'metrics.jsonl')
   if (jax.process_index() != 0 or not os.path.isdir(workdir) or os.path.isdir(checkpoints)
-      and any(name.isdigit() for name in os.listdir(checkpoints))):
+      and any(name.isdigit() for name in os.listdir(checkpoints))
+      or os.path.isfile(metrics) and os.path.getsize(metrics)):
     return
   created = sorted(set(os.listdir(workdir)) - (before or set()))
   for name in created:
