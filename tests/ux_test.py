@@ -9,6 +9,7 @@ import pytest
 
 from vgg_jax import errors
 from vgg_jax import models
+from vgg_jax import stderr
 from vgg_jax.training import console
 from vgg_jax.training import train
 from vgg_jax.training import warm_start
@@ -96,6 +97,16 @@ def test_warm_start_of_another_width_names_the_flags():
     warm_start.check_widths('run', source, model, ('conv1_1',))
   assert 'fc_width' not in str(error.value)
   warm_start.check_widths('run', source, model, ('fc8',))  # Neither: nothing to refuse.
+
+
+def test_stderr_filter_drops_only_the_noise_even_when_the_block_ends_at_once(capfd):
+  """Short blocks: the copying thread may first run after the block has ended."""
+  for i in range(50):
+    with stderr.dropping(('noise',)):
+      os.write(2, b'noise line\nkept %d\n' % i)
+  err = capfd.readouterr().err
+  assert 'noise' not in err
+  assert err.splitlines() == [f'kept {i}' for i in range(50)]
 
 
 def test_a_failed_run_removes_only_what_it_created(tmp_path):

@@ -15,9 +15,12 @@ def dropping(patterns: tuple[str, ...]):
   sys.stderr.flush()
   saved = os.dup(2)
   read_end, write_end = os.pipe()
+  # Opened here, not in the thread: the block may end (and close `saved`) before the
+  # thread first runs.
+  lines, out = os.fdopen(read_end, 'rb'), os.fdopen(os.dup(saved), 'wb', 0)
 
   def copy():
-    with os.fdopen(read_end, 'rb') as lines, os.fdopen(os.dup(saved), 'wb', 0) as out:
+    with lines, out:
       for line in lines:
         if not any(pattern.encode() in line for pattern in patterns):
           out.write(line)
