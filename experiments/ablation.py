@@ -68,8 +68,9 @@ _RUN = flags.DEFINE_string('run', None, "Train this one run (its folder's name, 
                            "'E_warm_seed0') and nothing else: what each SLURM job runs.")
 _REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Evaluate the finished runs and write '
                                  'the tables; train nothing (the last SLURM job).')
-_DISTRIBUTED = flags.DEFINE_enum('distributed', 'none', ['none', 'auto'], "--run in several "
-                                 "processes: 'auto' as launch.py's (multi-node SLURM jobs).")
+_DISTRIBUTED = flags.DEFINE_enum(
+    'distributed', 'none', ['none', 'auto'], "'auto': one process per host, as launch.py's "
+    '(every worker of a TPU pod slice runs the same command; multi-node SLURM jobs).')
 flags.adopt_module_key_flags(ablation_slurm)  # Its --slurm_* flags, in --help.
 
 VARIANTS = tuple(models.CONFIGS)
@@ -439,15 +440,18 @@ def train_one(runs: list[Run], name: str):
   source = run.config.init_from
   if source and not os.path.exists(os.path.join(source, 'done.json')):
     raise SystemExit(f'Error: {name} warm-starts from {source}, which has not finished.')
-  handler = None
-  if _DISTRIBUTED.value == 'auto':  # One process per node: JAX reads SLURM's variables.
-    # Imported here, after main() set up host memory: it imports jax.
-    from vgg_jax.training import peers  # pylint: disable=g-import-not-at-top
-    handler = peers.initialize(  # Kept referenced for the whole run.
-        run.workdir, heartbeat_timeout_seconds=3 * run.config.peer_timeout_seconds,
-        shutdown_timeout_seconds=run.config.shutdown_timeout_seconds)
   train_run(run.config, run.workdir)
-  del handler
+
+
+def initialize_distributed(root: str, config):
+  """--distributed=auto: jax.distributed.initialize as launch.py's (SLURM, TPU pod slices).
+
+  Returns the lost-peer handler, which must stay referenced for as long as the study runs.
+  """
+  # Imported here, after main() set up host memory: it imports jax.
+  from vgg_jax.training import peers  # pylint: disable=g-import-not-at-top
+  return peers.initialize(root, heartbeat_timeout_seconds=3 * config.peer_timeout_seconds,
+                          shutdown_timeout_seconds=config.shutdown_timeout_seconds)
 
 
 def check_finished(runs: list[Run], root: str):
@@ -481,7 +485,10 @@ def show_status(root: str) -> int:
 
 def write_report(preset: Preset, rows, root: str, seeds: int, start: float):
   """Tables 5 and 6 from the runs, then ablation.md, .csv, .png and _curves.png."""
+  import jax  # pylint: disable=g-import-not-at-top  (after main() set up host memory)
   table5, fusions = tables_5_and_6(preset, rows, root)
+  if jax.process_index() != 0:  # Every process evaluates; the first one writes.
+    return
   write_csv(os.path.join(root, 'ablation.csv'), rows)
   name = _PRESET.value
   header = {'preset': name, 'seeds': seeds, 'seconds': time.time() - start,
@@ -514,16 +521,20 @@ def main(argv):
   seeds = _SEEDS.value or preset.seeds
   os.makedirs(root, exist_ok=True)
   runs = plan_study(preset, root, seeds)
+  if _LAUNCHER.value == 'slurm' and not (_RUN.value or _REPORT_ONLY.value):
+    jobs = study_jobs(runs, root, seeds, ablation_slurm.resources_from_flags().nodes)
+    ablation_slurm.write_study(root, jobs)
+    sys.exit(launch_on_slurm(root, jobs))
+  # Kept referenced for the whole study: the C handler peers installed calls into it.
+  handler = (initialize_distributed(root, runs[0].config)  # pylint: disable=unused-variable
+             if _DISTRIBUTED.value == 'auto' else None)
   if _RUN.value:
     train_one(runs, _RUN.value)
     return
   if _REPORT_ONLY.value:
     check_finished(runs, root)
-  else:
-    jobs = study_jobs(runs, root, seeds, ablation_slurm.resources_from_flags().nodes)
-    ablation_slurm.write_study(root, jobs)
-    if _LAUNCHER.value == 'slurm':
-      sys.exit(launch_on_slurm(root, jobs))
+  else:  # For --status.
+    ablation_slurm.write_study(root, study_jobs(runs, root, seeds, 1))
   write_report(preset, train_and_test(preset, runs), root, seeds, start)
   if _REPORT_ONLY.value:  # The report job's mark: done, with these flags.
     os.makedirs(os.path.join(root, 'report'), exist_ok=True)

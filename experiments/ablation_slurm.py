@@ -181,7 +181,12 @@ if [ "$restarts" -gt {max_requeues} ]; then
 fi
 note start ", \"node\": \"$(hostname -s)\""
 time_limit=0
-trap 'time_limit=1; echo "Time limit in {seconds} s: saving and requeueing."; kill -TERM $child' USR1
+on_usr1() {{  # --signal=B:USR1@{seconds}: the time limit is near.
+  time_limit=1
+  echo "Time limit in {seconds} s: saving and requeueing."
+  kill -TERM $child
+}}
+trap on_usr1 USR1
 trap 'echo "SIGTERM: the run saves a checkpoint and stops."' TERM
 srun --kill-on-bad-exit=1 {command} &
 child=$!
