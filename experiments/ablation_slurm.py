@@ -160,8 +160,8 @@ def job_script(job: Job, resources: Resources, repo: str) -> str:
       command=shlex.join(job.argv))
 
 
-# USR1 (--signal=B:USR1@seconds) reaches this shell only: it stops the run, which saves a
-# checkpoint on SIGTERM and exits 143, and requeues the job. A preemption or
+# USR1 (--signal=B:USR1@seconds) reaches this shell only: it sends SIGTERM to the run's
+# processes on every node, which save a checkpoint and exit 143, and requeues the job. A preemption or
 # `scontrol requeue` signals every process of the job, and SLURM requeues it itself.
 _TEMPLATE = r"""#!/bin/bash
 # {name}: one job of the ablation study, written by experiments.ablation --launcher=slurm.
@@ -184,7 +184,7 @@ time_limit=0
 on_usr1() {{  # --signal=B:USR1@{seconds}: the time limit is near.
   time_limit=1
   echo "Time limit in {seconds} s: saving and requeueing."
-  kill -TERM $child
+  scancel --signal=TERM "$SLURM_JOB_ID"  # The run's processes (srun would end its step).
 }}
 trap on_usr1 USR1
 trap 'echo "SIGTERM: the run saves a checkpoint and stops."' TERM

@@ -36,9 +36,12 @@ def fake_slurm(tmp_path, monkeypatch):
   write_tool(folder, 'sbatch', f'n=$(( $(cat {tmp_path}/next 2>/dev/null || echo 100) + 1 ))\n'
              f'echo $n > {tmp_path}/next\necho "sbatch $*" >> {calls}\necho "$n;cluster"\n')
   write_tool(folder, 'squeue', f'cat {tmp_path}/queue 2>/dev/null || true\n')
-  write_tool(folder, 'scancel', f'echo "scancel $*" >> {calls}\n')
+  # scancel --signal=TERM JOB: SIGTERM to what the srun stand-in started.
+  write_tool(folder, 'scancel', f'echo "scancel $*" >> {calls}\n'
+             f'[ "$1" = --signal=TERM ] && kill -TERM $(cat {tmp_path}/srun.pid)\n')
   write_tool(folder, 'scontrol', f'echo "scontrol $*" >> {calls}\n')
-  write_tool(folder, 'srun', 'while [[ $1 == --* ]]; do shift; done\nexec "$@"\n')
+  write_tool(folder, 'srun', f'echo $$ > {tmp_path}/srun.pid\n'
+             'while [[ $1 == --* ]]; do shift; done\nexec "$@"\n')
   monkeypatch.setenv('PATH', f'{folder}:{os.environ["PATH"]}')
   return tmp_path
 
@@ -119,10 +122,11 @@ def test_time_limit_signal_saves_then_requeues_up_to_the_limit(fake_slurm, resta
   assert 'saved' in output
   calls = (fake_slurm / 'calls').read_text() if (fake_slurm / 'calls').exists() else ''
   if restarts < 2:
-    assert process.returncode == 143 and calls == 'scontrol requeue 7\n'
+    assert process.returncode == 143
+    assert calls == 'scancel --signal=TERM 7\nscontrol requeue 7\n'
     assert events(job) == [('start', 0, None), ('requeue', 0, 143)]
   else:  # The limit: the job fails, and its dependants are cancelled.
-    assert process.returncode == 1 and calls == ''
+    assert process.returncode == 1 and calls == 'scancel --signal=TERM 7\n'
     assert 'Error: the time limit was reached after 2 requeues.' in output
     assert events(job) == [('start', 2, None), ('end', 2, 1)]
 
