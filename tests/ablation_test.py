@@ -86,13 +86,19 @@ def test_quick_ablation_writes_all_tables_and_plots_then_skips_and_equals_slurms
   check_slurm_study(tmp_path / 'slurm', local)
 
 
-def requeue_mid_run(run_dir, job_id: str):
-  """`scontrol requeue` of a training job as soon as it has compiled: within its 4 steps."""
+def interrupt_mid_run(run_dir, job_id: str, command: list[str]):
+  """Runs `command` (a requeue, or the time-limit signal) on a training job in its 4 steps.
+
+  Sent 0.1 s after the log says the train step compiled: the loop, which saves on SIGTERM,
+  starts a few ms after that line, and its 4 steps and the evaluation at step 2 take 0.6 s
+  or more here (the signal arrives 0.1 s after the command; every run seen saved step 3).
+  """
   log, deadline = run_dir / f'slurm-{job_id}.out', time.time() + 600
   while not (log.exists() and 'Compiled the train step' in log.read_text()):
     assert time.time() < deadline, f'job {job_id} did not start training in 10 minutes'
     time.sleep(0.05)
-  subprocess.run(['scontrol', 'requeue', job_id], check=True, timeout=60)
+  time.sleep(0.1)
+  subprocess.run(command, check=True, timeout=60)
   # SLURM holds a requeued job back for 2 minutes (its BeginTime): let it go now.
   while slurm_helpers.job_state(job_id) != 'PENDING':
     assert time.time() < deadline, f'job {job_id} did not go back to the queue'
@@ -102,7 +108,8 @@ def requeue_mid_run(run_dir, job_id: str):
 
 
 def submit_requeue_and_wait(workdir):
-  """Submits the study with --wait and requeues A's job mid-run: (exit code, output, ids)."""
+  """Submits the study with --wait; requeues A's job mid-run and brings E_glorot's to its
+  time limit: (exit code, output, job ids)."""
   submit = subprocess.Popen(ablation_command(workdir, '--launcher=slurm', '--wait'), cwd=ROOT,
                             env=study_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -115,7 +122,11 @@ def submit_requeue_and_wait(workdir):
       if line.startswith('Follow it:'):
         break
     assert set(ids) == {*RUNS, 'report'}, ''.join(lines)
-    requeue_mid_run(workdir / 'A_seed0', ids['A_seed0'])
+    a, glorot = ids['A_seed0'], ids['E_glorot_seed0']
+    interrupt_mid_run(workdir / 'A_seed0', a, ['scontrol', 'requeue', a])
+    # What --signal=B:USR1@SECONDS sends before the time limit, to the job script only.
+    interrupt_mid_run(workdir / 'E_glorot_seed0', glorot,
+                      ['scancel', '--batch', '--signal=USR1', glorot])
     rest = submit.communicate(timeout=900)[0]
   except BaseException:
     submit.kill()
@@ -145,14 +156,16 @@ def check_slurm_study(workdir, local):
   assert csv_rows(workdir) == csv_rows(local)  # Error for error.
   assert (open(workdir / 'ablation.md').read().split('## Table 3')[1] ==
           open(local / 'ablation.md').read().split('## Table 3')[1])
-  # A's job saved a step and exited 143, was requeued, resumed from that step, finished.
-  events = read_events(workdir / 'A_seed0')
-  assert [(e['event'], e['restart'], e.get('rc')) for e in events] == [
-      ('start', 0, None), ('end', 0, 143), ('start', 1, None), ('end', 1, 0)]
-  log = (workdir / 'A_seed0' / f"slurm-{ids['A_seed0']}.out").read_text()
-  saved = re.search(r'Preempted: saved step (\d+)', log)
-  assert saved and f'Resumed from step {saved[1]} ' in log, log[-3000:]
-  assert read_events(workdir / 'E_warm_seed0')[0]['time'] >= events[-1]['time']
+  # A's job saved a step and exited 143, was requeued, resumed from that step, finished;
+  # E_glorot's did the same at its time limit, and requeued itself.
+  for name, stop in (('A_seed0', 'end'), ('E_glorot_seed0', 'requeue')):
+    events = [(e['event'], e['restart'], e.get('rc')) for e in read_events(workdir / name)]
+    assert events == [('start', 0, None), (stop, 0, 143), ('start', 1, None), ('end', 1, 0)]
+    log = (workdir / name / f'slurm-{ids[name]}.out').read_text()
+    saved = re.search(r'Preempted: saved step (\d+)', log)
+    assert saved and f'Resumed from step {saved[1]} ' in log, log[-3000:]
+  a_end = read_events(workdir / 'A_seed0')[-1]['time']
+  assert read_events(workdir / 'E_warm_seed0')[0]['time'] >= a_end
   # The jobs ran this checkout's code.
   assert f'cd {ROOT}\n' in (workdir / 'A_seed0' / 'slurm_job.sh').read_text()
   status = run_ablation(workdir, '--status')
