@@ -99,11 +99,13 @@ def interrupt_mid_run(run_dir, job_id: str, command: list[str]):
     time.sleep(0.05)
   time.sleep(0.1)
   subprocess.run(command, check=True, timeout=60)
-  # SLURM holds a requeued job back for 2 minutes (its BeginTime): let it go now.
+  # SLURM holds a requeued job back for 2 minutes (its BeginTime): let it go in 3 s. Not
+  # at once: slurmd refuses to start it again in the second its credential was revoked
+  # ("Job credential revoked": the job fails; seen once in five).
   while slurm_helpers.job_state(job_id) != 'PENDING':
     assert time.time() < deadline, f'job {job_id} did not go back to the queue'
     time.sleep(0.1)
-  subprocess.run(['scontrol', 'update', f'JobId={job_id}', 'StartTime=now'], check=True,
+  subprocess.run(['scontrol', 'update', f'JobId={job_id}', 'StartTime=now+3'], check=True,
                  timeout=60)
 
 
