@@ -9,6 +9,12 @@ each with the single-scale and the multi-scale protocols, then, from the same ru
 extra training, Table 5 (dense vs multi-crop vs both) and Table 6 (fusion). Writes
 DIR/ablation.md, ablation.csv, ablation.png and ablation_curves.png
 (experiments/ablation_report.py).
+
+  python -m experiments.ablation ... --launcher=slurm [--slurm_partition=gpu ...] [--wait]
+  python -m experiments.ablation --workdir=DIR --status
+
+--launcher=slurm submits each run as its own SLURM job and the tables as one last job
+(experiments/ablation_slurm.py, docs/multihost.md); --status prints where each run stands.
 """
 
 import csv
@@ -16,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -25,6 +32,7 @@ from absl import logging
 import ml_collections
 
 from experiments import ablation_report
+from experiments import ablation_slurm
 from experiments.configs import base
 from experiments.configs import cifar10
 from experiments.configs import digits
@@ -48,11 +56,28 @@ _BUDGETS = flags.DEFINE_list('budgets', None, "The deeper nets' step budgets in 
                              "A's, e.g. '1,2' (preset default: 1).")
 flags.adopt_module_key_flags(host_memory)  # Its --reuse_host_memory, in --help.
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir (cifar10, imagenet).')
+_LAUNCHER = flags.DEFINE_enum(
+    'launcher', 'local', ['local', 'slurm'], "'local': every run in this process, one after "
+    "another; 'slurm': each run its own SLURM job, then one job for the tables (the "
+    '--slurm_* flags; docs/multihost.md).')
+_STATUS = flags.DEFINE_bool('status', False, "Print where each job of DIR's study stands and "
+                            'exit (non-zero when one failed).')
+_WAIT = flags.DEFINE_bool('wait', False, 'With --launcher=slurm or --status: follow the study '
+                          'to its end with a progress line.')
+_RUN = flags.DEFINE_string('run', None, "Train this one run (its folder's name, e.g. "
+                           "'E_warm_seed0') and nothing else: what each SLURM job runs.")
+_REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Evaluate the finished runs and write '
+                                 'the tables; train nothing (the last SLURM job).')
+_DISTRIBUTED = flags.DEFINE_enum(
+    'distributed', 'none', ['none', 'auto'], "'auto': one process per host, as launch.py's "
+    '(every worker of a TPU pod slice runs the same command; multi-node SLURM jobs).')
+flags.adopt_module_key_flags(ablation_slurm)  # Its --slurm_* flags, in --help.
 
 VARIANTS = tuple(models.CONFIGS)
 SHALLOW = ('A', 'A-LRN')  # Trained once; the deeper nets start from A or from Glorot.
 INITS = ('warm', 'glorot')
 SCALE_VARIANTS = ('C', 'D', 'E')  # Trained at the further scales of Tables 3 and 4.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # The SLURM jobs' cwd.
 
 
 @dataclasses.dataclass
@@ -245,6 +270,7 @@ def plan_runs(preset: Preset, root: str, seed: int) -> list[Run]:
 def train_run(config, workdir: str) -> None:
   """Trains (or resumes, or skips when finished) one configuration."""
   # Imported here, after main() set up host memory: TensorFlow starts threads on import.
+  import jax  # pylint: disable=g-import-not-at-top
   from vgg_jax.training import train  # pylint: disable=g-import-not-at-top
   done = os.path.join(workdir, 'done.json')
   if os.path.exists(done):
@@ -253,8 +279,9 @@ def train_run(config, workdir: str) -> None:
   result = train.train_and_evaluate(config, workdir)
   if result.get('preempted'):
     raise SystemExit(143)
-  files.write_file_atomically(done, json.dumps(
-      {k: v for k, v in result.items() if isinstance(v, (int, float, bool))}))
+  if jax.process_index() == 0:  # A multi-node run's processes share the workdir.
+    files.write_file_atomically(done, json.dumps(
+        {k: v for k, v in result.items() if isinstance(v, (int, float, bool))}))
 
 
 def evaluate_runs(workdirs, protocol: str, scales, flip: bool, cache_dir: str,
@@ -280,26 +307,30 @@ def evaluate_runs(workdirs, protocol: str, scales, flip: bool, cache_dir: str,
   return result
 
 
-def train_and_test(preset: Preset, root: str, seeds: int) -> list[dict[str, Any]]:
+def plan_study(preset: Preset, root: str, seeds: int) -> list[Run]:
+  """Every seed's runs, in training order."""
+  return [run for seed in range(seeds) for run in plan_runs(preset, root, seed)]
+
+
+def train_and_test(preset: Preset, runs: list[Run]) -> list[dict[str, Any]]:
   """Every run trained (or skipped) and tested single- and multi-scale: one row each."""
   rows = []
-  for seed in range(seeds):
-    for run in plan_runs(preset, root, seed):
-      logging.info('=== %s %s S=%s seed %d (%s) ===', run.variant, run.init or '-',
-                   run.scale or '-', seed, run.workdir)
-      train_run(run.config, run.workdir)
-      single = evaluate_runs([run.workdir], 'single', run.single_q, preset.flip, run.workdir,
-                             preset.eval_max_examples)
-      multi = evaluate_runs([run.workdir], preset.multi_protocol, run.multi_q, preset.flip,
-                            run.workdir, preset.eval_max_examples)
-      with open(os.path.join(run.workdir, 'done.json')) as f:
-        steps = json.load(f)['step']
-      rows.append({'variant': run.variant, 'init': run.init, 'budget': run.budget,
-                   'train_scale': run.scale, 'seed': seed, 'steps': steps,
-                   'weight_layers': len(models.layer_names(run.variant)),
-                   'single_top1': single['top1_error'], 'single_top5': single['top5_error'],
-                   'multi_top1': multi['top1_error'], 'multi_top5': multi['top5_error'],
-                   'eval_images': single['num_images'], 'workdir': run.workdir})
+  for run in runs:
+    logging.info('=== %s %s S=%s seed %d (%s) ===', run.variant, run.init or '-',
+                 run.scale or '-', run.seed, run.workdir)
+    train_run(run.config, run.workdir)
+    single = evaluate_runs([run.workdir], 'single', run.single_q, preset.flip, run.workdir,
+                           preset.eval_max_examples)
+    multi = evaluate_runs([run.workdir], preset.multi_protocol, run.multi_q, preset.flip,
+                          run.workdir, preset.eval_max_examples)
+    with open(os.path.join(run.workdir, 'done.json')) as f:
+      steps = json.load(f)['step']
+    rows.append({'variant': run.variant, 'init': run.init, 'budget': run.budget,
+                 'train_scale': run.scale, 'seed': run.seed, 'steps': steps,
+                 'weight_layers': len(models.layer_names(run.variant)),
+                 'single_top1': single['top1_error'], 'single_top5': single['top5_error'],
+                 'multi_top1': multi['top1_error'], 'multi_top5': multi['top5_error'],
+                 'eval_images': single['num_images'], 'workdir': run.workdir})
   return rows
 
 
@@ -372,19 +403,92 @@ def command_line() -> str:
   return ' '.join(parts + ['--workdir=DIR'])
 
 
-def main(argv):
-  del argv
-  if host_memory.REUSE_HOST_MEMORY.value:
-    host_memory.reuse_freed_memory()  # Faster CPU steps, before JAX starts its threads.
-  checkpointing.quiet_orbax_logs()
-  monitoring.quiet_jax_backend_logs()
-  start = time.time()
-  preset = preset_from_flags()
-  seeds = _SEEDS.value or preset.seeds
-  root = os.path.abspath(_WORKDIR.value)
-  os.makedirs(root, exist_ok=True)
-  rows = train_and_test(preset, root, seeds)
+def study_flags(seeds: int) -> list[str]:
+  """The flags that define this study, spelled out: what each of its SLURM jobs is given."""
+  parts = [f'--preset={_PRESET.value}', '--quick' if _QUICK.value else '--noquick',
+           f'--seeds={seeds}']
+  parts += [f'--variants={",".join(_VARIANTS.value)}'] if _VARIANTS.value else []
+  parts += [f'--inits={",".join(_INITS.value)}'] if _INITS.value else []
+  parts += [f'--budgets={",".join(_BUDGETS.value)}'] if _BUDGETS.value else []
+  parts += [f'--data_dir={_DATA_DIR.value}'] if _DATA_DIR.value else []
+  reuse = host_memory.REUSE_HOST_MEMORY.value
+  return parts + ['--reuse_host_memory' if reuse else '--noreuse_host_memory']
+
+
+def study_jobs(runs: list[Run], root: str, seeds: int,
+               nodes: int) -> list[ablation_slurm.Job]:
+  """One job per run (after its warm-start source's), then the evaluations and tables."""
+  command = (sys.executable, '-m', 'experiments.ablation', *study_flags(seeds),
+             f'--workdir={root}')
+  names = {run.workdir: os.path.basename(run.workdir) for run in runs}
+  spread = ('--distributed=auto',) if nodes > 1 else ()
+  jobs = [ablation_slurm.Job(names[run.workdir], run.workdir,
+                             command + (f'--run={names[run.workdir]}',) + spread,
+                             after=tuple(names[source] for source in [run.config.init_from]
+                                         if source in names), nodes=nodes)
+          for run in runs]
+  return jobs + [ablation_slurm.Job('report', os.path.join(root, 'report'),
+                                    command + ('--report_only',), after_all=True)]
+
+
+def train_one(runs: list[Run], name: str):
+  """--run: one run of the study trained, once its warm-start source has finished."""
+  by_name = {os.path.basename(run.workdir): run for run in runs}
+  if name not in by_name:
+    raise app.UsageError(f'--run={name} is not a run of this study: {sorted(by_name)}.')
+  run = by_name[name]
+  source = run.config.init_from
+  if source and not os.path.exists(os.path.join(source, 'done.json')):
+    raise SystemExit(f'Error: {name} warm-starts from {source}, which has not finished.')
+  train_run(run.config, run.workdir)
+
+
+def initialize_distributed(root: str, config):
+  """--distributed=auto: jax.distributed.initialize as launch.py's (SLURM, TPU pod slices).
+
+  Returns the lost-peer handler, which must stay referenced for as long as the study runs.
+  """
+  # Imported here, after main() set up host memory: it imports jax.
+  from vgg_jax.training import peers  # pylint: disable=g-import-not-at-top
+  return peers.initialize(root, heartbeat_timeout_seconds=3 * config.peer_timeout_seconds,
+                          shutdown_timeout_seconds=config.shutdown_timeout_seconds)
+
+
+def check_finished(runs: list[Run], root: str):
+  """--report_only: stops with the names of the runs that did not finish, if any."""
+  missing = [os.path.basename(run.workdir) for run in runs
+             if not os.path.exists(os.path.join(run.workdir, 'done.json'))]
+  if missing:
+    raise SystemExit(f'Error: {len(missing)} run(s) did not finish, so no tables: '
+                     f'{", ".join(missing)} (python -m experiments.ablation --workdir={root} '
+                     '--status gives their errors).')
+
+
+def launch_on_slurm(root: str, jobs: list[ablation_slurm.Job]) -> int:
+  """Submits the study's jobs, prints their ids; with --wait, follows them to the end."""
+  try:
+    lines = ablation_slurm.submit(root, jobs, ablation_slurm.resources_from_flags(), REPO)
+  except ablation_slurm.SlurmError as error:
+    raise SystemExit(f'Error: {error}') from error
+  print('\n'.join(lines))
+  print(f'Follow it: python -m experiments.ablation --workdir={root} --status [--wait]',
+        flush=True)
+  return ablation_slurm.follow(root) if _WAIT.value else 0
+
+
+def show_status(root: str) -> int:
+  try:
+    return ablation_slurm.follow(root) if _WAIT.value else ablation_slurm.print_status(root)
+  except ablation_slurm.SlurmError as error:
+    raise SystemExit(f'Error: {error}') from error
+
+
+def write_report(preset: Preset, rows, root: str, seeds: int, start: float):
+  """Tables 5 and 6 from the runs, then ablation.md, .csv, .png and _curves.png."""
+  import jax  # pylint: disable=g-import-not-at-top  (after main() set up host memory)
   table5, fusions = tables_5_and_6(preset, rows, root)
+  if jax.process_index() != 0:  # Every process evaluates; the first one writes.
+    return
   write_csv(os.path.join(root, 'ablation.csv'), rows)
   name = _PRESET.value
   header = {'preset': name, 'seeds': seeds, 'seconds': time.time() - start,
@@ -401,6 +505,41 @@ def main(argv):
   print(open(os.path.join(root, 'ablation.md')).read())
   print(f'Wrote {root}/ablation.md, ablation.csv, ablation.png, ablation_curves.png in '
         f'{(time.time() - start) / 60:.1f} min.')
+
+
+def main(argv):
+  del argv
+  root = os.path.abspath(_WORKDIR.value)
+  if _STATUS.value:
+    sys.exit(show_status(root))
+  if host_memory.REUSE_HOST_MEMORY.value:
+    host_memory.reuse_freed_memory()  # Faster CPU steps, before JAX starts its threads.
+  checkpointing.quiet_orbax_logs()
+  monitoring.quiet_jax_backend_logs()
+  start = time.time()
+  preset = preset_from_flags()
+  seeds = _SEEDS.value or preset.seeds
+  os.makedirs(root, exist_ok=True)
+  runs = plan_study(preset, root, seeds)
+  if _LAUNCHER.value == 'slurm' and not (_RUN.value or _REPORT_ONLY.value):
+    jobs = study_jobs(runs, root, seeds, ablation_slurm.resources_from_flags().nodes)
+    ablation_slurm.write_study(root, jobs)
+    sys.exit(launch_on_slurm(root, jobs))
+  # Kept referenced for the whole study: the C handler peers installed calls into it.
+  handler = (initialize_distributed(root, runs[0].config)  # pylint: disable=unused-variable
+             if _DISTRIBUTED.value == 'auto' else None)
+  if _RUN.value:
+    train_one(runs, _RUN.value)
+    return
+  if _REPORT_ONLY.value:
+    check_finished(runs, root)
+  else:  # For --status.
+    ablation_slurm.write_study(root, study_jobs(runs, root, seeds, 1))
+  write_report(preset, train_and_test(preset, runs), root, seeds, start)
+  if _REPORT_ONLY.value:  # The report job's mark: done, with these flags.
+    os.makedirs(os.path.join(root, 'report'), exist_ok=True)
+    files.write_file_atomically(os.path.join(root, 'report', 'done.json'),
+                                json.dumps({'flags': sys.argv[1:]}))
 
 
 if __name__ == '__main__':

@@ -126,11 +126,12 @@ def evaluate_checkpoints(predictors: Sequence[views.Predictor], data_config,
       flush()
   if pending:
     flush()
-  if jax.process_count() > 1:
-    counts = np.sum(multihost_utils.process_allgather(counts), axis=0)
+  if jax.process_count() > 1:  # The allgather's float32 counts are whole numbers < 2^24.
+    counts = np.sum(np.float64(multihost_utils.process_allgather(counts)), axis=0)
   images = max(int(counts[2]), 1)
-  return {'protocol': name, 'scales': list(scales), 'top1_error': counts[0] / images,
-          'top5_error': counts[1] / images, 'num_images': int(counts[2]),
+  # Python floats, as json (the cached results) needs, equal for any process count.
+  return {'protocol': name, 'scales': list(scales), 'top1_error': float(counts[0] / images),
+          'top5_error': float(counts[1] / images), 'num_images': int(counts[2]),
           'views_per_image': (views.views_per_scale(name, flip) * len(scales)
                               * len(predictors)),
           'flip': flip, 'num_models': len(predictors)}
