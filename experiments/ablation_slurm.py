@@ -365,7 +365,17 @@ _ERROR = re.compile(r'\berror\b', re.IGNORECASE)
 
 
 def last_error_line(log_lines: list[str]) -> str:
-  """A traceback's last line, else the last line that says error, else ''."""
+  """A traceback's last line (the exception, whatever its class is called), else a line
+  like one, else the last line that says error, else ''."""
+  ends, in_traceback = [], False
+  for line in log_lines:
+    if line.startswith('Traceback (most recent call last)'):
+      in_traceback = True
+    elif in_traceback and line.strip() and not line.startswith((' ', '\t')):
+      ends.append(line.strip())  # The first unindented line after the frames.
+      in_traceback = False
+  if ends:
+    return ends[-1]
   for pattern in (_EXCEPTION, _ERROR):
     found = [line.strip() for line in log_lines if pattern.search(line)]
     if found:

@@ -181,6 +181,12 @@ def test_last_error_line_prefers_the_traceback():
   log = ['I1203 step 2/4', 'Traceback (most recent call last):', '  raise ValueError("x")',
          'ValueError: boom', 'slurmstepd: error: *** JOB 5 CANCELLED ***', 'teardown done']
   assert ablation_slurm.last_error_line(log) == 'ValueError: boom'
+  # The project's own errors are not all called ...Error: the traceback's end says which.
+  named = ['Traceback (most recent call last):', '  File "x.py", line 1', '    raise',
+           "vgg_jax.errors.NotFound: TFDS dataset 'c' is not prepared in /d.", 'Prepare it',
+           'srun: error: vm: task 0: Exited with exit code 1']
+  assert ablation_slurm.last_error_line(named) == (
+      "vgg_jax.errors.NotFound: TFDS dataset 'c' is not prepared in /d.")
   assert ablation_slurm.last_error_line(log[-2:]) == 'slurmstepd: error: *** JOB 5 CANCELLED ***'
   assert ablation_slurm.last_error_line(['Error: 2 run(s) did not finish', 'srun: error: task 0: '
                                          'Exited with exit code 1']) == (
@@ -243,7 +249,7 @@ def test_failed_run_is_named_and_its_dependants_cancelled(tmp_path):
     assert submit.returncode == 1, submit.stdout + submit.stderr[-3000:]
     lines = submit.stdout.splitlines()[-4:]  # --wait ends with the status.
     assert lines[0].split()[:2] == ['A_seed0', 'failed']
-    assert lines[0].endswith("FileNotFoundError: TFDS dataset 'cifar10' is not prepared in "
+    assert lines[0].endswith("NotFound: TFDS dataset 'cifar10' is not prepared in "
                              f"{tmp_path}/no_data/cifar10/3.0.2.")
     assert lines[1].split()[:2] == ['D_warm_seed0', 'failed']
     assert lines[1].endswith('cancelled: A_seed0 failed')
