@@ -38,10 +38,11 @@ from experiments.configs import cifar10
 from experiments.configs import digits
 from experiments.configs import imagenet
 from vgg_jax import checkpointing
+from vgg_jax import cli
+from vgg_jax import errors
 from vgg_jax import files
 from vgg_jax import models
 from vgg_jax.training import host_memory
-from vgg_jax.training import monitoring
 
 _PRESET = flags.DEFINE_enum('preset', 'digits', ['digits', 'cifar10', 'imagenet'],
                             'Which study to run.')
@@ -188,7 +189,7 @@ def get_preset(name: str, quick: bool) -> Preset:
         # the flow's time (docs/performance.md).
         fusion_max_examples=64 if quick else 0,
         table5_note='the warm-started D and E at A\'s budget',
-        budget_rule=('Budget rule: every net gets A\'s 315 steps (15 epochs), both '
+        budget_rule=('every net gets A\'s 315 steps (15 epochs), both '
                      'initialisations, 2 seeds. Measured on 2 CPU cores: 70-105 s per run '
                      'with its two tests, 37 min for the 20 runs, 12 min more for Tables 5 '
                      'and 6; a 2x budget for the deeper nets (--budgets=1,2: 16 more runs) '
@@ -198,7 +199,7 @@ def get_preset(name: str, quick: bool) -> Preset:
                   (32,), (32, 36, 40), 'dense', flip=True, inits=INITS, budgets=(1.0,),
                   paper=False, fusion_scales=(32, 36, 40), eval_max_examples=16 if quick else 0,
                   table5_note='the warm-started D and E',
-                  budget_rule='Budget rule: every net trains the same 60 epochs.')
+                  budget_rule='every net trains the same 60 epochs.')
 
   def make_imagenet(variant):  # Sec. 3.1: A from N(0, 0.01^2); the rest warm-started.
     config = tfds_config(imagenet.get_config, variant, quick, image_size=32)
@@ -217,7 +218,7 @@ def get_preset(name: str, quick: bool) -> Preset:
                 budgets=(1.0,), paper=True, fusion_scales=fusion, scale_name='256',
                 extra_scales=extra, table5_note='D and E trained with S jittered',
                 eval_max_examples=4 if quick else 0,  # Dense: a compilation per image shape.
-                budget_rule='Budget rule: the paper\'s, 74 epochs with the plateau rule.')
+                budget_rule='the paper\'s, 74 epochs with the plateau rule.')
 
 
 def run_name(variant: str, seed: int, scale: str = '', init: str = '',
@@ -439,7 +440,7 @@ def train_one(runs: list[Run], name: str):
   run = by_name[name]
   source = run.config.init_from
   if source and not os.path.exists(os.path.join(source, 'done.json')):
-    raise SystemExit(f'Error: {name} warm-starts from {source}, which has not finished.')
+    raise errors.UserError(f'{name} warm-starts from {source}, which has not finished.')
   train_run(run.config, run.workdir)
 
 
@@ -459,7 +460,7 @@ def check_finished(runs: list[Run], root: str):
   missing = [os.path.basename(run.workdir) for run in runs
              if not os.path.exists(os.path.join(run.workdir, 'done.json'))]
   if missing:
-    raise SystemExit(f'Error: {len(missing)} run(s) did not finish, so no tables: '
+    raise errors.UserError(f'{len(missing)} run(s) did not finish, so no tables: '
                      f'{", ".join(missing)} (python -m experiments.ablation --workdir={root} '
                      '--status gives their errors).')
 
@@ -469,7 +470,7 @@ def launch_on_slurm(root: str, jobs: list[ablation_slurm.Job]) -> int:
   try:
     lines = ablation_slurm.submit(root, jobs, ablation_slurm.resources_from_flags(), REPO)
   except ablation_slurm.SlurmError as error:
-    raise SystemExit(f'Error: {error}') from error
+    raise errors.UserError(str(error)) from error
   print('\n'.join(lines))
   print(f'Follow it: python -m experiments.ablation --workdir={root} --status [--wait]',
         flush=True)
@@ -480,7 +481,7 @@ def show_status(root: str) -> int:
   try:
     return ablation_slurm.follow(root) if _WAIT.value else ablation_slurm.print_status(root)
   except ablation_slurm.SlurmError as error:
-    raise SystemExit(f'Error: {error}') from error
+    raise errors.UserError(str(error)) from error
 
 
 def write_report(preset: Preset, rows, root: str, seeds: int, start: float):
@@ -492,12 +493,13 @@ def write_report(preset: Preset, rows, root: str, seeds: int, start: float):
   write_csv(os.path.join(root, 'ablation.csv'), rows)
   name = _PRESET.value
   header = {'preset': name, 'seeds': seeds, 'seconds': time.time() - start,
-            'budget_rule': preset.budget_rule,
+            'budget_rule': preset.budget_rule, 'quick': _QUICK.value,
             'command': command_line()}
   ablation_report.write_markdown(os.path.join(root, 'ablation.md'), rows, preset, header,
                                  table5, fusions)
   main_rows = [r for r in rows if r['train_scale'] == preset.scale_name]
-  title = f'VGG depth ablation, preset {name}: {seeds} seed(s) per configuration'
+  title = (f'VGG depth ablation, preset {name}{" --quick" if _QUICK.value else ""}: '
+           f'{ablation_report.plural(seeds, "seed")} per configuration')
   ablation_report.write_plot(os.path.join(root, 'ablation.png'), main_rows, preset.variants,
                              title)
   ablation_report.write_curves(os.path.join(root, 'ablation_curves.png'), main_rows,
@@ -514,8 +516,8 @@ def main(argv):
     sys.exit(show_status(root))
   if host_memory.REUSE_HOST_MEMORY.value:
     host_memory.reuse_freed_memory()  # Faster CPU steps, before JAX starts its threads.
+  cli.import_tensorflow()  # Once, without its start-up notices.
   checkpointing.quiet_orbax_logs()
-  monitoring.quiet_jax_backend_logs()
   start = time.time()
   preset = preset_from_flags()
   seeds = _SEEDS.value or preset.seeds
@@ -543,4 +545,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

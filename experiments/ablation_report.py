@@ -42,9 +42,9 @@ def column_key(row) -> tuple[str, float]:
 
 
 def column_order(key) -> tuple[float, int, str]:
-  """Columns by budget, the warm start (the paper's way) first."""
+  """Columns by budget, the shallow nets' runs, then the warm start (the paper's way)."""
   init, budget = key
-  return budget, 0 if init == 'warm' else 1, init
+  return budget, {'': -1, 'warm': 0}.get(init, 1), init
 
 
 def column_name(init: str, budget: float, steps: int) -> str:
@@ -62,11 +62,35 @@ def cell(values) -> str:
   return f'{mean:.2f} ± {std:.2f}' if n > 1 else f'{mean:.2f}'
 
 
+def plural(count: int, noun: str) -> str:
+  return f'{count} {noun}' + ('' if count == 1 else 's')
+
+
+def budget_used(rows) -> str:
+  """What the runs were given, from the runs themselves: one part per group of runs."""
+  groups = {}  # (train scale, init, budget) -> (variants, steps), in training order.
+  for row in rows:
+    variants, steps = groups.setdefault((row['train_scale'], row['init'], row['budget']),
+                                        ([], set()))
+    if row['variant'] not in variants:
+      variants.append(row['variant'])
+    steps.add(int(row['steps']))
+  parts = []
+  for (scale, init, budget), (variants, steps) in groups.items():
+    how = f'with {INIT_NAMES.get(init, init)}' if init else 'from scratch'
+    span = (f'{min(steps)}' if len(steps) == 1 else f'{min(steps)}-{max(steps)}')
+    parts.append(f'{", ".join(variants)}{f" at S = {scale}" if scale else ""} {how}: '
+                 f'{span} steps' + (f' ({budget:g}x A)' if init and budget != 1 else ''))
+  seeds = len({row['seed'] for row in rows})
+  return (f'Budget used: {plural(len(rows), "run")}, {plural(seeds, "seed")} per '
+          f'configuration. ' + '; '.join(parts) + '.')
+
+
 def depth_table(rows, variants, metric: str, paper=None) -> list[str]:
   """Table 3/4 shape: one row per configuration, one column per (init, budget).
 
-  The shallow nets (A, A-LRN: init '' in the rows) are trained once and shown in every
-  column: they are what the deeper nets are compared with.
+  The shallow nets (A, A-LRN: init '' in the rows) are trained once: their figures stand
+  in the first column only (the others show '-'), as each run is shown once.
   """
   deep = sorted({column_key(r) for r in rows if r['init']}, key=column_order)
   columns = deep or [('', 1.0)]
@@ -82,8 +106,8 @@ def depth_table(rows, variants, metric: str, paper=None) -> list[str]:
     if not mine:
       continue
     cells = []
-    for column in columns:
-      chosen = [r for r in mine if not r['init'] or column_key(r) == column]
+    for c, column in enumerate(columns):
+      chosen = [r for r in mine if (not r['init'] and c == 0) or column_key(r) == column]
       cells.append(f'{cell([r[metric + "_top1"] for r in chosen])} / '
                    f'{cell([r[metric + "_top5"] for r in chosen])}' if chosen else '-')
     line = (f'| {variant} | {len(models.layer_names(variant))} | ' + ' | '.join(cells) + ' |')
@@ -162,11 +186,17 @@ def write_markdown(path, rows, preset, header: dict, table5_results, fusions):
            f'Date: {datetime.date.today().isoformat()}; machine: {platform.machine()}, '
            f'{os.cpu_count()} CPU cores ({platform.platform()}); '
            f'wall time {header["seconds"] / 60:.1f} min (this invocation).  ',
-           f'Seeds: {header["seeds"]}; mean ± std over seeds; errors in %, top-1 / top-5.',
-           f'{header["budget_rule"]}', '',
+           'Errors in %, top-1 / top-5; with several seeds, mean ± std over them.  ',
+           budget_used(rows) + '  ',
+           ('The preset\'s own budget, which --quick replaces with a few steps at a tiny '
+            'width: ' if header.get('quick') else 'The preset\'s budget rule: ')
+           + header['budget_rule'], '',
            f'## Table 3 shape: single test scale, centre crop, Q = '
            f'{",".join(map(str, preset.single_scales))}', '']
   lines += depth_table(main, preset.variants, 'single', PAPER_TABLE3 if preset.paper else None)
+  if len({column_key(r) for r in main if r['init']}) > 1 and any(not r['init'] for r in main):
+    lines += ['', 'A and A-LRN are trained once, from scratch: their figures stand in the '
+              'first column only, here and in Table 4.']
   lines += ['', f'## Table 4 shape: multi-scale test, {preset.multi_protocol} evaluation'
             f'{flips}, Q = {{{",".join(map(str, preset.multi_scales))}}}', '']
   lines += depth_table(main, preset.variants, 'multi', PAPER_TABLE4 if preset.paper else None)
@@ -186,12 +216,16 @@ def write_markdown(path, rows, preset, header: dict, table5_results, fusions):
   files.write_file_atomically(path, '\n'.join(lines) + '\n')
 
 
+# Configurations that share a depth with another, drawn beside it: A-LRN (A's 11), C (D's 16).
+DEPTH_SHIFT = {'A-LRN': 0.25, 'C': -0.4}
+
+
 def write_plot(path, rows, variants, title: str):
   """Single- and multi-scale top-1/top-5 error against depth, one colour per column."""
   # Optional: the ablation extra. A bare Figure (no pyplot) renders with Agg, no display.
   from matplotlib import figure  # pylint: disable=g-import-not-at-top
   columns = sorted({column_key(r) for r in rows}, key=column_order)
-  fig = figure.Figure(figsize=(11, 4.2))
+  fig = figure.Figure(figsize=(11, 5))
   axes = fig.subplots(1, 2)
   for ax, metric in ((axes[0], 'top1'), (axes[1], 'top5')):
     for c, column in enumerate(columns):
@@ -201,22 +235,24 @@ def write_plot(path, rows, variants, title: str):
           mine = [100 * r[f'{test}_{metric}'] for r in rows
                   if r['variant'] == variant and column_key(r) == column]
           if mine:
-            depth = len(models.layer_names(variant)) + (0.25 if variant == 'A-LRN' else 0)
+            depth = len(models.layer_names(variant)) + DEPTH_SHIFT.get(variant, 0)
             xs.append(depth + (0.1 * c) + (-0.05 if test == 'single' else 0.05))
             means.append(np.mean(mine))
             stds.append(np.std(mine))
         if xs:
-          label = (f'{INIT_NAMES.get(column[0], "A, A-LRN")}'
+          label = (f'{INIT_NAMES.get(column[0], "A, A-LRN, trained once")}'
                    f'{f" {column[1]:g}x" if column[1] != 1 else ""} ({test})')
           ax.errorbar(xs, means, yerr=stds, fmt=marker, color=f'C{c}', capsize=3,
                       alpha=1.0 if test == 'single' else 0.55, label=label)
-    ax.set_xlabel('weight layers (A-LRN drawn at 11.25)')
+    ax.set_xlabel('weight layers (A-LRN drawn at 11.25, C at 15.6: they share a depth)')
     ax.set_ylabel(f'{metric[:3]}-{metric[3]} error (%)')
     ax.set_xticks([11, 13, 16, 19])
     ax.grid(alpha=0.3)
-  axes[0].legend(fontsize=6)
+  # Below both panels, where it covers no point.
+  handles, labels = axes[0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc='lower center', ncol=3, fontsize=8, frameon=False)
   fig.suptitle(title)
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0.06 * ((len(labels) + 2) // 3), 1, 1))
   fig.savefig(path, dpi=120)
 
 
@@ -229,29 +265,60 @@ def eval_curve(workdir: str) -> tuple[np.ndarray, np.ndarray]:
   return steps, np.asarray([100 * points[s] for s in steps])
 
 
+# Per initialisation, a line style and a marker of its own (colour is the configuration).
+CURVE_STYLES = {'': ('-', 'o'), 'warm': ('-', 's'), 'glorot': ('--', '^'),
+                'paper': (':', 'D')}
+
+
 def write_curves(path, rows, variants, title: str):
-  """Eval top-1 error against the step, mean over seeds, per configuration and column."""
+  """Eval top-1 error against the step, mean over seeds, per configuration and column.
+
+  Colour is the configuration, line style and marker the initialisation. A line that a
+  later one covers exactly (two nets at chance, say) is drawn wider, once per line over
+  it, so it still shows around them. The y axis is logarithmic only where the errors span
+  more than 3x.
+  Returns the figure, for tests to read.
+  """
   # Optional: the ablation extra. A bare Figure (no pyplot) renders with Agg, no display.
   from matplotlib import figure  # pylint: disable=g-import-not-at-top
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
   fig = figure.Figure(figsize=(8.5, 5))
   ax = fig.subplots()
-  styles = {'': '-', 'warm': '-', 'glorot': '--', 'paper': '-'}
+  curves = []
   for v, variant in enumerate(variants):
-    for init, budget in sorted({column_key(r) for r in rows if r['variant'] == variant}):
+    for init, budget in sorted({column_key(r) for r in rows if r['variant'] == variant},
+                               key=column_order):
       runs = [r for r in rows if r['variant'] == variant and column_key(r) == (init, budget)]
-      curves = [eval_curve(r['workdir']) for r in runs]
-      common = sorted(set.intersection(*(set(s.tolist()) for s, _ in curves)))
-      if not common:
-        continue
-      mean = np.mean([[dict(zip(s.tolist(), e))[t] for t in common] for s, e in curves], 0)
-      label = f'{variant}{f" {init}" if init else ""}{f" {budget:g}x" if budget != 1 else ""}'
-      ax.plot(common, mean, styles.get(init, ':'), color=f'C{v}', marker='.',
-              alpha=1.0 if budget == 1 else 0.5, label=label)
-  ax.set_yscale('log')
-  ax.set_xlabel('step')
-  ax.set_ylabel('eval top-1 error (%), mean over seeds (log scale)')
+      read = [eval_curve(r['workdir']) for r in runs]
+      common = sorted(set.intersection(*(set(s.tolist()) for s, _ in read)))
+      if common:
+        mean = np.mean([[dict(zip(s.tolist(), e))[t] for t in common] for s, e in read], 0)
+        label = (f'{variant}{f" {init}" if init else ""}'
+                 f'{f" {budget:g}x" if budget != 1 else ""}')
+        curves.append((v, init, budget, common, mean, label))
+  for i, (v, init, budget, steps, mean, label) in enumerate(curves):
+    style, marker = CURVE_STYLES.get(init, ('-.', 'v'))
+    covered = sum(later[3] == steps and np.allclose(later[4], mean, atol=0.05)
+                  for later in curves[i + 1:])
+    ax.plot(steps, mean, linestyle=style, marker=marker, color=f'C{v % 10}',
+            linewidth=1.5 + 2.5 * covered, markersize=5 + 4 * covered,
+            alpha=1.0 if budget == 1 else 0.55, label=label, zorder=2 + i)
+  values = np.concatenate([c[4] for c in curves]) if curves else np.ones(1)
+  positive = values[values > 0]
+  logarithmic = positive.size and positive.max() > 3 * positive.min()
+  if logarithmic:
+    ax.set_yscale('log')
+  ax.yaxis.set_major_formatter(ticker.FormatStrFormatter('%g'))
+  ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+  if logarithmic:  # Plain numbers at 1-2-5 steps, not powers of ten.
+    ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True, steps=[1, 2, 2.5, 5, 10]))
+  ax.set_xlabel('training step')
+  ax.set_ylabel('eval top-1 error (%), mean over seeds'
+                + (' (log scale)' if logarithmic else ''))
   ax.grid(alpha=0.3, which='both')
-  ax.legend(fontsize=7, ncol=2)
+  ax.legend(fontsize=8, ncol=2, title='configuration, initialisation', title_fontsize=8)
   ax.set_title(title, fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
+  return fig

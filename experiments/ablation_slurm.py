@@ -361,12 +361,14 @@ def tail(path: str, size: int = 1 << 18) -> list[str]:
 
 
 _EXCEPTION = re.compile(r'^[\w.]*(Error|Exception|Exit|Interrupt)(: .*)?$')
+_USER_ERROR = re.compile(r'^error: ')  # vgg_jax.cli.run's line for a user error.
 _ERROR = re.compile(r'\berror\b', re.IGNORECASE)
 
 
 def last_error_line(log_lines: list[str]) -> str:
   """A traceback's last line (the exception, whatever its class is called), else a line
-  like one, else the last line that says error, else ''."""
+  like one, else a user error's `error: ...` line, else the last line that says error,
+  else ''."""
   ends, in_traceback = [], False
   for line in log_lines:
     if line.startswith('Traceback (most recent call last)'):
@@ -376,7 +378,7 @@ def last_error_line(log_lines: list[str]) -> str:
       in_traceback = False
   if ends:
     return ends[-1]
-  for pattern in (_EXCEPTION, _ERROR):
+  for pattern in (_EXCEPTION, _USER_ERROR, _ERROR):
     found = [line.strip() for line in log_lines if pattern.search(line)]
     if found:
       return found[-1]

@@ -191,6 +191,10 @@ def test_last_error_line_prefers_the_traceback():
   assert ablation_slurm.last_error_line(['Error: 2 run(s) did not finish', 'srun: error: task 0: '
                                          'Exited with exit code 1']) == (
                                              'Error: 2 run(s) did not finish')
+  # A user error is one `error: ...` line (vgg_jax.cli.run), then srun's own.
+  assert ablation_slurm.last_error_line(["error: TFDS dataset 'c' is not prepared in /d.",
+                                         'srun: error: vm: task 0: Exited with exit code 1']) == (
+                                             "error: TFDS dataset 'c' is not prepared in /d.")
   assert ablation_slurm.last_error_line(['eval/top1_error 0.5']) == ''
 
 
@@ -249,13 +253,13 @@ def test_failed_run_is_named_and_its_dependants_cancelled(tmp_path):
     assert submit.returncode == 1, submit.stdout + submit.stderr[-3000:]
     lines = submit.stdout.splitlines()[-4:]  # --wait ends with the status.
     assert lines[0].split()[:2] == ['A_seed0', 'failed']
-    assert lines[0].endswith("NotFound: TFDS dataset 'cifar10' is not prepared in "
+    assert lines[0].endswith("error: TFDS dataset 'cifar10' is not prepared in "
                              f"{tmp_path}/no_data/cifar10/3.0.2.")
     assert lines[1].split()[:2] == ['D_warm_seed0', 'failed']
     assert lines[1].endswith('cancelled: A_seed0 failed')
     assert slurm_helpers.job_state(ids[1]) == 'CANCELLED'
     assert lines[2].split()[:2] == ['report', 'failed']
-    assert lines[2].endswith('Error: 2 run(s) did not finish, so no tables: A_seed0, '
+    assert lines[2].endswith('error: 2 run(s) did not finish, so no tables: A_seed0, '
                              f'D_warm_seed0 (python -m experiments.ablation --workdir='
                              f'{tmp_path}/study --status gives their errors).')
     status = subprocess.run(command + ['--status'], cwd=ROOT, text=True, capture_output=True,
