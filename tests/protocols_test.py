@@ -108,6 +108,22 @@ def test_launch_evaluate_prints_a_table_and_writes_json(run_dir):
   assert saved['num_images'] == 30 and saved['scales'] == [32, 40]
 
 
+def test_table_shows_top5_only_for_more_than_five_classes():
+  def result(variant, classes, top5=0.125):
+    return {'variants': [variant], 'protocol': 'dense', 'scales': [32], 'views_per_image': 1,
+            'num_images': 8, 'top1_error': 0.25, 'top5_error': top5, 'num_classes': classes}
+  ten = protocols.format_table([result('D', 10)]).splitlines()
+  assert ten[0].endswith('| top-1 err % | top-5 err % |') and ten[2].endswith('| 25.00 | 12.50 |')
+  two = protocols.format_table([result('D', 2, top5=0.0)]).splitlines()
+  assert 'top-5' not in two[0] and two[1] == '|---|---|---|---|---|---|'
+  assert two[2] == '| D | dense | 32 | 1 | 8 | 25.00 |'
+  mixed = protocols.format_table([result('D', 2), result('E', 10)]).splitlines()
+  assert mixed[2].endswith('| 25.00 | - |') and mixed[3].endswith('| 25.00 | 12.50 |')
+  stored = result('D', 10)
+  del stored['num_classes']  # A result stored before the field existed: top-5 shown.
+  assert protocols.format_table([stored]).splitlines()[2].endswith('| 12.50 |')
+
+
 @pytest.mark.slow
 def test_launch_evaluate_uses_the_runs_stored_config(tmp_path, folder):
   # A folder run with test-time flips, evaluated without --config: the digits default
@@ -127,6 +143,7 @@ def test_launch_evaluate_uses_the_runs_stored_config(tmp_path, folder):
     assert warning not in result.stderr  # Orbax's warnings about intended read-only use.
   stored = json.load(open(workdir / 'eval_dense.json'))
   assert stored['views_per_image'] == 2 and stored['num_images'] == 10  # Flips on; folder.
+  assert stored['num_classes'] == 2 and 'top-5' not in result.stdout  # Cats and dogs.
   result = launch('--config.eval.flip=False')
   assert result.returncode == 0, result.stderr[-3000:]
   assert json.load(open(workdir / 'eval_dense.json'))['views_per_image'] == 1

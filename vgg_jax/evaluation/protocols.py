@@ -170,7 +170,7 @@ def run(eval_config, workdirs: Sequence[str], output_dir: str | None = None,
       max_examples=eval_config.max_examples or None, collector=collector)
   result.update(workdirs=[os.path.abspath(w) for w in workdirs],
                 steps=[step for *_, step in loaded],
-                variants=[m.variant for m, *_ in loaded])
+                variants=[m.variant for m, *_ in loaded], num_classes=model.num_classes)
   name = eval_config.protocol.replace('+', '_')
   if collector is not None:
     title = (f"{'+'.join(result['variants'])} steps {result['steps']}, {name} at "
@@ -185,13 +185,21 @@ def run(eval_config, workdirs: Sequence[str], output_dir: str | None = None,
 
 
 def format_table(results: Sequence[dict[str, Any]]) -> str:
-  lines = ['| models | protocol | Q | views/image | images | top-1 err % | top-5 err % |',
-           '|---|---|---|---|---|---|---|']
+  """Evaluation results as a markdown table; top-5 only for nets of more than 5 classes
+  (with 5 or fewer, every class is in the top 5). Results stored before num_classes was
+  recorded show it."""
+  def has_top5(r):
+    return r.get('num_classes', 6) > 5
+  top5 = any(has_top5(r) for r in results)
+  lines = ['| models | protocol | Q | views/image | images | top-1 err % |'
+           + (' top-5 err % |' if top5 else ''), '|---|---|---|---|---|---|' + '---|' * top5]
   for r in results:
-    lines.append(f"| {'+'.join(r.get('variants', ['?']))} | {r['protocol']} | "
-                 f"{','.join(map(str, r['scales']))} | {r['views_per_image']} | "
-                 f"{r['num_images']} | {100 * r['top1_error']:.2f} | "
-                 f"{100 * r['top5_error']:.2f} |")
+    line = (f"| {'+'.join(r.get('variants', ['?']))} | {r['protocol']} | "
+            f"{','.join(map(str, r['scales']))} | {r['views_per_image']} | "
+            f"{r['num_images']} | {100 * r['top1_error']:.2f} |")
+    if top5:
+      line += f" {100 * r['top5_error']:.2f} |" if has_top5(r) else ' - |'
+    lines.append(line)
   return '\n'.join(lines)
 
 
