@@ -461,8 +461,8 @@ def check_finished(runs: list[Run], root: str):
              if not os.path.exists(os.path.join(run.workdir, 'done.json'))]
   if missing:
     raise errors.UserError(f'{len(missing)} run(s) did not finish, so no tables: '
-                     f'{", ".join(missing)} (python -m experiments.ablation --workdir={root} '
-                     '--status gives their errors).')
+                           f'{", ".join(missing)} (python -m experiments.ablation '
+                           f'--workdir={root} --status gives their errors).')
 
 
 def launch_on_slurm(root: str, jobs: list[ablation_slurm.Job]) -> int:
@@ -492,7 +492,7 @@ def write_report(preset: Preset, rows, root: str, seeds: int, start: float):
     return
   write_csv(os.path.join(root, 'ablation.csv'), rows)
   name = _PRESET.value
-  header = {'preset': name, 'seeds': seeds, 'seconds': time.time() - start,
+  header = {'preset': name, 'seconds': time.time() - start,
             'budget_rule': preset.budget_rule, 'quick': _QUICK.value,
             'command': command_line()}
   ablation_report.write_markdown(os.path.join(root, 'ablation.md'), rows, preset, header,

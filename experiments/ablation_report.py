@@ -78,7 +78,7 @@ def budget_used(rows) -> str:
   parts = []
   for (scale, init, budget), (variants, steps) in groups.items():
     how = f'with {INIT_NAMES.get(init, init)}' if init else 'from scratch'
-    span = (f'{min(steps)}' if len(steps) == 1 else f'{min(steps)}-{max(steps)}')
+    span = f'{min(steps)}' if len(steps) == 1 else f'{min(steps)}-{max(steps)}'
     parts.append(f'{", ".join(variants)}{f" at S = {scale}" if scale else ""} {how}: '
                  f'{span} steps' + (f' ({budget:g}x A)' if init and budget != 1 else ''))
   seeds = len({row['seed'] for row in rows})
@@ -306,12 +306,11 @@ def write_curves(path, rows, variants, title: str):
   values = np.concatenate([c[4] for c in curves]) if curves else np.ones(1)
   positive = values[values > 0]
   logarithmic = positive.size and positive.max() > 3 * positive.min()
-  if logarithmic:
+  if logarithmic:  # Plain numbers at 1-2-5 steps, not powers of ten.
     ax.set_yscale('log')
+    ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
   ax.yaxis.set_major_formatter(ticker.FormatStrFormatter('%g'))
   ax.yaxis.set_minor_formatter(ticker.NullFormatter())
-  if logarithmic:  # Plain numbers at 1-2-5 steps, not powers of ten.
-    ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
   ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True, steps=[1, 2, 2.5, 5, 10]))
   ax.set_xlabel('training step')
   ax.set_ylabel('eval top-1 error (%), mean over seeds'

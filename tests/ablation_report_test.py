@@ -66,7 +66,7 @@ def test_markdown_states_the_budget_used_and_the_presets_rule(rows, tmp_path):
       variants=VARIANTS, paper=False, flip=False, extra_scales=(), fusion_examples=0,
       eval_max_examples=0))()
   header = {'preset': 'digits', 'command': 'python -m experiments.ablation --quick',
-            'seconds': 60.0, 'seeds': 1, 'budget_rule': 'every net gets 315 steps.',
+            'seconds': 60.0, 'budget_rule': 'every net gets 315 steps.',
             'quick': True}
   path = tmp_path / 'ablation.md'
   ablation_report.write_markdown(path, rows, preset, header, {}, [])
