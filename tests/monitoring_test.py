@@ -1,7 +1,6 @@
 """monitoring: metrics.jsonl and TensorBoard, the NaN check, FLOPs/MFU, log filters."""
 
 import json
-import logging as std_logging
 
 import numpy as np
 import pytest
@@ -46,12 +45,3 @@ def test_flops_and_peak():
 def test_format_duration():
   assert monitoring.format_duration(3725.9) == '1:02:05'
   assert monitoring.format_duration(-3) == '0:00:00'
-
-
-def test_jax_backend_filter_drops_only_its_info_lines():
-  def record(path, level):
-    return std_logging.LogRecord('jax', level, path, 1, 'backend', None, None)
-  bridge = '/site-packages/jax/_src/xla_bridge.py'
-  assert not monitoring.filter_jax_backend_log(record(bridge, std_logging.INFO))
-  assert monitoring.filter_jax_backend_log(record(bridge, std_logging.WARNING))
-  assert monitoring.filter_jax_backend_log(record('/vgg_jax/training/train.py', std_logging.INFO))

@@ -1,12 +1,14 @@
 """What a person sees: user errors as one line naming the fix, no start-up noise, the
 summary and the closing sentence in percent (vgg_jax.cli, vgg_jax.training.console)."""
 
+import logging as std_logging
 import os
 import subprocess
 import sys
 
 import pytest
 
+from vgg_jax import cli
 from vgg_jax import errors
 from vgg_jax import models
 from vgg_jax import stderr
@@ -202,3 +204,12 @@ def test_readme_laptop_examples_summary_end_sentence_and_a_warm_start_that_does_
   assert wider.stderr.splitlines()[-1].startswith('error: Warm start:')
   assert '--config.model.width=0.125' in wider.stderr
   assert not (tmp_path / 'wider').exists()
+
+
+def test_jax_backend_filter_drops_only_its_info_lines():
+  def record(path, level):
+    return std_logging.LogRecord('jax', level, path, 1, 'backend', None, None)
+  bridge = '/site-packages/jax/_src/xla_bridge.py'
+  assert not cli.filter_jax_backend_log(record(bridge, std_logging.INFO))
+  assert cli.filter_jax_backend_log(record(bridge, std_logging.WARNING))
+  assert cli.filter_jax_backend_log(record('/vgg_jax/training/train.py', std_logging.INFO))

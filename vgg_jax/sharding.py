@@ -43,7 +43,6 @@ def check_batch_size(global_batch_size: int, num_devices: int, accum_steps: int 
     raise errors.InvalidInput(f'grad_accum_steps must be >= 1, got {accum_steps}.')
   if global_batch_size % (num_devices * accum_steps):
     raise errors.InvalidInput(
-        
         f'config.{name}={global_batch_size} is not divisible by the {num_devices} devices'
         + (f' x {accum_steps} accumulation steps' if accum_steps > 1 else '')
         + '; choose a multiple of ' + str(num_devices * accum_steps) + '.')

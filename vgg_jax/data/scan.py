@@ -153,7 +153,6 @@ def bad_files_error(bad: list[tuple[str, str]], where: str) -> ValueError:
   if len(bad) > MAX_LISTED:
     lines.append(f'  ... and {len(bad) - MAX_LISTED} more')
   return errors.InvalidInput(
-      
       f'{len(bad)} image file(s) in {where} cannot be decoded:\n' + '\n'.join(lines) +
       '\nRemove or replace them, or rerun with --config.data.skip_corrupt=True to train '
       'on the rest (they are then left out with a warning).')

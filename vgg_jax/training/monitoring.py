@@ -2,7 +2,6 @@
 and a profiler trace of chosen steps."""
 
 import json
-import logging as std_logging
 import os
 import time
 from typing import Any
@@ -11,7 +10,6 @@ from absl import logging
 import jax
 import numpy as np
 
-from vgg_jax import cli
 from vgg_jax import files
 
 # Dense bf16 peak FLOP/s per chip, for MFU; matched as substrings of device_kind.
@@ -151,13 +149,3 @@ class StepProfiler:
       jax.profiler.stop_trace()
       self.tracing = False
       logging.info('Wrote the profiler trace to %s.', self.directory)
-
-
-def filter_jax_backend_log(record: std_logging.LogRecord) -> bool:
-  """A log filter: False for JAX's INFO lines about backends it looked for and did not find."""
-  return cli.filter_jax_backend_log(record)
-
-
-def quiet_jax_backend_logs():
-  """Drops JAX's INFO lines about backends it did not find (cli.run does this for commands)."""
-  cli.quiet_jax_backend_logs()
