@@ -46,6 +46,26 @@ def test_confusion_and_errors_equal_a_hand_computation():
     assert (picture[0, 0] == 255).all()  # Letterboxed on white: 24-26 x 30 in a square.
 
 
+def test_error_sheet_places_each_thumbnail_in_its_cell_most_confident_first(tmp_path):
+  colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200),
+             (200, 30, 200), (90, 90, 90)]
+  errors = [(0.9 - 0.1 * i, i, 0, 1, np.full((report.THUMBNAIL,) * 2 + (3,), c, np.uint8))
+            for i, c in enumerate(colours)]
+  report.plot_errors(errors, ['cat', 'dog'], str(tmp_path / 'e.png'), 'eval')
+  sheet = np.asarray(Image.open(tmp_path / 'e.png').convert('RGB'))
+  assert sheet.shape == (round(100 * (2 * 2.3 + 0.4)), 100 * 5 * 2, 3)  # 5 columns, 2 rows.
+  for i, colour in enumerate(colours):
+    row, column = divmod(i, 5)
+    centre_y, centre_x = round(100 * (0.4 + 2.3 * row + 0.33 + 0.91)), 100 * (2 * column + 1)
+    np.testing.assert_array_equal(sheet[centre_y, centre_x], colour)
+  assert (sheet[round(100 * (0.4 + 2.3)):, 100 * 4:] == 255).all()  # Cells 8-10: empty.
+  # One error: the sheet is 4 inches wide (room for its title), the thumbnail centred.
+  report.plot_errors(errors[:1], ['cat', 'dog'], str(tmp_path / 'one.png'), 'eval')
+  one = np.asarray(Image.open(tmp_path / 'one.png').convert('RGB'))
+  assert one.shape[1] == 400
+  np.testing.assert_array_equal(one[round(100 * (0.4 + 0.33 + 0.91)), 200], colours[0])
+
+
 def test_rows_and_pairs():
   confusion = np.asarray([[5, 2, 0], [0, 0, 0], [1, 3, 4]])
   rows = report.class_rows(confusion, ['cat', 'dog', 'fox'])

@@ -71,9 +71,10 @@ def _global_order_stream(source: sources.Source, seed: int, first: int, batch: i
         offset < (process_index + 1) * batch)
 
   ds = tf.data.Dataset.range(first // size, np.iinfo(np.int64).max)
-  ds = ds.flat_map(epoch_positions).filter(mine)
-  return ds.map(lambda position, index: (source.lookup(index), position),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.flat_map(preprocessing.as_written(epoch_positions)).filter(
+      preprocessing.as_written(mine))
+  lookup = preprocessing.as_written(lambda position, index: (source.lookup(index), position))
+  return ds.map(lookup, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _per_process_stream(source: sources.Source, seed: int, first: int, buffer: int,
@@ -86,7 +87,8 @@ def _per_process_stream(source: sources.Source, seed: int, first: int, buffer: i
     epoch_seed = tf.cast(seed * 1_000_003 + process_index * 10_007 + epoch, tf.int64)
     return base.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
 
-  ds = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(epoch_dataset)
+  ds = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(
+      preprocessing.as_written(epoch_dataset))
   positions = tf.data.Dataset.range(first, np.iinfo(np.int64).max)
   return tf.data.Dataset.zip(ds.skip(offset), positions)
 
@@ -145,7 +147,8 @@ def create_train_iterator(data_config, *, image_size: int, global_batch_size: in
                      orientation=ex.get('orientation', 1))
     return {**(out if window else {'images': out}), 'labels': ex['label']}
 
-  ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.map(preprocessing.as_written(augment), num_parallel_calls=tf.data.AUTOTUNE,
+              deterministic=True)
   ds = ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
   ds = ds.with_options(_options())
   return _with_path_on_error(ds.as_numpy_iterator(), source)
@@ -182,7 +185,8 @@ def create_eval_iterator(data_config, *, image_size: int, global_batch_size: int
         scale=scale, mean_rgb=stats['mean_rgb'])
     return {'images': image, 'labels': ex['label'], 'mask': True}
 
-  ds = source.make_dataset().map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
+  ds = source.make_dataset().map(preprocessing.as_written(prepare),
+                                 num_parallel_calls=tf.data.AUTOTUNE,
                                  deterministic=True)
   pad = tf.data.Dataset.from_tensors({
       'images': tf.zeros([image_size, image_size, 3]), 'labels': tf.constant(0, tf.int32),

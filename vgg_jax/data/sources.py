@@ -100,8 +100,11 @@ def load_fake_source(split: str, num_examples: int, image_shape: Sequence[int],
                                          maxval=256, dtype=tf.int32)
     return {'image': tf.cast(pixels, tf.uint8), 'label': tf.cast(index % num_classes, tf.int32)}
 
-  return Source(lambda: tf.data.Dataset.range(end - start).map(lookup), end - start, total,
-                [str(i) for i in range(num_classes)], encoded=False,
+  def make_dataset():
+    return tf.data.Dataset.range(end - start).map(preprocessing.as_written(lookup))
+
+  return Source(make_dataset, end - start, total, [str(i) for i in range(num_classes)],
+                encoded=False,
                 describe=lambda i: f'fake {split} example {start + i}', lookup=lookup)
 
 
@@ -171,7 +174,8 @@ def load_folder_source(root: str, split: str, process_index: int = 0,
 
   def make_dataset():
     return tf.data.Dataset.range(len(my_paths)).map(
-        lookup, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        preprocessing.as_written(lookup), num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True)
 
   return Source(make_dataset, len(my_paths), len(paths), class_names, encoded=True,
                 describe=lambda i: my_paths[i], lookup=lookup)
@@ -217,7 +221,8 @@ def load_tfds_source(name: str, split: str, data_dir: str | None = None,
     ds = builder.as_dataset(split=subsplit, shuffle_files=False,
                             decoders={'image': tfds.decode.SkipDecoding()},
                             read_config=tfds.ReadConfig(interleave_cycle_length=1))
-    return ds.map(lambda ex: {'image': ex['image'], 'label': tf.cast(ex['label'], tf.int32)})
+    return ds.map(preprocessing.as_written(
+        lambda ex: {'image': ex['image'], 'label': tf.cast(ex['label'], tf.int32)}))
 
   return Source(make_dataset, num_examples, total, list(features['label'].names),
                 encoded=True, describe=lambda i: f'{name} {subsplit} example {i}')

@@ -30,7 +30,7 @@ def compute_rgb_statistics(source: sources.Source,
     return tf.reshape(tf.cast(image, tf.float64), [-1, 3])
 
   ds = source.make_dataset().take(max_examples).map(
-      pixels_of, num_parallel_calls=tf.data.AUTOTUNE)
+      preprocessing.as_written(pixels_of), num_parallel_calls=tf.data.AUTOTUNE)
   count, total, outer = 0, np.zeros(3), np.zeros((3, 3))
   for pixels in ds.as_numpy_iterator():
     count += len(pixels)

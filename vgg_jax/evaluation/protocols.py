@@ -77,7 +77,8 @@ def rescaled_images(data_config, split: str, scales: Sequence[int], mean_rgb,
                                                                  mean_rgb=mean_rgb)
                               for q in scales)
 
-  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(8)
+  ds = ds.map(preprocessing.as_written(prepare), num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.prefetch(8)
   for label, images in ds.as_numpy_iterator():
     yield int(label), list(images)
 
