@@ -1,5 +1,8 @@
 """Tests for vgg_jax.evaluation.views: the test views, shape buckets with exact masks."""
 
+import itertools
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -123,14 +126,37 @@ def test_buckets_equal_the_per_shape_path_on_many_shapes():
   check_buckets_equal_shapes('A-LRN', True, 'xla', True, images[::4])
 
 
+# The slow tier's cells: (variant, batch_norm, conv_impl, flip). Each variant runs twice,
+# the second cell the first's opposite in the other three values; the first cells follow a
+# 4-row orthogonal array, so every pair of values of any two factors meets in 12 cells
+# (test_the_bucket_cells_cover_every_pair_of_values). BUCKET_MATRIX=full runs all 48.
+_FIRST = [(False, 'xla', False), (False, 'matmul', True), (True, 'xla', True),
+          (True, 'matmul', False)]
+_OTHER = {'xla': 'matmul', 'matmul': 'xla'}
+PAIRWISE = []
+for _i, _variant in enumerate(models.CONFIGS):
+  _batch_norm, _conv_impl, _flip = _FIRST[_i % 4]
+  PAIRWISE += [(_variant, _batch_norm, _conv_impl, _flip),
+               (_variant, not _batch_norm, _OTHER[_conv_impl], not _flip)]
+BUCKET_CELLS = (list(itertools.product(models.CONFIGS, [False, True], ['xla', 'matmul'],
+                                       [False, True]))
+                if os.environ.get('BUCKET_MATRIX') == 'full' else PAIRWISE)
+
+
+def test_the_bucket_cells_cover_every_pair_of_values():
+  values = (list(models.CONFIGS), [False, True], ['xla', 'matmul'], [False, True])
+  for a, b in itertools.combinations(range(4), 2):
+    assert {(cell[a], cell[b]) for cell in PAIRWISE} == set(
+        itertools.product(values[a], values[b])), (a, b)
+  assert len(PAIRWISE) == 2 * len(models.CONFIGS) == len(set(PAIRWISE))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize('conv_impl', ['xla', 'matmul'])
-@pytest.mark.parametrize('batch_norm', [False, True])
-@pytest.mark.parametrize('variant', models.CONFIGS)
-def test_buckets_equal_the_per_shape_path(variant, batch_norm, conv_impl):
-  """Every variant, with and without BatchNorm, both conv paths; each variant, conv path
-  and BatchNorm setting also meets flips on and off."""
-  flip = batch_norm == (conv_impl == 'xla')
+@pytest.mark.parametrize('variant, batch_norm, conv_impl, flip', BUCKET_CELLS,
+                         ids=['-'.join(map(str, cell)) for cell in BUCKET_CELLS])
+def test_buckets_equal_the_per_shape_path(variant, batch_norm, conv_impl, flip):
+  """Every variant, with and without BatchNorm, both conv paths, flips on and off: every
+  pair of those values in one cell or more (all combinations with BUCKET_MATRIX=full)."""
   check_buckets_equal_shapes(variant, batch_norm, conv_impl, flip, photos(4, seed=1))
 
 
